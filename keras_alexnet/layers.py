@@ -1,0 +1,274 @@
+"""The two layers the papers need that Keras does not export cleanly: grouped conv and LRN."""
+
+import keras
+import tensorflow as tf
+
+PACKAGE = "keras_alexnet"
+
+
+def _conv_padding(padding):
+    """Validate a Conv2D-style padding string and return tf.nn's spelling."""
+    padding = str(padding).lower()
+    if padding not in ("valid", "same"):
+        raise ValueError(f"padding must be 'valid' or 'same'. Received: padding={padding!r}")
+    return padding.upper()
+
+
+def grouped_conv2d(inputs, kernel, strides, padding):
+    """`tf.nn.conv2d` with a grouped kernel, differentiable on CPU.
+
+    The forward pass is one grouped `Conv2D` op (one ONNX `Conv` with `group=G`). TF's CPU
+    `Conv2DBackpropFilter` rejects grouped kernels ("filter_size does not have enough
+    elements", tensorflow/tensorflow#50397), so the gradient is computed tower by tower.
+    """
+    groups = inputs.shape[-1] // kernel.shape[2]
+    if groups == 1:
+        return tf.nn.conv2d(inputs, kernel, strides=strides, padding=padding)
+
+    @tf.custom_gradient
+    def conv(x, k):
+        def grad(dy):
+            xs, ks, dys = (tf.split(t, groups, axis=-1) for t in (x, k, dy))
+            dx = [
+                tf.raw_ops.Conv2DBackpropInput(
+                    input_sizes=tf.shape(xi), filter=ki, out_backprop=dyi,
+                    strides=strides, padding=padding,
+                )
+                for xi, ki, dyi in zip(xs, ks, dys, strict=True)
+            ]  # fmt: skip
+            dk = [
+                tf.raw_ops.Conv2DBackpropFilter(
+                    input=xi, filter_sizes=tf.shape(ki), out_backprop=dyi,
+                    strides=strides, padding=padding,
+                )
+                for xi, ki, dyi in zip(xs, ks, dys, strict=True)
+            ]  # fmt: skip
+            return tf.concat(dx, axis=-1), tf.concat(dk, axis=-1)
+
+        return tf.nn.conv2d(x, k, strides=strides, padding=padding), grad
+
+    return conv(inputs, kernel)
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class GroupedConv2D(keras.layers.Layer):
+    """2D convolution split into `groups` towers, each seeing only its own input channels.
+
+    AlexNet (NIPS 2012, Section 3.5) runs conv2, conv4 and conv5 on two GPUs whose
+    kernels "take input only from those kernel maps ... which reside on the same GPU".
+    On one device that is a grouped convolution. Keras's `Conv2D(groups=2)` runs it
+    through an XLA-compiled function on CPU that tf2onnx cannot convert; this layer calls
+    `tf.nn.conv2d` with a (kh, kw, in_channels / groups, filters) kernel instead, which
+    trains on CPU and exports to one ONNX `Conv` with `group=groups`. The kernel has the
+    same shape as `keras.layers.Conv2D(groups=...)`'s, so weights move between the two.
+    """
+
+    def __init__(
+        self,
+        filters,
+        kernel_size,
+        strides=1,
+        padding="valid",
+        groups=1,
+        activation=None,
+        use_bias=True,
+        kernel_initializer="glorot_uniform",
+        bias_initializer="zeros",
+        kernel_regularizer=None,
+        bias_regularizer=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.filters = int(filters)
+        self.kernel_size = _pair(kernel_size, "kernel_size")
+        self.strides = _pair(strides, "strides")
+        self._tf_padding = _conv_padding(padding)
+        self.padding = padding.lower()
+        self.groups = int(groups)
+        if self.groups < 1 or self.filters % self.groups:
+            raise ValueError(
+                "filters must be a positive multiple of groups. "
+                f"Received: filters={filters}, groups={groups}"
+            )
+        self.activation = keras.activations.get(activation)
+        self.use_bias = use_bias
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.bias_initializer = keras.initializers.get(bias_initializer)
+        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
+        self.bias_regularizer = keras.regularizers.get(bias_regularizer)
+        self.input_spec = keras.layers.InputSpec(ndim=4)
+
+    def build(self, input_shape):
+        """Create the (kh, kw, in/groups, filters) kernel and the bias."""
+        in_channels = input_shape[-1]
+        if in_channels is None or in_channels % self.groups:
+            raise ValueError(
+                f"{self.name}: input channels must be known and divisible by groups. "
+                f"Received: input_shape={input_shape}, groups={self.groups}"
+            )
+        self.kernel = self.add_weight(
+            name="kernel",
+            shape=(*self.kernel_size, in_channels // self.groups, self.filters),
+            initializer=self.kernel_initializer,
+            regularizer=self.kernel_regularizer,
+        )
+        self.bias = None
+        if self.use_bias:
+            self.bias = self.add_weight(
+                name="bias",
+                shape=(self.filters,),
+                initializer=self.bias_initializer,
+                regularizer=self.bias_regularizer,
+            )
+        self.input_spec = keras.layers.InputSpec(ndim=4, axes={-1: in_channels})
+
+    def call(self, inputs):
+        """Convolve each tower's channels with its own kernels in one grouped op."""
+        kernel = tf.cast(self.kernel, inputs.dtype)
+        outputs = grouped_conv2d(
+            inputs, kernel, strides=(1, *self.strides, 1), padding=self._tf_padding
+        )
+        if self.bias is not None:
+            # A plain add, not tf.nn.bias_add: grappler's remapper fuses Conv2D+BiasAdd(+Relu)
+            # into _FusedConv2D, whose CPU kernel rejects grouped convolutions ("Fused conv
+            # implementation does not support grouped convolutions"). onnxruntime folds the
+            # add back into the Conv's bias.
+            outputs = outputs + tf.cast(self.bias, inputs.dtype)
+        return self.activation(outputs)
+
+    def compute_output_shape(self, input_shape):
+        """Spatial size as Conv2D computes it for 'valid' or 'same' padding."""
+        spatial = []
+        for size, k, s in zip(input_shape[1:3], self.kernel_size, self.strides, strict=True):
+            if size is None:
+                spatial.append(None)
+            elif self.padding == "same":
+                spatial.append(-(-size // s))
+            else:
+                spatial.append((size - k) // s + 1)
+        return (input_shape[0], *spatial, self.filters)
+
+    def get_config(self):
+        """Return the constructor's arguments."""
+        config = super().get_config()
+        config.update(
+            filters=self.filters,
+            kernel_size=self.kernel_size,
+            strides=self.strides,
+            padding=self.padding,
+            groups=self.groups,
+            activation=keras.activations.serialize(self.activation),
+            use_bias=self.use_bias,
+            kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
+            bias_initializer=keras.initializers.serialize(self.bias_initializer),
+            kernel_regularizer=keras.regularizers.serialize(self.kernel_regularizer),
+            bias_regularizer=keras.regularizers.serialize(self.bias_regularizer),
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class LocalResponseNormalization(keras.layers.Layer):
+    """Local response normalisation across channels, within each of `groups` towers.
+
+    AlexNet, Section 3.3: ``b[c] = a[c] / (k + alpha * sum_{c'=c-n/2}^{c+n/2} a[c']^2)^beta``
+    with k=2, n=5, alpha=1e-4, beta=0.75, the sum running over the tower's own maps only.
+    In `tf.nn.local_response_normalization`'s terms that is depth_radius=n//2, bias=k,
+    alpha (not divided by n, unlike Caffe / PyTorch / ONNX, which use alpha/n), beta.
+    With groups=2 each half of the channels is normalised on its own, so channel
+    C/2 - 1 never sees channel C/2 (one LRN over all channels would let them interact).
+    """
+
+    def __init__(self, depth_radius=2, bias=2.0, alpha=1e-4, beta=0.75, groups=1, **kwargs):
+        super().__init__(**kwargs)
+        self.depth_radius = int(depth_radius)
+        self.bias = float(bias)
+        self.alpha = float(alpha)
+        self.beta = float(beta)
+        self.groups = int(groups)
+        if self.depth_radius < 0 or self.groups < 1:
+            raise ValueError(
+                "depth_radius must be >= 0 and groups >= 1. "
+                f"Received: depth_radius={depth_radius}, groups={groups}"
+            )
+        self.input_spec = keras.layers.InputSpec(ndim=4)
+
+    def build(self, input_shape):
+        """Check that the channels split evenly into the towers."""
+        channels = input_shape[-1]
+        if channels is None or channels % self.groups:
+            raise ValueError(
+                f"{self.name}: channels must be known and divisible by groups. "
+                f"Received: input_shape={input_shape}, groups={self.groups}"
+            )
+
+    def call(self, inputs):
+        """Normalise each tower's channels with tf.nn.local_response_normalization."""
+        # TF's CPU LRN kernel has no float16; compute in float32 under mixed precision.
+        x = tf.cast(inputs, tf.float32)
+        towers = tf.split(x, self.groups, axis=-1) if self.groups > 1 else [x]
+        outputs = [
+            tf.nn.local_response_normalization(
+                t, depth_radius=self.depth_radius, bias=self.bias, alpha=self.alpha, beta=self.beta
+            )
+            for t in towers
+        ]
+        y = tf.concat(outputs, axis=-1) if self.groups > 1 else outputs[0]
+        return tf.cast(y, inputs.dtype)
+
+    def compute_output_shape(self, input_shape):
+        """LRN keeps the shape."""
+        return input_shape
+
+    def get_config(self):
+        """Return the constructor's arguments."""
+        config = super().get_config()
+        config.update(
+            depth_radius=self.depth_radius,
+            bias=self.bias,
+            alpha=self.alpha,
+            beta=self.beta,
+            groups=self.groups,
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class InputNormalization(keras.layers.Layer):
+    """Subtract the training set's per-channel RGB mean, then multiply by `scale`.
+
+    Both papers subtract the mean RGB value of the training set from every pixel
+    (AlexNet Section 2, VGG Section 2.1). Keeping it in the graph means the mean travels
+    with the saved model and its ONNX export: clients send RGB pixels on a 0-255 scale.
+    """
+
+    def __init__(self, mean=(0.0, 0.0, 0.0), scale=1.0, **kwargs):
+        super().__init__(**kwargs)
+        self.mean = tuple(float(m) for m in mean)
+        self.scale = float(scale)
+
+    def call(self, inputs):
+        """Return (inputs - mean) * scale in the input's dtype."""
+        x = tf.cast(inputs, self.compute_dtype)
+        mean = tf.constant(self.mean, dtype=x.dtype)
+        return (x - mean) * tf.constant(self.scale, dtype=x.dtype)
+
+    def compute_output_shape(self, input_shape):
+        """Normalisation keeps the shape."""
+        return input_shape
+
+    def get_config(self):
+        """Return the constructor's arguments."""
+        config = super().get_config()
+        config.update(mean=list(self.mean), scale=self.scale)
+        return config
+
+
+def _pair(value, name):
+    """Return an (int, int) pair from an int or a 2-sequence."""
+    if isinstance(value, int):
+        return (value, value)
+    value = tuple(int(v) for v in value)
+    if len(value) != 2:
+        raise ValueError(f"{name} must be an int or a pair. Received: {name}={value}")
+    return value

@@ -1,0 +1,88 @@
+"""The seven published models, by name: `build_model("alexnet")`, `build_model("vgg16")`."""
+
+import dataclasses
+import functools
+
+from keras_alexnet.models import alexnet as _alexnet
+from keras_alexnet.models import vgg as _vgg
+from keras_alexnet.models.alexnet import CAFFE_LRN, PAPER_LRN, alexnet
+from keras_alexnet.models.vgg import CONFIGS, vgg
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """What the data, training and evaluation stages need to know about a model."""
+
+    name: str
+    family: str  # "alexnet" or "vgg"
+    input_size: int  # the training crop
+    resize: int  # shorter side before cropping at test time (AlexNet 256, VGG Q=S=256)
+    batch_size: int  # the paper's batch size
+    epochs: int  # the paper's schedule length
+    builder: object = dataclasses.field(repr=False, compare=False)
+
+
+def _vgg_spec(name, config):
+    """Spec of a VGG configuration with the paper's recipe (Section 3.1)."""
+    builder = functools.partial(vgg, config, name=name)
+    return ModelSpec(name, "vgg", _vgg.INPUT_SIZE, 256, 256, 74, builder)
+
+
+MODELS = {
+    "alexnet": ModelSpec("alexnet", "alexnet", _alexnet.INPUT_SIZE, 256, 128, 90, alexnet),
+    "vgg_a": _vgg_spec("vgg_a", "A"),
+    "vgg_a_lrn": _vgg_spec("vgg_a_lrn", "A-LRN"),
+    "vgg_b": _vgg_spec("vgg_b", "B"),
+    "vgg_c": _vgg_spec("vgg_c", "C"),
+    "vgg_d": _vgg_spec("vgg_d", "D"),
+    "vgg_e": _vgg_spec("vgg_e", "E"),
+}
+ALIASES = {"vgg11": "vgg_a", "vgg13": "vgg_b", "vgg16": "vgg_d", "vgg19": "vgg_e"}
+MODEL_NAMES = tuple(MODELS)
+
+
+def get_spec(name):
+    """Return the ModelSpec of a model name or alias; ValueError listing valid names."""
+    key = str(name).lower()
+    key = ALIASES.get(key, key)
+    if key not in MODELS:
+        valid = ", ".join([*MODELS, *ALIASES])
+        raise ValueError(f"Unknown model {name!r}. Valid names: {valid}")
+    return MODELS[key]
+
+
+def build_model(
+    name,
+    *,
+    classes=1000,
+    input_shape=None,
+    include_top=True,
+    classifier_activation="softmax",
+    pooling=None,
+    **kwargs,
+):
+    """Build a published model by name as a `keras.Model` (see `alexnet` and `vgg` for kwargs)."""
+    spec = get_spec(name)
+    return spec.builder(
+        classes=classes,
+        input_shape=input_shape,
+        include_top=include_top,
+        classifier_activation=classifier_activation,
+        pooling=pooling,
+        **kwargs,
+    )
+
+
+__all__ = [
+    "ALIASES",
+    "CAFFE_LRN",
+    "CONFIGS",
+    "MODELS",
+    "MODEL_NAMES",
+    "PAPER_LRN",
+    "ModelSpec",
+    "alexnet",
+    "build_model",
+    "get_spec",
+    "vgg",
+]

@@ -1,0 +1,127 @@
+"""AlexNet as the NIPS 2012 paper built it: two towers, grouped convolutions, per-tower LRN."""
+
+import keras
+
+from keras_alexnet.layers import GroupedConv2D, LocalResponseNormalization
+from keras_alexnet.models import common
+
+# (name, filters, kernel, stride, tower-local?, paper bias, then) per the paper's Figure 2
+# and Section 3.5: conv2, conv4 and conv5 see only their own tower's maps; conv3 and the
+# FC layers connect across towers. Biases are 1 in conv2, conv4, conv5 (Section 5).
+CONV_LAYERS = (
+    ("conv1", 96, 11, 4, False, 0.0, ("lrn", "pool")),
+    ("conv2", 256, 5, 1, True, 1.0, ("lrn", "pool")),
+    ("conv3", 384, 3, 1, False, 0.0, ()),
+    ("conv4", 384, 3, 1, True, 1.0, ()),
+    ("conv5", 256, 3, 1, True, 1.0, ("pool",)),
+)
+FC_UNITS = 4096
+FC_PAPER_BIASES = (1.0, 1.0, 0.0)  # fc6, fc7 = 1; fc8 = 0
+PAPER_LRN = {"depth_radius": 2, "bias": 2.0, "alpha": 1e-4, "beta": 0.75}
+# Caffe's bvlc_alexnet (local_size 5, alpha 1e-4 in Caffe's alpha/n convention, k=1) in
+# tf.nn.local_response_normalization's terms; Caffe also normalises across both towers.
+CAFFE_LRN = {"depth_radius": 2, "bias": 1.0, "alpha": 2e-5, "beta": 0.75}
+INPUT_SIZE = 227  # (227 - 11) / 4 + 1 = 55, the paper's 55x55 conv1 maps; 224 gives 54.
+
+
+def alexnet(
+    *,
+    classes=1000,
+    input_shape=None,
+    include_top=True,
+    pooling=None,
+    classifier_activation="softmax",
+    towers=2,
+    lrn=None,
+    lrn_per_tower=True,
+    dropout=0.5,
+    init="paper",
+    width=1.0,
+    seed=None,
+    name="alexnet",
+):
+    """Build the paper's AlexNet (not torchvision's one-weird-trick 64-192-384-256-256 net).
+
+    Krizhevsky, Sutskever, Hinton, NIPS 2012, Figure 2: conv1 96 11x11/4, conv2 256 5x5,
+    conv3 384 3x3, conv4 384 3x3, conv5 256 3x3, fc6 4096, fc7 4096, fc8 `classes`; ReLU
+    after every layer, LRN after conv1 and conv2, overlapping max-pool 3/2 after conv1,
+    conv2, conv5, dropout 0.5 on fc6 and fc7. With towers=2 (the paper's two GPUs) conv2,
+    conv4 and conv5 are grouped convolutions and LRN runs within each tower; 60,965,224
+    parameters at 1000 classes and a 227x227 input. towers=1 gives one ungrouped tower.
+
+    Args:
+        classes: number of classes of fc8.
+        input_shape: (H, W, 3); default (227, 227, 3).
+        include_top: whether to build fc6-fc8.
+        pooling: None, "avg" or "max" global pooling after pool5 when include_top=False.
+        classifier_activation: fc8's activation ("softmax", or None for logits).
+        towers: number of towers (groups of conv2/conv4/conv5 and of LRN).
+        lrn: dict of LRN constants in tf.nn.local_response_normalization's terms
+            (depth_radius, bias, alpha, beta); default PAPER_LRN (k=2, n=5, alpha=1e-4,
+            beta=0.75); CAFFE_LRN for Caffe's bvlc_alexnet weights.
+        lrn_per_tower: normalise within each tower (paper) or across all maps (Caffe).
+        dropout: dropout rate of fc6 and fc7.
+        init: "paper" (weights N(0, 0.01), biases 1 in conv2/4/5, fc6, fc7), "glorot" or
+            "he" (biases 0).
+        width: multiplier on every layer's width (1.0 is the paper; small for tests).
+        seed: seed of the initialisers (None: random).
+        name: the model's name.
+    """
+    common.check_common_args(classes, include_top, pooling, classifier_activation)
+    towers = int(towers)
+    if towers < 1:
+        raise ValueError(f"towers must be >= 1. Received: towers={towers}")
+    lrn = dict(PAPER_LRN if lrn is None else lrn)
+    unknown = set(lrn) - set(PAPER_LRN)
+    if unknown:
+        raise ValueError(f"lrn takes keys {sorted(PAPER_LRN)}. Received: lrn={lrn}")
+    input_shape = common.resolve_input_shape(input_shape, INPUT_SIZE)
+
+    def seed_of(i):
+        return None if seed is None else seed + i
+
+    inputs = keras.Input(shape=input_shape, name="images")
+    x = inputs
+    for i, (layer_name, filters, kernel, stride, local, paper_bias, then) in enumerate(
+        CONV_LAYERS, start=1
+    ):
+        groups = towers if local else 1
+        kwargs = {
+            "strides": stride,
+            "padding": "valid" if i == 1 else "same",
+            "activation": "relu",
+            "kernel_initializer": common.kernel_initializer(init, 0.01, seed_of(i)),
+            "bias_initializer": common.bias_initializer(init, paper_bias),
+            "name": layer_name,
+        }
+        filters = common.scaled(filters, width, towers)
+        if groups > 1:
+            x = GroupedConv2D(filters, kernel, groups=groups, **kwargs)(x)
+        else:
+            x = keras.layers.Conv2D(filters, kernel, **kwargs)(x)
+        if "lrn" in then:
+            x = LocalResponseNormalization(
+                **lrn, groups=towers if lrn_per_tower else 1, name=f"norm{i}"
+            )(x)
+        if "pool" in then:
+            x = keras.layers.MaxPooling2D(pool_size=3, strides=2, name=f"pool{i}")(x)
+        common.check_spatial(x, layer_name, input_shape)
+
+    def fc_init(i):
+        return (
+            common.kernel_initializer(init, 0.01, seed_of(6 + i)),
+            common.bias_initializer(init, FC_PAPER_BIASES[i]),
+        )
+
+    outputs = common.head(
+        x,
+        fc_units=common.scaled(FC_UNITS, width),
+        names=("fc6", "fc7", "fc8"),
+        dropout=dropout,
+        classes=classes,
+        include_top=include_top,
+        pooling=pooling,
+        activation=classifier_activation,
+        init_fn=fc_init,
+    )
+    return keras.Model(inputs, outputs, name=name)
