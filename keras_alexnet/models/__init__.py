@@ -19,17 +19,20 @@ class ModelSpec:
     resize: int  # shorter side before cropping at test time (AlexNet 256, VGG Q=S=256)
     batch_size: int  # the paper's batch size
     epochs: int  # the paper's schedule length
+    protocol: str  # the paper's test protocol: AlexNet ten_crop, VGG dense
     builder: object = dataclasses.field(repr=False, compare=False)
 
 
 def _vgg_spec(name, config):
     """Spec of a VGG configuration with the paper's recipe (Section 3.1)."""
     builder = functools.partial(vgg, config, name=name)
-    return ModelSpec(name, "vgg", _vgg.INPUT_SIZE, 256, 256, 74, builder)
+    return ModelSpec(name, "vgg", _vgg.INPUT_SIZE, 256, 256, 74, "dense", builder)
 
 
 MODELS = {
-    "alexnet": ModelSpec("alexnet", "alexnet", _alexnet.INPUT_SIZE, 256, 128, 90, alexnet),
+    "alexnet": ModelSpec(
+        "alexnet", "alexnet", _alexnet.INPUT_SIZE, 256, 128, 90, "ten_crop", alexnet
+    ),
     "vgg_a": _vgg_spec("vgg_a", "A"),
     "vgg_a_lrn": _vgg_spec("vgg_a_lrn", "A-LRN"),
     "vgg_b": _vgg_spec("vgg_b", "B"),

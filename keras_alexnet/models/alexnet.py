@@ -38,6 +38,8 @@ def alexnet(
     init="paper",
     width=1.0,
     seed=None,
+    mean=None,
+    scale=1.0,
     name="alexnet",
 ):
     """Build the paper's AlexNet (not torchvision's one-weird-trick 64-192-384-256-256 net).
@@ -65,6 +67,8 @@ def alexnet(
             "he" (biases 0).
         width: multiplier on every layer's width (1.0 is the paper; small for tests).
         seed: seed of the initialisers (None: random).
+        mean: RGB mean (0-255 scale) to subtract in-graph; None: inputs are used as given.
+        scale: multiplier applied after the mean subtraction (only with `mean`).
         name: the model's name.
     """
     common.check_common_args(classes, include_top, pooling, classifier_activation)
@@ -80,8 +84,7 @@ def alexnet(
     def seed_of(i):
         return None if seed is None else seed + i
 
-    inputs = keras.Input(shape=input_shape, name="images")
-    x = inputs
+    inputs, x = common.stem(input_shape, mean, scale)
     for i, (layer_name, filters, kernel, stride, local, paper_bias, then) in enumerate(
         CONV_LAYERS, start=1
     ):
@@ -95,6 +98,8 @@ def alexnet(
             "name": layer_name,
         }
         filters = common.scaled(filters, width, towers)
+        if i == 1:
+            common.check_window_fits(x, kernel, layer_name, input_shape)
         if groups > 1:
             x = GroupedConv2D(filters, kernel, groups=groups, **kwargs)(x)
         else:
@@ -104,8 +109,8 @@ def alexnet(
                 **lrn, groups=towers if lrn_per_tower else 1, name=f"norm{i}"
             )(x)
         if "pool" in then:
+            common.check_window_fits(x, 3, f"pool{i}", input_shape)
             x = keras.layers.MaxPooling2D(pool_size=3, strides=2, name=f"pool{i}")(x)
-        common.check_spatial(x, layer_name, input_shape)
 
     def fc_init(i):
         return (

@@ -2,6 +2,8 @@
 
 import keras
 
+from keras_alexnet.layers import InputNormalization
+
 INITIALIZERS = ("paper", "glorot", "he")
 
 
@@ -47,12 +49,25 @@ def resolve_input_shape(input_shape, default_size):
     return shape
 
 
-def check_spatial(x, where, input_shape):
-    """Raise a ValueError when the input is too small for the net's downsampling."""
+def stem(input_shape, mean, scale):
+    """Return the model's input and, when `mean` is given, its in-graph mean subtraction.
+
+    With `mean` the model takes RGB pixels on the 0-255 scale and subtracts the training
+    set's mean itself (layer `normalize`), so the mean is saved with the model and exports.
+    """
+    inputs = keras.Input(shape=input_shape, name="images")
+    if mean is None:
+        return inputs, inputs
+    return inputs, InputNormalization(mean=mean, scale=scale, name="normalize")(inputs)
+
+
+def check_window_fits(x, window, where, input_shape):
+    """Raise a clear ValueError when a valid-padded window no longer fits the feature map."""
     h, w = x.shape[1:3]
-    if (h is not None and h < 1) or (w is not None and w < 1):
+    if (h is not None and h < window) or (w is not None and w < window):
         raise ValueError(
-            f"input_shape {input_shape} is too small: the feature map vanishes at {where}."
+            f"input_shape {tuple(input_shape)} is too small: {where} needs at least "
+            f"{window}x{window} maps and gets {h}x{w}."
         )
 
 

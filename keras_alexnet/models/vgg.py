@@ -10,6 +10,7 @@ from keras_alexnet.models import common
 #   (256, 1)  conv1-256 (1x1: config C's extra layers)
 #   "LRN"     local response normalisation (A-LRN, after the first conv)
 #   "M"       max-pool 2x2 / 2, which also closes a block for the layer names
+# fmt: off
 CONFIGS = {
     "A": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
     "A-LRN": [64, "LRN", "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
@@ -20,22 +21,23 @@ CONFIGS = {
         256, 256, (256, 1), "M",
         512, 512, (512, 1), "M",
         512, 512, (512, 1), "M",
-    ],  # fmt: skip
+    ],
     "D": [
         64, 64, "M",
         128, 128, "M",
         256, 256, 256, "M",
         512, 512, 512, "M",
         512, 512, 512, "M",
-    ],  # fmt: skip
+    ],
     "E": [
         64, 64, "M",
         128, 128, "M",
         256, 256, 256, 256, "M",
         512, 512, 512, 512, "M",
         512, 512, 512, 512, "M",
-    ],  # fmt: skip
+    ],
 }
+# fmt: on
 FC_UNITS = 4096
 INPUT_SIZE = 224
 # The paper gives no LRN constants for A-LRN beyond "the one of Krizhevsky et al."; use
@@ -57,6 +59,8 @@ def vgg(
     init="paper",
     width=1.0,
     seed=None,
+    mean=None,
+    scale=1.0,
     name=None,
 ):
     """Build VGG configuration `config` (one of CONFIGS' keys) as in the paper's Table 1.
@@ -77,6 +81,8 @@ def vgg(
         init: "paper", "glorot" or "he".
         width: multiplier on every layer's width (1.0 is the paper; small for tests).
         seed: seed of the initialisers (None: random).
+        mean: RGB mean (0-255 scale) to subtract in-graph; None: inputs are used as given.
+        scale: multiplier applied after the mean subtraction (only with `mean`).
         name: the model's name (default vgg_<config>).
     """
     if config not in CONFIGS:
@@ -95,13 +101,12 @@ def vgg(
             common.bias_initializer(init, 0.0),
         )
 
-    inputs = keras.Input(shape=input_shape, name="images")
-    x = inputs
+    inputs, x = common.stem(input_shape, mean, scale)
     block, conv_in_block = 1, 0
     for cell in CONFIGS[config]:
         if cell == "M":
+            common.check_window_fits(x, 2, f"block{block}_pool", input_shape)
             x = keras.layers.MaxPooling2D(2, strides=2, name=f"block{block}_pool")(x)
-            common.check_spatial(x, f"block{block}_pool", input_shape)
             block, conv_in_block = block + 1, 0
         elif cell == "LRN":
             x = LocalResponseNormalization(**LRN, name=f"block{block}_lrn")(x)

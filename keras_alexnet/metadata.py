@@ -1,0 +1,64 @@
+"""The one source of a trained model's preprocessing and labels, saved beside every artifact.
+
+Training writes it into the run directory (`metadata.json`), export copies it into the
+ONNX file's metadata properties and the SavedModel's assets, and evaluation and serving
+read it back, so the resize size, crop size, mean and class names never have to be
+remembered by the user.
+"""
+
+import dataclasses
+import json
+
+from keras_alexnet import __version__, fileio
+
+FILENAME = "metadata.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class Metadata:
+    """Preprocessing, labels and provenance of a trained model."""
+
+    model: str  # registry name, e.g. "alexnet", "vgg_d"
+    class_names: tuple[str, ...]
+    input_size: int  # the crop the model takes (227 AlexNet, 224 VGG)
+    resize: int  # shorter side before the centre crop (256)
+    mean: tuple[float, float, float]  # RGB mean on the 0-255 scale, subtracted in-graph
+    scale: float = 1.0  # multiplier after mean subtraction, in-graph
+    protocol: str = "center"  # the paper's test protocol for this model
+    data: str | None = None  # what it was trained on (None: the bundled demo set)
+    data_dir: str | None = None
+    version: str = __version__
+
+    def to_json(self):
+        """Return a JSON-serialisable dict."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, obj):
+        """Build from a dict written by `to_json` (unknown keys are ignored)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        obj = {k: v for k, v in obj.items() if k in names}
+        obj["class_names"] = tuple(obj["class_names"])
+        obj["mean"] = tuple(float(m) for m in obj["mean"])
+        return cls(**obj)
+
+    def to_properties(self):
+        """Return string key/value pairs for ONNX metadata_props (values JSON-encoded)."""
+        return {f"keras_alexnet.{k}": json.dumps(v) for k, v in self.to_json().items()}
+
+    @classmethod
+    def from_properties(cls, props):
+        """Inverse of `to_properties`."""
+        prefix = "keras_alexnet."
+        return cls.from_json(
+            {k[len(prefix) :]: json.loads(v) for k, v in props.items() if k.startswith(prefix)}
+        )
+
+    def save(self, path):
+        """Write as JSON atomically."""
+        fileio.write_json(path, self.to_json())
+
+    @classmethod
+    def load(cls, path):
+        """Read a JSON file written by `save`."""
+        return cls.from_json(fileio.read_json(path))
