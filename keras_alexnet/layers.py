@@ -5,6 +5,12 @@ import tensorflow as tf
 
 PACKAGE = "keras_alexnet"
 
+if keras.backend.backend() != "tensorflow":
+    raise ImportError(
+        "keras_alexnet needs Keras on the TensorFlow backend; "
+        f"Received: KERAS_BACKEND={keras.backend.backend()!r}. Unset it or set it to 'tensorflow'."
+    )
+
 
 def _conv_padding(padding):
     """Validate a Conv2D-style padding string and return tf.nn's spelling."""
