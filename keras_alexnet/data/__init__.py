@@ -1,0 +1,21 @@
+"""The input pipeline: sources (folders, TFDS, the demo set), statistics, transforms."""
+
+from keras_alexnet.data.demo import DEMO_NAME, ensure_demo_set
+from keras_alexnet.data.pipeline import PROTOCOLS, eval_dataset, train_dataset
+from keras_alexnet.data.sources import Source, directory_source, load_source, tfds_source
+from keras_alexnet.data.stats import IMAGENET_STATS, DatasetStats, compute_stats
+
+__all__ = [
+    "DEMO_NAME",
+    "IMAGENET_STATS",
+    "PROTOCOLS",
+    "DatasetStats",
+    "Source",
+    "compute_stats",
+    "directory_source",
+    "ensure_demo_set",
+    "eval_dataset",
+    "load_source",
+    "tfds_source",
+    "train_dataset",
+]

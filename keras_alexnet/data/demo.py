@@ -1,0 +1,49 @@
+"""The bundled real demo set: scikit-learn's copy of the UCI handwritten digits.
+
+1,797 real 8x8 grayscale scans of handwritten digits (10 classes) from the UCI Machine
+Learning Repository ("Optical Recognition of Handwritten Digits", Alpaydin & Kaynak,
+CC BY 4.0), shipped inside scikit-learn, so nothing is downloaded. Written once as a
+class-folder tree of PNGs and then read through the ordinary directory source.
+"""
+
+import numpy as np
+import tensorflow as tf
+
+from keras_alexnet import fileio
+from keras_alexnet.data.sources import cache_dir
+
+DEMO_NAME = "digits"
+VERSION = "v1"
+VAL_EVERY = 5  # every 5th image of each class (in scikit-learn's order) is validation: 20 %
+
+
+def demo_split(labels):
+    """Return a boolean mask of validation images: the fixed, stratified 20 % split."""
+    labels = np.asarray(labels)
+    is_val = np.zeros(len(labels), bool)
+    for digit in np.unique(labels):
+        members = np.flatnonzero(labels == digit)
+        is_val[members[::VAL_EVERY]] = True
+    return is_val
+
+
+def ensure_demo_set(cache=None):
+    """Write the digits once as <cache>/digits-v1/{train,val}/<digit>/<index>.png; return it."""
+    from sklearn.datasets import load_digits
+
+    root = cache_dir(cache) / f"{DEMO_NAME}-{VERSION}"
+    if (root / "train").is_dir():
+        return root
+    digits = load_digits()
+    # scikit-learn's images hold counts 0..16 of a 4x4 block; rescale to 0..255.
+    pixels = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)
+    is_val = demo_split(digits.target)
+    with fileio.atomic_path(root) as tmp:
+        for index, (image, label, val) in enumerate(
+            zip(pixels, digits.target, is_val, strict=True)
+        ):
+            folder = tmp / ("val" if val else "train") / str(label)
+            folder.mkdir(parents=True, exist_ok=True)
+            png = tf.io.encode_png(image[..., None]).numpy()
+            (folder / f"{index:04d}.png").write_bytes(png)
+    return root

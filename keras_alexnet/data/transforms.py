@@ -1,0 +1,104 @@
+"""The papers' image transforms as pure TensorFlow ops, for use inside `Dataset.map`.
+
+Images are float32 RGB on the 0-255 scale. Random transforms are stateless and take an
+explicit `seed` (a shape-[2] int tensor), so a pipeline is reproducible from one seed.
+"""
+
+import tensorflow as tf
+
+PCA_STD = 0.1  # AlexNet Section 4.1: alpha_i ~ N(0, 0.1)
+
+
+def decode(contents):
+    """Decode JPEG/PNG/GIF/BMP bytes to uint8 RGB (grayscale -> RGB, alpha dropped)."""
+    image = tf.io.decode_image(contents, channels=3, expand_animations=False)
+    image.set_shape([None, None, 3])
+    return image
+
+
+def to_rgb(image):
+    """Make a uint8 image of 1, 3 or 4 channels RGB (tfds grayscale sets give 1 channel)."""
+    channels = image.shape[-1]
+    if channels == 1:
+        return tf.image.grayscale_to_rgb(image)
+    if channels == 4:
+        return image[..., :3]
+    return image
+
+
+def resize_shorter(image, size):
+    """Rescale so the shorter side is `size` (a scalar, may be a tensor), keeping the aspect.
+
+    AlexNet Section 2: "rescaled the image such that the shorter side was of length 256";
+    VGG Section 3.1: the training scale S (fixed, or drawn per image when jittering).
+    """
+    shape = tf.cast(tf.shape(image)[:2], tf.float32)
+    size = tf.cast(size, tf.float32)
+    scale = size / tf.reduce_min(shape)
+    new = tf.maximum(tf.cast(tf.round(shape * scale), tf.int32), tf.cast(size, tf.int32))
+    return tf.image.resize(tf.cast(image, tf.float32), new, method="bilinear")
+
+
+def random_scale(lo, hi, seed):
+    """Draw the training scale S uniformly from [lo, hi] (VGG's scale jittering)."""
+    return tf.random.stateless_uniform([], seed, minval=lo, maxval=hi + 1, dtype=tf.int32)
+
+
+def random_crop(image, size, seed):
+    """Random `size` x `size` crop (AlexNet: random 224 (227) patches of the 256 image)."""
+    return tf.image.stateless_random_crop(image, [size, size, 3], seed)
+
+
+def random_flip(image, seed):
+    """Horizontal reflection with probability 1/2 (AlexNet Section 4.1)."""
+    return tf.image.stateless_random_flip_left_right(image, seed)
+
+
+def pca_lighting(image, eigval, eigvec, seed, std=PCA_STD):
+    """Add [p1 p2 p3][a1 l1, a2 l2, a3 l3]^T to every pixel, alpha_i ~ N(0, std).
+
+    AlexNet Section 4.1: alpha is drawn once per image each time the image is used (the
+    caller passes a fresh seed per image per presentation); p_i, l_i are the eigenvectors
+    (columns of `eigvec`) and eigenvalues of the RGB covariance.
+    """
+    alpha = tf.random.stateless_normal([3], seed, stddev=std)
+    offset = tf.linalg.matvec(
+        tf.constant(eigvec, tf.float32), alpha * tf.constant(eigval, tf.float32)
+    )
+    return image + offset
+
+
+def subtract_mean(image, mean):
+    """Subtract the training set's per-channel mean (AlexNet Section 2, VGG Section 2.1)."""
+    return image - tf.constant(mean, tf.float32)
+
+
+def center_crop(image, size):
+    """The central `size` x `size` patch."""
+    h, w = tf.shape(image)[0], tf.shape(image)[1]
+    top, left = (h - size) // 2, (w - size) // 2
+    return image[top : top + size, left : left + size]
+
+
+def ten_crop(image, size):
+    """Four corner and centre crops and their reflections, stacked as [10, size, size, 3].
+
+    AlexNet Section 4.1: "extracting five 224x224 patches (the four corner patches and the
+    center patch) as well as their horizontal reflections". Order: top-left, top-right,
+    bottom-left, bottom-right, centre, then the reflections of those five in that order.
+    """
+    h, w = tf.shape(image)[0], tf.shape(image)[1]
+    crops = [
+        image[:size, :size],
+        image[:size, w - size :],
+        image[h - size :, :size],
+        image[h - size :, w - size :],
+        center_crop(image, size),
+    ]
+    crops = tf.stack(crops)
+    return tf.concat([crops, tf.reverse(crops, axis=[2])], axis=0)
+
+
+def dense_views(image):
+    """The whole image and its reflection, [2, H, W, 3] (VGG Section 3.2, dense evaluation)."""
+    return tf.stack([image, tf.reverse(image, axis=[1])])

@@ -1,0 +1,280 @@
+import dataclasses
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from keras_alexnet.data import (
+    IMAGENET_STATS,
+    DatasetStats,
+    compute_stats,
+    directory_source,
+    ensure_demo_set,
+    eval_dataset,
+    load_source,
+    train_dataset,
+    transforms,
+)
+from keras_alexnet.data.demo import demo_split
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_ALEXNET_CACHE", str(tmp_path / "cache"))
+
+
+def save(path, image, fmt, **kwargs):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path, fmt, **kwargs)
+
+
+def random_rgb(rng, h, w):
+    return Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+
+
+@pytest.fixture
+def tree(tmp_path):
+    """root/<class>/ with JPEG, PNG+alpha, GIF, BMP, grayscale, CMYK and two bad files."""
+    rng = np.random.default_rng(0)
+    root = tmp_path / "images"
+    for c in ("cat", "dog"):
+        for i in range(6):
+            save(root / c / f"rgb{i}.jpg", random_rgb(rng, 30 + i, 40), "JPEG")
+        rgba = np.concatenate([rng.integers(0, 256, (24, 26, 3)), np.full((24, 26, 1), 7)], -1)
+        save(root / c / "alpha.png", Image.fromarray(rgba.astype(np.uint8), "RGBA"), "PNG")
+        save(root / c / "anim.gif", random_rgb(rng, 22, 25).convert("P"), "GIF")
+        save(root / c / "bitmap.bmp", random_rgb(rng, 21, 23), "BMP")
+        save(
+            root / c / "gray.png", Image.fromarray(rng.integers(0, 256, (20, 30), np.uint8)), "PNG"
+        )
+        save(root / c / "cmyk.jpg", Image.new("CMYK", (25, 20), (10, 200, 30, 0)), "JPEG")
+        save(root / c / "tiny.png", Image.new("RGB", (1, 1), (200, 10, 10)), "PNG")
+    good = io.BytesIO()
+    random_rgb(rng, 40, 40).save(good, "JPEG")
+    (root / "cat" / "truncated.jpg").write_bytes(good.getvalue()[:200])
+    (root / "dog" / "notes.jpg").write_text("this is not an image")
+    # A PNG whose header claims 20000 x 20000 pixels: refused before any decoding.
+    ihdr = struct.pack(">IIBBBBB", 20000, 20000, 8, 2, 0, 0, 0)
+    chunk = struct.pack(">I", 13) + b"IHDR" + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
+    (root / "dog" / "huge.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk)
+    return root
+
+
+def test_directory_source_decodes_mixed_formats_and_reports_bad_files(tree, capsys):
+    source = directory_source(tree, val_fraction=0.25, seed=0)
+    assert source.class_names == ["cat", "dog"]
+    skipped = dict(source.skipped)
+    assert sorted(p.rsplit("/", 1)[-1] for p in skipped) == [
+        "huge.png",
+        "notes.jpg",
+        "truncated.jpg",
+    ]
+    assert "too large" in skipped[str(tree / "dog" / "huge.png")]
+    assert "skipping 3 unusable file(s)" in capsys.readouterr().out
+    assert source.num_train + source.num_val == 2 * 12
+    for contents, label in source.encoded("train").concatenate(source.encoded("val")):
+        image = transforms.decode(contents)
+        assert image.shape[-1] == 3 and image.dtype == tf.uint8
+        assert int(label) in (0, 1)
+
+
+def test_cmyk_jpeg_and_grayscale_decode_to_the_right_rgb(tree):
+    cmyk = transforms.decode(tf.io.read_file(str(tree / "cat" / "cmyk.jpg"))).numpy()
+    expected = np.asarray(Image.open(tree / "cat" / "cmyk.jpg").convert("RGB"))
+    np.testing.assert_allclose(cmyk.astype(int), expected.astype(int), atol=2)
+    gray = transforms.decode(tf.io.read_file(str(tree / "cat" / "gray.png"))).numpy()
+    plain = np.asarray(Image.open(tree / "cat" / "gray.png"))
+    assert all(np.array_equal(gray[..., c], plain) for c in range(3))
+    alpha = transforms.decode(tf.io.read_file(str(tree / "cat" / "alpha.png"))).numpy()
+    np.testing.assert_array_equal(
+        alpha, np.asarray(Image.open(tree / "cat" / "alpha.png"))[..., :3]
+    )
+
+
+def test_empty_class_folder_and_empty_directory_are_clear_errors(tmp_path):
+    (tmp_path / "a" / "one").mkdir(parents=True)
+    Image.new("RGB", (4, 4)).save(tmp_path / "a" / "one" / "x.png")
+    (tmp_path / "a" / "two").mkdir()
+    with pytest.raises(ValueError, match=r"a/two: empty class folder"):
+        directory_source(tmp_path / "a")
+    (tmp_path / "b").mkdir()
+    with pytest.raises(ValueError, match="no class sub-folders"):
+        directory_source(tmp_path / "b")
+    with pytest.raises(ValueError, match="no such directory"):
+        directory_source(tmp_path / "missing")
+
+
+def test_every_mode_has_the_promised_shapes_and_dtypes(tree):
+    source = directory_source(tree, val_fraction=0.25, seed=0)
+    x, y = next(iter(train_dataset(source, image_size=16, resize=20, batch_size=4, seed=1)))
+    assert (x.shape, x.dtype, y.shape, y.dtype) == ((4, 16, 16, 3), tf.float32, (4,), tf.int32)
+    x, y = next(iter(eval_dataset(source, protocol="center", image_size=16, resize=20)))
+    assert x.shape[1:] == (16, 16, 3) and x.shape[0] == y.shape[0] == source.num_val
+    x, y = next(iter(eval_dataset(source, protocol="ten_crop", image_size=16, resize=20)))
+    assert x.shape[1:] == (10, 16, 16, 3)
+    x, y = next(iter(eval_dataset(source, protocol="dense", image_size=16, resize=20)))
+    assert x.shape[0] == 2 and min(x.shape[1:3]) == 20 and y.shape == (1,)
+    with pytest.raises(ValueError, match="protocol must be one of"):
+        eval_dataset(source, protocol="five_crop", image_size=16)
+
+
+def test_training_batches_are_reproducible_from_the_seed_and_epoch(tree):
+    source = directory_source(tree, val_fraction=0.25, seed=0)
+
+    def first(**kw):
+        return next(iter(train_dataset(source, image_size=16, resize=20, batch_size=6, **kw)))
+
+    a, b = first(seed=3), first(seed=3)
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+    assert not np.array_equal(a[0], first(seed=3, epoch=1)[0])
+    assert not np.array_equal(a[0], first(seed=4)[0])
+
+
+def test_drop_remainder_and_sharding(tree):
+    source = directory_source(tree, val_fraction=0.25, seed=0)
+    n = source.num_train
+    batches = list(train_dataset(source, image_size=8, resize=10, batch_size=4, seed=0))
+    assert len(batches) == n // 4
+    ctx = tf.distribute.InputContext(
+        num_input_pipelines=2, input_pipeline_id=1, num_replicas_in_sync=2
+    )
+    shard = list(
+        train_dataset(source, image_size=8, resize=10, batch_size=4, seed=0, input_context=ctx)
+    )
+    assert all(b[0].shape[0] == 2 for b in shard) and len(shard) == (n // 2) // 2
+
+
+def constant_source(tmp_path, color=(100, 120, 140), n=64):
+    for c in ("a", "b"):
+        for i in range(n // 2):
+            save(tmp_path / "const" / c / f"{i}.png", Image.new("RGB", (12, 12), color), "PNG")
+    return directory_source(tmp_path / "const", val_fraction=0.25, seed=0)
+
+
+def test_pca_lighting_is_drawn_per_image_per_presentation(tmp_path):
+    source = dataclasses.replace(constant_source(tmp_path, n=200), stats=IMAGENET_STATS)
+
+    def offsets(epoch):
+        ds = train_dataset(
+            source, image_size=8, resize=12, batch_size=50, seed=0, epoch=epoch, flip=False
+        )
+        batches = [x.numpy() for x, _ in ds]
+        # A constant image's crop is its colour: what remains is the lighting offset,
+        # the same on every pixel of an image.
+        assert all(np.allclose(b.std(axis=(1, 2)), 0, atol=1e-3) for b in batches)
+        return np.concatenate([b[:, 0, 0] for b in batches]) - np.array([100, 120, 140])
+
+    first, second = offsets(0), offsets(1)
+    assert len(np.unique(first.round(3), axis=0)) == len(first)  # a new draw per image
+    assert not np.allclose(first, second)  # and per presentation
+    eigvec, eigval = np.array(IMAGENET_STATS.eigvec), np.array(IMAGENET_STATS.eigval)
+    alphas = np.linalg.solve(eigvec, first.T).T / eigval  # offset = eigvec @ (alpha * eigval)
+    np.testing.assert_allclose(alphas.std(axis=0), 0.1, rtol=0.25)
+    np.testing.assert_allclose(alphas.mean(axis=0), 0, atol=0.04)
+
+
+def test_pca_lighting_offset_lies_in_the_eigenvector_span_with_std_0_1():
+    eigvec = np.linalg.qr(np.random.default_rng(1).normal(size=(3, 3)))[0]
+    eigval = np.array([30.0, 5.0, 0.0])  # rank 2: offsets must stay in the first two axes
+    image = tf.zeros((4, 4, 3))
+    offsets = np.stack([
+        transforms.pca_lighting(image, eigval, eigvec, tf.constant([i, 7]))[0, 0].numpy()
+        for i in range(2000)
+    ])  # fmt: skip
+    alphas = offsets @ eigvec  # coordinates along each eigenvector = alpha_i * eigval_i
+    assert np.allclose(alphas[:, 2], 0, atol=1e-4)
+    np.testing.assert_allclose(alphas[:, :2].std(axis=0) / eigval[:2], 0.1, rtol=0.1)
+    np.testing.assert_allclose(offsets.mean(axis=0), 0, atol=0.3)
+
+
+def test_compute_stats_matches_numpy_eigh_on_the_same_pixels():
+    rng = np.random.default_rng(2)
+    base = rng.normal(size=(3, 3))
+    images = [np.clip(rng.normal(size=(9 + i, 7, 3)) @ base * 40 + 120, 0, 255) for i in range(5)]
+    stats = compute_stats(images)
+    pixels = np.concatenate([im.reshape(-1, 3) for im in images])
+    np.testing.assert_allclose(stats.mean, pixels.mean(axis=0), rtol=1e-9)
+    values, vectors = np.linalg.eigh(np.cov(pixels / 255.0, rowvar=False, bias=True))
+    np.testing.assert_allclose(stats.eigval, values[::-1] * 255.0, rtol=1e-6)
+    for j in range(3):  # eigenvectors up to sign
+        v = np.array(stats.eigvec)[:, j]
+        assert abs(abs(v @ vectors[:, ::-1][:, j]) - 1) < 1e-6
+    round_trip = DatasetStats.from_json(stats.to_json())
+    assert round_trip == stats
+
+
+def test_directory_statistics_are_those_of_the_training_pixels(tree):
+    source = directory_source(tree, val_fraction=0.25, seed=0)
+    images = [transforms.decode(c).numpy() for c, _ in source.encoded("train")]
+    expected = compute_stats(images)
+    np.testing.assert_allclose(source.stats.mean, expected.mean, rtol=1e-9)
+    np.testing.assert_allclose(source.stats.eigval, expected.eigval, rtol=1e-6)
+
+
+def test_ten_crop_equals_ten_crops_cut_by_hand(tmp_path):
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 256, (20, 26, 3), dtype=np.uint8)
+    crops = transforms.ten_crop(tf.constant(image, tf.float32), 16).numpy()
+    by_hand = [image[:16, :16], image[:16, 10:], image[4:, :16], image[4:, 10:], image[2:18, 5:21]]
+    by_hand += [c[:, ::-1] for c in by_hand]
+    np.testing.assert_array_equal(crops, np.stack(by_hand).astype(np.float32))
+    # Through the whole pipeline: a PNG whose shorter side already equals the resize size.
+    for c in ("a", "b"):
+        save(tmp_path / "t" / "train" / c / "x.png", Image.fromarray(image), "PNG")
+        save(tmp_path / "t" / "val" / c / "x.png", Image.fromarray(image), "PNG")
+    source = directory_source(tmp_path / "t")
+    x, _ = next(iter(eval_dataset(source, protocol="ten_crop", image_size=16, resize=20)))
+    np.testing.assert_allclose(x.numpy()[0], np.stack(by_hand), atol=1e-3)
+    dense, _ = next(iter(eval_dataset(source, protocol="dense", image_size=16, resize=20)))
+    np.testing.assert_allclose(dense.numpy(), np.stack([image, image[:, ::-1]]), atol=1e-3)
+    center, _ = next(iter(eval_dataset(source, protocol="center", image_size=16, resize=20)))
+    np.testing.assert_allclose(center.numpy()[0], image[2:18, 5:21], atol=1e-3)
+
+
+def test_scale_jittering_draws_the_shorter_side_from_the_range():
+    image = tf.zeros((30, 45, 3))
+    sides = set()
+    for i in range(200):
+        s = transforms.random_scale(256, 512, tf.constant([i, 0]))
+        sides.add(int(tf.reduce_min(tf.shape(transforms.resize_shorter(image, s))[:2])))
+    assert min(sides) >= 256 and max(sides) <= 512 and len(sides) > 100
+
+
+def test_demo_set_is_real_digits_with_a_fixed_split(tmp_path):
+    first = ensure_demo_set(tmp_path / "one")
+    second = ensure_demo_set(tmp_path / "two")
+
+    def listing(root):
+        return sorted(str(p.relative_to(root)) for p in root.rglob("*.png"))
+
+    assert listing(first) == listing(second)
+    assert len(listing(first)) == 1797
+    source = load_source(None, cache=tmp_path / "one")
+    assert (source.num_train, source.num_val) == (1433, 364)
+    assert source.class_names == [str(d) for d in range(10)]
+    labels = np.repeat(np.arange(10), 20)
+    assert demo_split(labels).sum() == 40  # every 5th of each class
+
+
+def test_tfds_mock_data_source():
+    tfds = pytest.importorskip("tensorflow_datasets")
+    with tfds.testing.mock_data(num_examples=6):
+        source = load_source("imagenet2012")
+        assert len(source.class_names) == 1000 and source.stats.mean[0] == pytest.approx(123.68)
+        x, y = next(iter(train_dataset(source, image_size=16, resize=20, batch_size=3, seed=0)))
+        assert x.shape == (3, 16, 16, 3) and y.dtype == tf.int32
+        x, _ = next(iter(eval_dataset(source, protocol="ten_crop", image_size=16, resize=20)))
+        assert x.shape[1:] == (10, 16, 16, 3)
+
+
+def test_missing_imagenet_archives_say_which_files_go_where(tmp_path):
+    with pytest.raises(ValueError, match=r"ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar.*"
+                       r"downloads/manual"):  # fmt: skip
+        load_source("imagenet2012", data_dir=str(tmp_path / "tfds"))
+    with pytest.raises(ValueError, match="neither a directory nor a TFDS dataset"):
+        load_source("no_such_dataset_xyz", data_dir=str(tmp_path / "tfds"))
