@@ -1,0 +1,218 @@
+"""Train AlexNet or a VGG configuration with the papers' recipe; re-run to resume.
+
+With no --data it trains on the bundled demo set (real UCI handwritten digits shipped in
+scikit-learn) with demo settings: He init, inputs scaled to about [-1, 1], 3 epochs,
+batch 32 -- the paper's init and 0-255 inputs do not train from scratch on 8x8 digits.
+With --data the defaults are the papers': AlexNet batch 128 / 90 epochs, VGG batch 256 /
+74 epochs, SGD momentum 0.9, coupled weight decay 5e-4, lr 0.01 divided by 10 when the
+validation accuracy stops improving (three times).
+"""
+
+import argparse
+import sys
+
+from keras_alexnet.models import ALIASES, MODEL_NAMES
+from keras_alexnet.train import SCHEDULES, STRATEGIES, TrainConfig
+
+
+def _resize(text):
+    """Parse --resize: 'S' or 'LO,HI' (scale jittering)."""
+    parts = [int(p) for p in text.split(",")]
+    if len(parts) == 1:
+        parts *= 2
+    if len(parts) != 2 or not 0 < parts[0] <= parts[1]:
+        raise argparse.ArgumentTypeError("expected S or LO,HI with 0 < LO <= HI")
+    return tuple(parts)
+
+
+def get_args_parser():
+    """Return the argument parser of this script."""
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--model",
+        default="alexnet",
+        choices=[*MODEL_NAMES, *ALIASES],
+        help="which published model to train (default: %(default)s)",
+    )
+    p.add_argument(
+        "--data",
+        default=None,
+        help="a class-folder directory or a TFDS name (e.g. imagenet2012); omitted: "
+        "the bundled demo digits (default: %(default)s)",
+    )
+    p.add_argument(
+        "--data-dir",
+        default=None,
+        help="TFDS data directory (imagenet2012 archives go in "
+        "DATA_DIR/downloads/manual/) (default: TFDS's own)",
+    )
+    p.add_argument(
+        "--strategy",
+        default="default",
+        choices=STRATEGIES,
+        help="tf.distribute strategy; mirrored uses all GPUs, or --cpu-replicas "
+        "logical CPU devices; multi_worker reads TF_CONFIG (default: %(default)s)",
+    )
+    p.add_argument(
+        "--cpu-replicas",
+        type=int,
+        default=2,
+        help="replicas of a mirrored run on a CPU-only machine (default: %(default)s)",
+    )
+    p.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="epochs (default: AlexNet paper 90, VGG paper 74, demo 3)",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="global batch size (default: AlexNet paper 128, VGG paper 256, demo 32)",
+    )
+    p.add_argument(
+        "--lr",
+        type=float,
+        default=0.01,
+        help="initial learning rate, both papers (default: %(default)s)",
+    )
+    p.add_argument(
+        "--momentum",
+        type=float,
+        default=0.9,
+        help="SGD momentum, both papers (default: %(default)s)",
+    )
+    p.add_argument(
+        "--weight-decay",
+        type=float,
+        default=5e-4,
+        help="L2 weight decay coupled into the gradient as in the AlexNet paper's "
+        "update rule (default: %(default)s)",
+    )
+    p.add_argument(
+        "--lr-schedule",
+        default="plateau",
+        choices=SCHEDULES,
+        help="plateau: /10 when val top-1 stops improving (the papers); step: /10 "
+        "every --step-epochs; cosine (default: %(default)s)",
+    )
+    p.add_argument(
+        "--plateau-patience",
+        type=int,
+        default=1,
+        help="epochs without improvement before a plateau drop (default: %(default)s)",
+    )
+    p.add_argument(
+        "--max-lr-drops",
+        type=int,
+        default=3,
+        help="at most this many /10 drops, three in both papers (default: %(default)s)",
+    )
+    p.add_argument(
+        "--step-epochs",
+        type=int,
+        default=30,
+        help="epochs between drops of the step schedule (default: %(default)s)",
+    )
+    p.add_argument(
+        "--init",
+        default=None,
+        choices=("paper", "glorot", "he"),
+        help="weight initialisation (default: paper; demo: he)",
+    )
+    p.add_argument(
+        "--scale",
+        type=float,
+        default=None,
+        help="multiplier after in-graph mean subtraction (default: 1, the papers; demo: 1/127.5)",
+    )
+    p.add_argument(
+        "--resize",
+        type=_resize,
+        default=None,
+        help="training scale S, or LO,HI for VGG scale jittering, e.g. 256,512 (default: 256)",
+    )
+    p.add_argument(
+        "--image-size", type=int, default=None, help="crop size (default: AlexNet 227, VGG 224)"
+    )
+    p.add_argument(
+        "--width",
+        type=float,
+        default=1.0,
+        help="width multiplier of every layer; 1 is the paper (default: %(default)s)",
+    )
+    p.add_argument(
+        "--mixed-precision",
+        action="store_true",
+        help="train in mixed_float16 with loss scaling (GPUs) (default: off)",
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of init, data order and augmentation (default: %(default)s)",
+    )
+    p.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="enable TF op determinism (bit-exact resume, slower) (default: off)",
+    )
+    p.add_argument(
+        "--steps-per-epoch",
+        type=int,
+        default=None,
+        help="cap the steps of each epoch (default: the whole training set)",
+    )
+    p.add_argument(
+        "--val-steps",
+        type=int,
+        default=None,
+        help="cap the validation batches (default: the whole validation split)",
+    )
+    p.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=100,
+        help="also checkpoint every N steps within an epoch (default: %(default)s)",
+    )
+    p.add_argument(
+        "--no-pca-lighting",
+        dest="pca_lighting",
+        action="store_false",
+        help="turn off AlexNet's PCA colour augmentation (default: on)",
+    )
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.1,
+        help="validation share of a directory with no val/ tree (default: %(default)s)",
+    )
+    p.add_argument(
+        "--output",
+        default=None,
+        help="run directory; an existing one is resumed (default: runs/MODEL)",
+    )
+    return p
+
+
+def main(args):
+    """Run training and print where the results are."""
+    from keras_alexnet.train import TrainingError, train
+
+    config = TrainConfig(**vars(args))
+    try:
+        result = train(config, argv=sys.argv)
+    except (TrainingError, ValueError) as e:
+        raise SystemExit(f"error: {e}") from None
+    print(
+        f"Finished {result['epoch']} epochs in {result['seconds']:.0f} s on "
+        f"{result['replicas']} replica(s): val top-1 {result['val_top1']:.4f}, "
+        f"top-5 {result['val_top5']:.4f}; best model {result['output']}/best.keras"
+    )
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())
