@@ -2,7 +2,13 @@
 
 from keras_alexnet.data.demo import DEMO_NAME, ensure_demo_set
 from keras_alexnet.data.pipeline import PROTOCOLS, eval_dataset, train_dataset
-from keras_alexnet.data.sources import Source, directory_source, load_source, tfds_source
+from keras_alexnet.data.sources import (
+    Source,
+    directory_source,
+    load_source,
+    source_stats,
+    tfds_source,
+)
 from keras_alexnet.data.stats import IMAGENET_STATS, DatasetStats, compute_stats
 
 __all__ = [
@@ -16,6 +22,7 @@ __all__ = [
     "ensure_demo_set",
     "eval_dataset",
     "load_source",
+    "source_stats",
     "tfds_source",
     "train_dataset",
 ]

@@ -10,7 +10,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_alexnet import fileio
-from keras_alexnet.data.sources import cache_dir
+from keras_alexnet.data import sources
 
 DEMO_NAME = "digits"
 VERSION = "v1"
@@ -27,11 +27,16 @@ def demo_split(labels):
     return is_val
 
 
-def ensure_demo_set(cache=None):
-    """Write the digits once as <cache>/digits-v1/{train,val}/<digit>/<index>.png; return it."""
+def ensure_demo_set(cache_dir=None):
+    """Write the digits once as <cache>/digits-v1/{train,val}/<digit>/<index>.png; return it.
+
+    The default cache is $KERAS_ALEXNET_CACHE or ~/.cache/keras_alexnet. The tree is
+    written to a temporary directory and renamed into place, so a killed write never
+    leaves half a tree.
+    """
     from sklearn.datasets import load_digits
 
-    root = cache_dir(cache) / f"{DEMO_NAME}-{VERSION}"
+    root = sources.cache_dir(cache_dir) / f"{DEMO_NAME}-{VERSION}"
     if (root / "train").is_dir():
         return root
     digits = load_digits()

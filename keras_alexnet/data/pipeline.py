@@ -1,5 +1,6 @@
 """tf.data pipelines for training and evaluation under the papers' protocols."""
 
+import numpy as np
 import tensorflow as tf
 
 from keras_alexnet.data import transforms
@@ -8,11 +9,9 @@ PROTOCOLS = ("center", "ten_crop", "dense")
 AUTOTUNE = tf.data.AUTOTUNE
 
 
-def _element_seeds(seed, epoch):
-    """A dataset of fresh shape-[2] seeds, one per element, fixed by (seed, epoch)."""
-    if seed is None:
-        return tf.data.Dataset.random().batch(2)
-    return tf.data.Dataset.random(seed=seed * 100_003 + epoch).batch(2)
+def _mix(*values):
+    """A 31-bit seed derived from several integers (NumPy's SeedSequence hashing)."""
+    return int(np.random.SeedSequence([int(v) for v in values]).generate_state(1)[0] >> 1)
 
 
 def train_dataset(
@@ -26,6 +25,7 @@ def train_dataset(
     pca_lighting=True,
     flip=True,
     subtract_mean=False,
+    shuffle_buffer=10_000,
     cache=False,
     input_context=None,
 ):
@@ -35,34 +35,48 @@ def train_dataset(
     or (lo, hi) for scale jittering with S drawn per image), take a random `image_size`
     crop, reflect it with probability 1/2, add PCA lighting noise drawn per image per
     presentation. Pixels stay on the 0-255 scale; the mean is subtracted in the model
-    unless `subtract_mean`. `seed` and `epoch` fix the order and every random draw, so a
-    resumed run sees the same data. With `input_context` the data is sharded per input
-    pipeline and `batch_size` is the global batch.
+    unless `subtract_mean`. One pass over the dataset is one epoch; every new pass is a
+    new presentation (new order, crops, flips and lighting). With `seed` the passes are
+    reproducible: pass k of a dataset built with (seed, epoch) is the same in every run.
+    With `input_context` the data is sharded per input pipeline and `batch_size` (the
+    global batch) becomes the per-replica batch. `shuffle_buffer` bounds the shuffle of
+    TFDS records and of cached images; a folder's file list is shuffled whole.
     """
     if isinstance(resize, int):
         resize = (resize, resize)
-    lo, hi = resize
+    lo, hi = (int(v) for v in resize)
+    if not 0 < lo <= hi:
+        raise ValueError(f"resize must be an int or (lo, hi) with 0 < lo <= hi. Received: {resize}")
     if image_size > lo:
         raise ValueError(f"image_size {image_size} is larger than the resize size {lo}")
     stats = source.stats
-    order_seed = None if seed is None else seed * 100_003 + epoch
-    ds = source.encoded("train", shuffle_seed=order_seed if seed is not None else 0)
-    if seed is None:
-        ds = ds.shuffle(4096)
+    shard = None
     if input_context is not None:
-        ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+        shard = (input_context.num_input_pipelines, input_context.input_pipeline_id)
         batch_size = input_context.get_per_replica_batch_size(batch_size)
+    pipeline_id = 0 if shard is None else shard[1]
+    order_seed = -1 if seed is None else _mix(seed, epoch, pipeline_id)
     if cache:
+        # Cache decoded images before shuffling, so later passes are still reshuffled.
+        ds = source.encoded("train", shard=shard)
         ds = ds.map(lambda c, y: (transforms.decode(c), y), num_parallel_calls=AUTOTUNE).cache()
-        decode = False
+        ds = ds.shuffle(
+            shuffle_buffer,
+            seed=None if seed is None else order_seed,
+            reshuffle_each_iteration=True,
+        )
     else:
-        decode = True
+        ds = source.encoded(
+            "train", shuffle_seed=order_seed, shuffle_buffer=shuffle_buffer, shard=shard
+        )
+    element_seed = None if seed is None else _mix(seed, epoch, pipeline_id, 1)
+    seeds = tf.data.Dataset.random(seed=element_seed, rerandomize_each_iteration=True).batch(2)
 
     def augment(example, seeds):
         image, label = example
-        if decode:
+        if not cache:
             image = transforms.decode(image)
-        s = tf.random.experimental.stateless_split(tf.cast(seeds, tf.int64), 4)
+        s = tf.random.experimental.stateless_split(seeds, 4)
         size = transforms.random_scale(lo, hi, s[0]) if hi > lo else lo
         image = transforms.resize_shorter(image, size)
         image = transforms.random_crop(image, image_size, s[1])
@@ -74,8 +88,7 @@ def train_dataset(
             image = transforms.subtract_mean(image, stats.mean)
         return image, label
 
-    ds = tf.data.Dataset.zip(ds, _element_seeds(seed, epoch))
-    ds = ds.map(augment, num_parallel_calls=AUTOTUNE)
+    ds = tf.data.Dataset.zip(ds, seeds).map(augment, num_parallel_calls=AUTOTUNE)
     return ds.batch(batch_size, drop_remainder=True).prefetch(AUTOTUNE)
 
 

@@ -9,6 +9,7 @@ import concurrent.futures
 import dataclasses
 import hashlib
 import os
+import re
 import struct
 from pathlib import Path
 
@@ -17,11 +18,20 @@ import tensorflow as tf
 
 from keras_alexnet import fileio
 from keras_alexnet.data import transforms
-from keras_alexnet.data.stats import IMAGENET_STATS, DatasetStats, StatsAccumulator
+from keras_alexnet.data.stats import (
+    IMAGENET_STATS,
+    DatasetStats,
+    StatsAccumulator,
+    compute_stats,
+)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
 MAX_PIXELS = 100_000_000  # larger images are skipped: one would take > 300 MB decoded
 IMAGENET_MANUAL_FILES = ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar")
+# TFDS builders made from the ILSVRC-2012 archives: the published statistics apply.
+IMAGENET_BUILDERS = ("imagenet2012", "imagenet2012_subset")
+REPORTED = 5  # how many skipped file names a report shows
+_TFDS_NAME = re.compile(r"^[a-z][a-z0-9_]*(/[\w.-]+)?(:[\d.*]+)?$")
 
 
 def cache_dir(cache=None):
@@ -32,13 +42,18 @@ def cache_dir(cache=None):
 
 @dataclasses.dataclass
 class Source:
-    """A dataset's splits as (encoded bytes, label) datasets, its classes and statistics."""
+    """A dataset's splits as (encoded bytes, label) datasets, its classes and statistics.
+
+    `skipped` lists (path, reason) for every file left out because it cannot be used;
+    `kind` is "directory" (folders and the demo set) or "tfds".
+    """
 
     name: str
     class_names: list[str]
     stats: DatasetStats
     sizes: dict[str, int]
     skipped: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    kind: str = "directory"  # or "tfds"
     _factories: dict = dataclasses.field(default_factory=dict, repr=False)
 
     @property
@@ -51,11 +66,13 @@ class Source:
         """Number of validation images."""
         return self.sizes.get("val", 0)
 
-    def encoded(self, split, shuffle_seed=None):
+    def encoded(self, split, *, shuffle_seed=None, shuffle_buffer=10_000, shard=None):
         """Return a Dataset of (encoded image bytes, int32 label) for `split`.
 
-        With `shuffle_seed` the examples come in a seeded random order (file lists are
-        shuffled whole; TFDS shards are shuffled, then a buffer).
+        `shard=(num_shards, index)` keeps every num_shards-th example, before shuffling.
+        With `shuffle_seed` (an int, or -1 for an unseeded shuffle) the order is shuffled,
+        anew on every iteration: a whole file list at once, TFDS records through their
+        shuffled files and a `shuffle_buffer`-long buffer.
         """
         if split not in self._factories:
             raise ValueError(
@@ -63,7 +80,13 @@ class Source:
             )
         if not self.sizes.get(split):
             raise ValueError(f"{self.name}: split {split!r} is empty")
-        return self._factories[split](shuffle_seed)
+        return self._factories[split](shuffle_seed, shuffle_buffer, shard)
+
+
+def _shuffle(ds, buffer, seed):
+    """Shuffle anew each iteration; seed -1 means unseeded."""
+    seed = None if seed == -1 else seed
+    return ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
 
 
 # ----------------------------------------------------------------------------- folders
@@ -73,7 +96,7 @@ def _header_size(head):
     """Return (width, height) from a JPEG/PNG/GIF/BMP header, or None if unrecognised."""
     if head[:8] == b"\x89PNG\r\n\x1a\n" and len(head) >= 24:
         return struct.unpack(">II", head[16:24])
-    if head[:6] in (b"GIF87a", b"GIF89a"):
+    if head[:6] in (b"GIF87a", b"GIF89a") and len(head) >= 10:
         return struct.unpack("<HH", head[6:10])
     if head[:2] == b"BM" and len(head) >= 26:
         w, h = struct.unpack("<ii", head[18:26])
@@ -89,47 +112,96 @@ def _header_size(head):
                 h, w = struct.unpack(">HH", head[i + 5 : i + 9])
                 return w, h
             i += 2 + length
-        return (0, 0)  # SOF beyond the bytes read: let the decoder decide
+        return (-1, -1)  # frame header beyond the bytes read: let the decoder decide
     return None
 
 
-def check_image(path):
-    """Return None if `path` decodes to an RGB image the pipeline can use, else the reason."""
+def scan_image(path):
+    """Decode one file as the pipeline will; return (reason or None, pixel moments or None).
+
+    The moments are (count, sum of RGB, upper triangle of the sum of outer products), the
+    statistics' share of this image; they let the statistics of any subset be summed
+    without decoding again.
+    """
     try:
         data = Path(path).read_bytes()
     except OSError as e:
-        return f"unreadable ({e.strerror})"
+        return f"unreadable ({e.strerror})", None
     if not data:
-        return "empty file"
+        return "empty file", None
     size = _header_size(data[:65536])
     if size is None:
-        return "not a JPEG, PNG, GIF or BMP image"
+        return "not a JPEG, PNG, GIF or BMP image", None
     if size[0] * size[1] > MAX_PIXELS:
-        return f"too large ({size[0]}x{size[1]} pixels; the limit is {MAX_PIXELS:,})"
+        return f"too large ({size[0]}x{size[1]} pixels; the limit is {MAX_PIXELS:,})", None
     try:
-        image = transforms.decode(data)
+        image = transforms.decode(data).numpy()
     except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as e:
-        return "cannot be decoded: " + str(e).splitlines()[0][:120]
+        return "cannot be decoded: " + str(e).splitlines()[0][:120], None
     if image.shape[0] < 1 or image.shape[1] < 1:
-        return "has no pixels"
-    return None
+        return "has no pixels", None
+    x = image.reshape(-1, 3).astype(np.float64)
+    outer = (x.T @ x)[np.triu_indices(3)]
+    return None, np.concatenate([[len(x)], x.sum(axis=0), outer])
 
 
-def _verify(paths, cache):
-    """Check every file once (results cached by path, size and mtime); return the bad ones."""
+def _scan(paths, cache):
+    """Scan every file once; results are cached per file by (path, size, mtime).
+
+    Returns {path: (reason, moments)}. A second listing of an unchanged tree decodes
+    nothing; a changed or added file is decoded again.
+    """
     stamps = {}
     for p in paths:
         st = os.stat(p)
-        stamps[p] = f"{st.st_size}:{st.st_mtime_ns}"
-    key = hashlib.sha1("\n".join(f"{p}|{s}" for p, s in stamps.items()).encode()).hexdigest()
-    cached = cache / "verified" / f"{key}.json"
-    if cached.exists():
-        return {p: r for p, r in fileio.read_json(cached).items()}
-    with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-        reasons = dict(zip(paths, pool.map(check_image, paths), strict=True))
-    bad = {p: r for p, r in reasons.items() if r}
-    fileio.write_json(cached, bad)
-    return bad
+        stamps[p] = (st.st_size, st.st_mtime_ns)
+    key = hashlib.sha1(os.path.commonpath(paths).encode()).hexdigest() if paths else "none"
+    cache_file = cache / "scan" / f"{key}.npz"
+    known = {}
+    if cache_file.exists():
+        with np.load(cache_file) as z:
+            arrays = {k: z[k] for k in z.files}
+        names = arrays["paths"].tobytes().decode().split("\n")
+        reasons = arrays["reasons"].tobytes().decode().split("\n")
+        for i, p in enumerate(names):
+            stamp = (int(arrays["size"][i]), int(arrays["mtime"][i]))
+            known[p] = (stamp, reasons[i] or None, None if reasons[i] else arrays["moments"][i])
+    results = {p: known[p][1:] for p in paths if p in known and known[p][0] == stamps[p]}
+    todo = [p for p in paths if p not in results]
+    if todo:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+            results.update(zip(todo, pool.map(scan_image, todo), strict=True))
+        merged = {p: (stamps[p], *results[p]) for p in paths}
+        merged.update({p: v for p, v in known.items() if p not in merged})
+        names = list(merged)
+        with fileio.atomic_path(cache_file) as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(
+                    f,
+                    paths=np.frombuffer("\n".join(names).encode(), np.uint8),
+                    reasons=np.frombuffer(
+                        "\n".join((merged[p][1] or "").replace("\n", " ") for p in names).encode(),
+                        np.uint8,
+                    ),
+                    size=np.array([merged[p][0][0] for p in names], np.int64),
+                    mtime=np.array([merged[p][0][1] for p in names], np.int64),
+                    moments=np.stack(
+                        [np.zeros(10) if merged[p][2] is None else merged[p][2] for p in names]
+                    ),
+                )
+    return results
+
+
+def _stats_from_moments(moments):
+    """DatasetStats from per-image moments rows (count, sum[3], upper outer[6])."""
+    total = np.sum(moments, axis=0)
+    acc = StatsAccumulator()
+    acc.count = total[0]
+    acc.total = total[1:4]
+    outer = np.zeros((3, 3))
+    outer[np.triu_indices(3)] = total[4:]
+    acc.outer = outer + np.triu(outer, 1).T
+    return acc.result()
 
 
 def _list_tree(root):
@@ -157,46 +229,35 @@ def _files_factory(paths, labels):
     paths = np.asarray(paths, dtype=object).astype(str)
     labels = np.asarray(labels, dtype=np.int32)
 
-    def make(shuffle_seed):
+    def make(shuffle_seed, shuffle_buffer, shard):
+        del shuffle_buffer  # file names are small: the whole list is shuffled
         ds = tf.data.Dataset.from_tensor_slices((paths, labels))
+        if shard is not None:
+            ds = ds.shard(*shard)
         if shuffle_seed is not None:
-            ds = ds.shuffle(len(paths), seed=shuffle_seed, reshuffle_each_iteration=False)
+            ds = _shuffle(ds, len(paths), shuffle_seed)
         return ds.map(lambda p, y: (tf.io.read_file(p), y), num_parallel_calls=tf.data.AUTOTUNE)
 
     return make
 
 
-def _stats_of(dataset, cache_file):
-    """Compute (and cache) DatasetStats over the decoded images of a (bytes, label) dataset."""
-    if cache_file is not None and cache_file.exists():
-        return DatasetStats.load(cache_file)
-    stats = stats_of_dataset(dataset)
-    if cache_file is not None:
-        stats.save(cache_file)
-    return stats
-
-
-def stats_of_dataset(dataset):
-    """Mean and RGB PCA over all images of a (bytes, label) dataset, summed in float64."""
-
-    def moments(contents, _):
-        x = tf.reshape(tf.cast(transforms.decode(contents), tf.float64), [-1, 3])
-        return tf.cast(tf.shape(x)[0], tf.float64), tf.reduce_sum(x, 0), tf.matmul(x, x, True)
-
-    acc = StatsAccumulator()
-    for count, total, outer in dataset.map(moments, num_parallel_calls=tf.data.AUTOTUNE):
-        acc.count += int(count)
-        acc.total += total.numpy()
-        acc.outer += outer.numpy()
-    return acc.result()
+def report_skipped(skipped):
+    """Print once how many files were skipped, and the first few with the reason."""
+    if not skipped:
+        return
+    shown = "; ".join(f"{p}: {r}" for p, r in skipped[:REPORTED])
+    more = f" (and {len(skipped) - REPORTED} more)" if len(skipped) > REPORTED else ""
+    print(f"keras_alexnet: skipping {len(skipped)} unusable file(s): {shown}{more}")
 
 
 def directory_source(root, *, val_fraction=0.1, seed=0, cache=None, name=None):
     """A class-folder tree: root/train/<class>/*, root/val/<class>/*, or root/<class>/*.
 
     Class names are the sub-folder names in sorted order. With a single tree, a seeded
-    `val_fraction` of each class is held out for validation. Files that do not decode
-    (truncated, not an image, too large) are skipped, counted and reported.
+    `val_fraction` of each class is held out for validation. Every file is decoded once
+    when first listed (cached by path, size and mtime): files that do not decode
+    (truncated, not an image, too large) are skipped, counted and reported, and the
+    training statistics come from the same pass.
     """
     root = Path(root).expanduser()
     if not root.is_dir():
@@ -224,47 +285,50 @@ def directory_source(root, *, val_fraction=0.1, seed=0, cache=None, name=None):
             n_val = int(round(len(members) * val_fraction))
             val += [members[i] for i in sorted(order[:n_val])]
             train += [members[i] for i in sorted(order[n_val:])]
-    bad = _verify([p for p, _ in train + val], cache)
-    skipped = sorted(bad.items())
-    if skipped:
-        shown = "; ".join(f"{p}: {r}" for p, r in skipped[:5])
-        more = f" (and {len(skipped) - 5} more)" if len(skipped) > 5 else ""
-        print(f"keras_alexnet: skipping {len(skipped)} unusable file(s): {shown}{more}")
+    scanned = _scan([p for p, _ in train + val], cache)
+    skipped = sorted((p, r) for p, (r, _) in scanned.items() if r)
+    report_skipped(skipped)
     index = {c: i for i, c in enumerate(class_names)}
     splits = {}
     for split, files in (("train", train), ("val", val)):
-        good = [(p, index[c]) for p, c in files if p not in bad]
+        good = [(p, index[c]) for p, c in files if not scanned[p][0]]
         splits[split] = ([p for p, _ in good], [y for _, y in good])
     if not splits["train"][0]:
         raise ValueError(f"{root}: no usable training images")
-    factories = {s: _files_factory(*v) for s, v in splits.items()}
-    key = hashlib.sha1("\n".join(splits["train"][0]).encode()).hexdigest()
-    stats = _stats_of(factories["train"](None), cache / "stats" / f"{key}.json")
+    stats = _stats_from_moments([scanned[p][1] for p in splits["train"][0]])
     return Source(
         name=name or str(root),
         class_names=class_names,
         stats=stats,
         sizes={s: len(v[0]) for s, v in splits.items()},
         skipped=skipped,
-        _factories=factories,
+        _factories={s: _files_factory(*v) for s, v in splits.items()},
     )
 
 
 # ------------------------------------------------------------------------------- tfds
 
 
+def _tfds_root(builder):
+    """The TFDS data directory a builder reads from (its data_dir less name/[config/]version)."""
+    return Path(builder.data_dir).parents[len(builder.info.full_name.split("/")) - 1]
+
+
 def tfds_source(name, data_dir=None, *, cache=None):
     """A TensorFlow Datasets image classification set, read from `data_dir` (no download).
 
     `imagenet2012` is built from the official archives placed in its manual directory;
-    the error says which files go where when they are missing.
+    the error says which files go where when they are missing. Statistics: ImageNet's
+    published values for the ImageNet builders, else computed once over the training
+    split and cached.
     """
     import tensorflow_datasets as tfds
 
     try:
         builder = tfds.builder(name, data_dir=data_dir)
     except Exception as e:  # tfds raises its own DatasetNotFoundError and friends
-        raise ValueError(f"{name!r} is neither a directory nor a TFDS dataset: {e}") from None
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{name!r} is neither a directory nor a TFDS dataset: {first}") from None
     info = builder.info
     image_key = next(
         (k for k, f in info.features.items() if isinstance(f, tfds.features.Image)), None
@@ -284,35 +348,52 @@ def tfds_source(name, data_dir=None, *, cache=None):
         _prepare_or_explain(builder, name)
 
     def factory(tfds_split):
-        def make(shuffle_seed):
-            read_config = tfds.ReadConfig(shuffle_seed=shuffle_seed)
+        def make(shuffle_seed, shuffle_buffer, shard):
+            shuffled = shuffle_seed is not None
+            seed = None if shuffle_seed in (None, -1) else shuffle_seed
+            read_config = tfds.ReadConfig(
+                shuffle_seed=seed, shuffle_reshuffle_each_iteration=shuffled
+            )
             ds = builder.as_dataset(
                 split=tfds_split,
-                shuffle_files=shuffle_seed is not None,
+                shuffle_files=shuffled,
                 decoders={image_key: tfds.decode.SkipDecoding()},
                 read_config=read_config,
             )
             ds = ds.map(lambda ex: (ex[image_key], tf.cast(ex[label_key], tf.int32)))
-            if shuffle_seed is not None:
-                ds = ds.shuffle(10_000, seed=shuffle_seed, reshuffle_each_iteration=False)
+            if shard is not None:
+                ds = ds.shard(*shard)
+            if shuffled:
+                ds = _shuffle(ds, shuffle_buffer, shuffle_seed)
             return ds
 
         return make
 
     factories = {s: factory(t) for s, t in split_names.items() if t}
     sizes = {s: _num_examples(info, t, factories[s]) for s, t in split_names.items() if t}
-    if name.split(":")[0] == "imagenet2012":
+    if _base_name(name) in IMAGENET_BUILDERS:
         stats = IMAGENET_STATS
     else:
         key = hashlib.sha1(f"{name}|{builder.data_dir}".encode()).hexdigest()
-        stats = _stats_of(factories["train"](None), cache_dir(cache) / "stats" / f"{key}.json")
+        cache_file = cache_dir(cache) / "stats" / f"{key}.json"
+        if cache_file.exists():
+            stats = DatasetStats.load(cache_file)
+        else:
+            stats = compute_stats(factories["train"](None, 0, None))
+            stats.save(cache_file)
     return Source(
         name=name,
         class_names=list(info.features[label_key].names),
         stats=stats,
         sizes=sizes,
+        kind="tfds",
         _factories=factories,
     )
+
+
+def _base_name(name):
+    """'imagenet2012_subset/1pct:5.0.0' -> 'imagenet2012_subset'."""
+    return name.split(":")[0].split("/")[0]
 
 
 def _num_examples(info, split, factory):
@@ -320,36 +401,61 @@ def _num_examples(info, split, factory):
     try:
         return info.splits[split].num_examples
     except KeyError:
-        return int(factory(None).reduce(0, lambda n, _: n + 1))
+        return int(factory(None, 0, None).reduce(0, lambda n, _: n + 1))
 
 
 def _prepare_or_explain(builder, name):
     """Build from the manual directory when possible, else say exactly what is missing."""
-    manual = Path(builder._data_dir_root) / "downloads" / "manual"
-    if name.split(":")[0] == "imagenet2012":
+    root = _tfds_root(builder)
+    manual = root / "downloads" / "manual"
+    if _base_name(name) in IMAGENET_BUILDERS:
         missing = [f for f in IMAGENET_MANUAL_FILES if not (manual / f).exists()]
         if missing:
             raise ValueError(
-                f"imagenet2012 is not prepared in {builder._data_dir_root}: place "
-                f"{' and '.join(missing)} (from image-net.org) in {manual}/ and run again"
+                f"{name} is not prepared in {root}: place {' and '.join(missing)} "
+                f"(the official ILSVRC-2012 archives from image-net.org) in {manual}/ "
+                "and run again; the first run then builds the dataset (hours, once)"
             )
-        print(f"keras_alexnet: building imagenet2012 from {manual} (once; this takes hours)")
+        print(f"keras_alexnet: building {name} from {manual} (once; this takes hours)")
         builder.download_and_prepare()
         return
     raise ValueError(
-        f"TFDS dataset {name!r} is not prepared in {builder._data_dir_root}; this machine "
-        f"cannot download it. Prepare it elsewhere with `tfds build {name} --data_dir DIR` "
-        "and pass --data-dir DIR"
+        f"TFDS dataset {name!r} is not prepared in {root}; this machine cannot download "
+        f"it. Prepare it elsewhere with `tfds build {name} --data_dir DIR`, copy DIR here "
+        "and pass it as the data directory"
     )
 
 
 def load_source(data=None, data_dir=None, *, val_fraction=0.1, seed=0, cache=None):
-    """Open a data source: None (the bundled demo set), a class-folder directory, or a TFDS name."""
+    """Open a data source: None (the bundled demo set), a class-folder directory, or a TFDS name.
+
+    A path that exists, or that starts with '/', '.' or '~', is a directory; anything else
+    that looks like a TFDS name ('mnist', 'imagenet2012_subset/1pct:5.0.0') is read from
+    `data_dir` (TFDS's default data directory when None).
+    """
     if data is None:
         from keras_alexnet.data.demo import DEMO_NAME, ensure_demo_set
 
         return directory_source(ensure_demo_set(cache), cache=cache, name=DEMO_NAME)
+    data = str(data)
     path = Path(data).expanduser()
-    if path.exists() or os.sep in str(data) or str(data).startswith("."):
+    if path.exists() or data.startswith(("/", ".", "~")) or not _TFDS_NAME.match(data):
         return directory_source(path, val_fraction=val_fraction, seed=seed, cache=cache)
     return tfds_source(data, data_dir, cache=cache)
+
+
+def source_stats(data=None, data_dir=None, *, output=None, val_fraction=0.1, seed=0, cache=None):
+    """Compute a source's training statistics from its pixels; write them as JSON to `output`.
+
+    Folders and the demo set reuse the decoding pass of their listing; a TFDS set, ImageNet
+    included (whose source otherwise uses the published values), is decoded once more.
+    Returns {"source", "num_train", "stats"}, the document written.
+    """
+    source = load_source(data, data_dir, val_fraction=val_fraction, seed=seed, cache=cache)
+    stats = source.stats
+    if source.kind == "tfds":
+        stats = compute_stats(source)
+    result = {"source": source.name, "num_train": source.num_train, "stats": stats.to_json()}
+    if output is not None:
+        fileio.write_json(output, result)
+    return result

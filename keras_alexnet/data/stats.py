@@ -3,8 +3,10 @@
 import dataclasses
 
 import numpy as np
+import tensorflow as tf
 
 from keras_alexnet import fileio
+from keras_alexnet.data import transforms
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,12 +96,33 @@ class StatsAccumulator:
 
 
 def compute_stats(images):
-    """Mean RGB and PCA of the 3x3 RGB covariance over an iterable of (H, W, 3) images.
+    """Mean RGB and PCA of the 3x3 RGB covariance of a set of training images.
 
     AlexNet Section 4.1: "perform PCA on the set of RGB pixel values throughout the
-    ImageNet training set". `images` may be NumPy arrays or eager tensors.
+    ImageNet training set". `images` is a `Source` (its training split is decoded), a
+    `tf.data.Dataset` of (encoded image bytes, label), or an iterable of (H, W, 3)
+    images (NumPy arrays or eager tensors, 0-255 scale). Sums are kept in float64.
     """
+    if hasattr(images, "encoded"):  # a Source
+        images = images.encoded("train")
+    if isinstance(images, tf.data.Dataset):
+        return _stats_of_dataset(images)
     acc = StatsAccumulator()
     for image in images:
         acc.add(image)
+    return acc.result()
+
+
+def _stats_of_dataset(dataset):
+    """Moments of every decoded image of a (bytes, label) dataset, summed in float64."""
+
+    def moments(contents, _):
+        x = tf.reshape(tf.cast(transforms.decode(contents), tf.float64), [-1, 3])
+        return tf.cast(tf.shape(x)[0], tf.float64), tf.reduce_sum(x, 0), tf.matmul(x, x, True)
+
+    acc = StatsAccumulator()
+    for count, total, outer in dataset.map(moments, num_parallel_calls=tf.data.AUTOTUNE):
+        acc.count += int(count)
+        acc.total += total.numpy()
+        acc.outer += outer.numpy()
     return acc.result()
