@@ -185,6 +185,42 @@ def _is_kernel(variable):
     )
 
 
+def make_train_step(strategy, model, optimizer, global_batch, weight_decay, loss_scaling=False):
+    """Return a tf.function running one SGD step on every replica; it returns (loss sum, hits).
+
+    Cross-entropy on logits averaged over the global batch; the optimizer all-reduces
+    the replicas' gradients, so every replica applies the same update.
+    """
+    import keras
+    import tensorflow as tf
+
+    def replica_step(images, labels):
+        with tf.GradientTape() as tape:
+            logits = tf.cast(model(images, training=True), tf.float32)
+            per_example = keras.losses.sparse_categorical_crossentropy(
+                labels, logits, from_logits=True
+            )
+            loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
+            scaled = optimizer.scale_loss(loss) if loss_scaling else loss
+        grads = tape.gradient(scaled, model.trainable_variables)
+        grads = coupled_weight_decay(grads, model.trainable_variables, weight_decay)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
+        hits = tf.reduce_sum(
+            tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels), tf.float32)
+        )
+        return loss * tf.cast(global_batch, tf.float32), hits
+
+    @tf.function
+    def step(images, labels):
+        loss, hits = strategy.run(replica_step, args=(images, labels))
+        return (
+            strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None),
+            strategy.reduce(tf.distribute.ReduceOp.SUM, hits, axis=None),
+        )
+
+    return step
+
+
 def versions():
     """Versions of the software a run used, for command.json."""
     import keras
@@ -339,31 +375,9 @@ def train(config, *, argv=None, log=print):
         fileio.write_json(run.path / "skipped_files.json", dict(source.skipped))
 
     global_batch = config.batch_size
-    decay = config.weight_decay
-
-    def replica_step(images, labels):
-        with tf.GradientTape() as tape:
-            logits = tf.cast(model(images, training=True), tf.float32)
-            per_example = keras.losses.sparse_categorical_crossentropy(
-                labels, logits, from_logits=True
-            )
-            loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
-            scaled = optimizer.scale_loss(loss) if config.mixed_precision else loss
-        grads = tape.gradient(scaled, model.trainable_variables)
-        grads = coupled_weight_decay(grads, model.trainable_variables, decay)
-        optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
-        hits = tf.reduce_sum(
-            tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels), tf.float32)
-        )
-        return loss * tf.cast(global_batch, tf.float32), hits
-
-    @tf.function
-    def distributed_step(images, labels):
-        loss, hits = strategy.run(replica_step, args=(images, labels))
-        return (
-            strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None),
-            strategy.reduce(tf.distribute.ReduceOp.SUM, hits, axis=None),
-        )
+    distributed_step = make_train_step(
+        strategy, model, optimizer, global_batch, config.weight_decay, config.mixed_precision
+    )
 
     writer = tf.summary.create_file_writer(str(run.tensorboard)) if is_chief else None
     best_top1 = max((float(r["val_top1"]) for r in history), default=-1.0)
