@@ -344,8 +344,11 @@ def train(config, *, argv=None, log=print):
     # Softmax twin outside the strategy: validation, and the saved best model.
     inference = build_model(spec.name, classifier_activation="softmax", **model_kwargs)
 
+    # model.variables includes the dropout layers' seed-generator states, which the model
+    # object alone does not expose to tf.train.Checkpoint: needed for an exact resume.
     checkpoint = tf.train.Checkpoint(
-        model=model, optimizer=optimizer, epoch=epoch_var, step_in_epoch=step_var,
+        model=model, model_state=list(model.variables), optimizer=optimizer,
+        epoch=epoch_var, step_in_epoch=step_var,
         plateau_best=plateau.best, plateau_wait=plateau.wait, plateau_drops=plateau.drops,
     )  # fmt: skip
     manager = tf.train.CheckpointManager(

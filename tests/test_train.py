@@ -47,10 +47,10 @@ def run_train(args, env=None, **kwargs):
 
 
 def read_checkpoint(directory):
-    """Return {name: array} of the model variables of the latest checkpoint in a directory."""
+    """Return {name: array} of every saved variable of the latest checkpoint in a directory."""
     reader = tf.train.load_checkpoint(str(directory))
-    names = sorted(n for n in reader.get_variable_to_shape_map() if n.startswith("model/"))
-    return {n: reader.get_tensor(n) for n in names if "OPTIMIZER" not in n}
+    skip = ("_CHECKPOINTABLE_OBJECT_GRAPH", "save_counter/.ATTRIBUTES/VARIABLE_VALUE")
+    return {n: reader.get_tensor(n) for n in reader.get_variable_to_shape_map() if n not in skip}
 
 
 def test_sgd_step_is_the_papers_update_rule():
@@ -166,7 +166,7 @@ def test_two_workers_on_loopback_end_with_identical_weights(tiny_data, tmp_path)
         assert p.returncode == 0, out[-3000:]
     chief = read_checkpoint(tmp_path / "run" / "checkpoints")
     other = read_checkpoint(tmp_path / "run" / ".worker-1")
-    assert chief.keys() == other.keys() and len(chief) > 4
+    assert chief.keys() == other.keys() and len(chief) > 20
     for name in chief:
         np.testing.assert_array_equal(chief[name], other[name], err_msg=name)
     assert (tmp_path / "run" / "best.keras").exists()
