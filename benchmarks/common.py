@@ -1,0 +1,76 @@
+"""Shared benchmark helpers: FLOP counts, the matmul peak, RSS, and RESULTS.md sections."""
+
+import datetime
+import os
+import platform
+import re
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+RESULTS = Path(__file__).with_name("RESULTS.md")
+
+
+def forward_flops(model):
+    """Forward FLOPs (2 x multiply-adds) of one image through a Keras model's conv/dense layers."""
+    total = 0
+    for layer in model.layers:
+        kernel = getattr(layer, "kernel", None)
+        if kernel is None:
+            continue
+        out = layer.output.shape
+        macs_per_output = int(np.prod(kernel.shape[:-1]))  # kh * kw * (in / groups), or in
+        outputs = int(np.prod([d for d in out[1:] if d is not None]))
+        total += 2 * macs_per_output * outputs
+    return total
+
+
+def matmul_peak_gflops(n=2048, repeats=5):
+    """Best-of-`repeats` float32 GEMM GFLOP/s of NumPy's BLAS on this machine, now."""
+    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
+    b = np.random.default_rng(1).standard_normal((n, n), dtype=np.float32)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best / 1e9
+
+
+def peak_rss_mib():
+    """Peak resident memory of this process in MiB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def machine():
+    """One line describing the machine."""
+    return (
+        f"{platform.machine()} {os.cpu_count()}-core CPU, Linux, Python {platform.python_version()}"
+    )
+
+
+def update_section(title, body):
+    """Replace (or append) the `## title` section of RESULTS.md with `body`, atomically."""
+    from keras_alexnet import fileio
+
+    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
+    header = f"## {title}\n"
+    section = f"{header}\n{body.strip()}\n\n"
+    pattern = re.compile(rf"^## {re.escape(title)}\n.*?(?=^## |\Z)", re.S | re.M)
+    text = (
+        pattern.sub(lambda _: section, text)
+        if pattern.search(text)
+        else text.rstrip() + "\n\n" + section
+    )
+    fileio.write_text(RESULTS, text.rstrip() + "\n")
+
+
+def provenance(command=None):
+    """Machine, date and command lines for a RESULTS.md section."""
+    command = command or "python " + " ".join(sys.argv)
+    today = datetime.date.today().isoformat()
+    return f"Machine: {machine()}. Date: {today}. Command: `{command}`."
