@@ -14,6 +14,13 @@ def _mix(*values):
     return int(np.random.SeedSequence([int(v) for v in values]).generate_state(1)[0] >> 1)
 
 
+def _options():
+    """One thread per image op: parallelism comes from the parallel map, not inside ops."""
+    options = tf.data.Options()
+    options.threading.max_intra_op_parallelism = 1
+    return options
+
+
 def train_dataset(
     source,
     *,
@@ -79,9 +86,12 @@ def train_dataset(
         s = tf.random.experimental.stateless_split(seeds, 4)
         size = transforms.random_scale(lo, hi, s[0]) if hi > lo else lo
         image = transforms.resize_shorter(image, size)
-        image = transforms.random_crop(image, image_size, s[1])
+        top, left, mirror = transforms.random_crop_params(
+            tf.shape(image)[:2], image_size, s[1], s[2]
+        )
+        image = transforms.crop(image, top, left, image_size)
         if flip:
-            image = transforms.random_flip(image, s[2])
+            image = transforms.flip_if(image, mirror)
         if pca_lighting:
             image = transforms.pca_lighting(image, stats.eigval, stats.eigvec, s[3])
         if subtract_mean:
@@ -89,7 +99,8 @@ def train_dataset(
         return image, label
 
     ds = tf.data.Dataset.zip(ds, seeds).map(augment, num_parallel_calls=AUTOTUNE)
-    return ds.batch(batch_size, drop_remainder=True).prefetch(AUTOTUNE)
+    ds = ds.batch(batch_size, drop_remainder=True).prefetch(AUTOTUNE)
+    return ds.with_options(_options())
 
 
 def eval_dataset(

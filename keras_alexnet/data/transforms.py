@@ -26,17 +26,33 @@ def to_rgb(image):
     return image
 
 
+def shorter_side_shape(shape, size):
+    """The (height, width) with shorter side `size` and the aspect ratio of `shape`."""
+    shape = tf.cast(shape, tf.float32)
+    size = tf.cast(size, tf.float32)
+    new = tf.round(shape * size / tf.reduce_min(shape))
+    return tf.cast(tf.maximum(new, size), tf.int32)
+
+
 def resize_shorter(image, size):
     """Rescale so the shorter side is `size` (a scalar, may be a tensor), keeping the aspect.
 
     AlexNet Section 2: "rescaled the image such that the shorter side was of length 256";
     VGG Section 3.1: the training scale S (fixed, or drawn per image when jittering).
+    Bilinear with half-pixel centres, float32 out.
     """
-    shape = tf.cast(tf.shape(image)[:2], tf.float32)
-    size = tf.cast(size, tf.float32)
-    scale = size / tf.reduce_min(shape)
-    new = tf.maximum(tf.cast(tf.round(shape * scale), tf.int32), tf.cast(size, tf.int32))
+    new = shorter_side_shape(tf.shape(image)[:2], size)
     return tf.image.resize(tf.cast(image, tf.float32), new, method="bilinear")
+
+
+def crop(image, top, left, size):
+    """The `size` x `size` patch at (top, left)."""
+    return image[top : top + size, left : left + size]
+
+
+def flip_if(image, flip):
+    """Reflect horizontally when the boolean tensor `flip` is true."""
+    return tf.cond(flip, lambda: tf.reverse(image, axis=[1]), lambda: image)
 
 
 def random_scale(lo, hi, seed):
@@ -44,14 +60,17 @@ def random_scale(lo, hi, seed):
     return tf.random.stateless_uniform([], seed, minval=lo, maxval=hi + 1, dtype=tf.int32)
 
 
-def random_crop(image, size, seed):
-    """Random `size` x `size` crop (AlexNet: random 224 (227) patches of the 256 image)."""
-    return tf.image.stateless_random_crop(image, [size, size, 3], seed)
+def random_crop_params(resized_shape, size, crop_seed, flip_seed):
+    """Draw a crop position in an image of `resized_shape`, and a reflection.
 
-
-def random_flip(image, seed):
-    """Horizontal reflection with probability 1/2 (AlexNet Section 4.1)."""
-    return tf.image.stateless_random_flip_left_right(image, seed)
+    AlexNet Section 4.1: random 224 (here 227) patches, uniformly placed, "and their
+    horizontal reflections" (probability 1/2). Returns (top, left, flip).
+    """
+    room = resized_shape - size + 1
+    offset = tf.random.stateless_uniform([2], crop_seed, maxval=tf.int32.max, dtype=tf.int32)
+    top, left = tf.unstack(offset % room)
+    flip = tf.random.stateless_uniform([], flip_seed) < 0.5
+    return top, left, flip
 
 
 def pca_lighting(image, eigval, eigvec, seed, std=PCA_STD):
@@ -62,9 +81,10 @@ def pca_lighting(image, eigval, eigvec, seed, std=PCA_STD):
     (columns of `eigvec`) and eigenvalues of the RGB covariance.
     """
     alpha = tf.random.stateless_normal([3], seed, stddev=std)
-    offset = tf.linalg.matvec(
-        tf.constant(eigvec, tf.float32), alpha * tf.constant(eigval, tf.float32)
-    )
+    # eigvec @ (alpha * eigval) written elementwise: a 3x3 MatMul op per image costs more
+    # than the whole add in a tf.data worker.
+    weights = alpha * tf.constant(eigval, tf.float32)
+    offset = tf.reduce_sum(tf.constant(eigvec, tf.float32) * weights, axis=1)
     return image + offset
 
 
