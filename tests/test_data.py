@@ -1,7 +1,10 @@
 import dataclasses
 import io
+import json
+import os
 import struct
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -278,3 +281,142 @@ def test_missing_imagenet_archives_say_which_files_go_where(tmp_path):
         load_source("imagenet2012", data_dir=str(tmp_path / "tfds"))
     with pytest.raises(ValueError, match="neither a directory nor a TFDS dataset"):
         load_source("no_such_dataset_xyz", data_dir=str(tmp_path / "tfds"))
+
+
+def test_every_pass_is_a_new_presentation_reproducible_from_the_seed(tree):
+    source = directory_source(tree, val_fraction=0.25, seed=0)
+
+    def passes(ds, n=3):
+        return [np.concatenate([x.numpy() for x, _ in ds]) for _ in range(n)]
+
+    kw = dict(image_size=16, resize=20, batch_size=6, seed=5)
+    first, again = passes(train_dataset(source, **kw)), passes(train_dataset(source, **kw))
+    for a, b in zip(first, again, strict=True):
+        np.testing.assert_array_equal(a, b)  # pass k is the same in every run
+    assert not np.array_equal(first[0], first[1])  # but each pass is a new presentation
+    assert not np.array_equal(first[1], first[2])
+    cached = passes(train_dataset(source, cache=True, **kw))
+    assert not np.array_equal(cached[0], cached[1])  # caching does not freeze the order
+
+
+def test_training_crops_are_crops_of_the_image_and_half_are_mirrored(tmp_path):
+    rng = np.random.default_rng(4)
+    image = rng.integers(0, 256, (20, 29, 3), dtype=np.uint8)  # shorter side = resize
+    for c in ("a", "b"):
+        for i in range(20):
+            save(tmp_path / "t" / "train" / c / f"{i}.png", Image.fromarray(image), "PNG")
+    source = directory_source(tmp_path / "t")
+    ds = train_dataset(source, image_size=12, resize=20, batch_size=40, seed=0, pca_lighting=False)
+    crops = np.concatenate([x.numpy() for _ in range(3) for x, _ in ds])
+    by_hand = {}
+    for top in range(20 - 12 + 1):
+        for left in range(29 - 12 + 1):
+            patch = image[top : top + 12, left : left + 12].astype(np.float32)
+            by_hand[patch.tobytes()] = (top, left, False)
+            by_hand[patch[:, ::-1].copy().tobytes()] = (top, left, True)
+    found = [by_hand.get(crop.tobytes()) for crop in crops]
+    assert None not in found  # every training image is exactly a crop (or its mirror)
+    mirrored = np.mean([f[2] for f in found])
+    assert 0.35 < mirrored < 0.65
+    assert len({f[:2] for f in found}) > 40  # positions spread over the 9 x 18 choices
+
+
+def test_shards_are_disjoint_and_cover_the_data(tmp_path):
+    colours = [(i, 255 - i, (7 * i) % 256) for i in range(0, 240, 10)]  # 24 distinct images
+    for i, colour in enumerate(colours):
+        path = tmp_path / "s" / "train" / str(i % 2) / f"{i}.png"
+        save(path, Image.new("RGB", (9, 9), colour), "PNG")
+    source = directory_source(tmp_path / "s")
+    seen = []
+    for index in range(2):
+        ctx = tf.distribute.InputContext(
+            num_input_pipelines=2, input_pipeline_id=index, num_replicas_in_sync=2
+        )
+        ds = train_dataset(
+            source,
+            image_size=8,
+            resize=9,
+            batch_size=4,
+            seed=0,
+            pca_lighting=False,
+            input_context=ctx,
+        )
+        seen.append({tuple(x[0, 0]) for b, _ in ds for x in b.numpy()})
+        assert all(b.shape[0] == 2 for b, _ in ds)  # the per-replica batch
+    assert not seen[0] & seen[1]
+    assert seen[0] | seen[1] == {tuple(float(v) for v in c) for c in colours}
+
+
+def test_listing_decodes_each_file_once_and_rescans_only_changed_files(tree, monkeypatch):
+    from keras_alexnet.data import sources
+
+    first = directory_source(tree, val_fraction=0.25, seed=0)
+    calls = []
+    real = sources.scan_image
+    monkeypatch.setattr(sources, "scan_image", lambda p: calls.append(p) or real(p))
+    again = directory_source(tree, val_fraction=0.25, seed=0)
+    assert calls == [] and again.skipped == first.skipped and again.stats == first.stats
+    changed = tree / "cat" / "rgb0.jpg"
+    save(changed, Image.new("RGB", (33, 35), (1, 2, 3)), "JPEG")
+    os.utime(changed, ns=(1, 1))  # a new mtime even on coarse clocks
+    third = directory_source(tree, val_fraction=0.25, seed=0)
+    assert calls == [str(changed)]
+    images = [transforms.decode(c).numpy() for c, _ in third.encoded("train")]
+    np.testing.assert_allclose(third.stats.mean, compute_stats(images).mean, rtol=1e-9)
+    np.testing.assert_allclose(compute_stats(third).eigval, third.stats.eigval, rtol=1e-6)
+
+
+def test_sixteen_bit_png_decodes_to_eight_bit_rgb(tmp_path):
+    values = np.arange(0, 65536, 4096, dtype=np.uint16).reshape(4, 4)
+    path = tmp_path / "deep.png"
+    Image.fromarray(values).save(path)  # mode I;16
+    decoded = transforms.decode(tf.io.read_file(str(path))).numpy()
+    assert decoded.shape == (4, 4, 3) and decoded.dtype == np.uint8
+    np.testing.assert_allclose(decoded[..., 0], values / 257.0, atol=1)
+
+
+def test_tfds_mock_grayscale_set_gets_computed_statistics():
+    tfds = pytest.importorskip("tensorflow_datasets")
+    with tfds.testing.mock_data(num_examples=8):
+        source = load_source("mnist")
+        assert source.kind == "tfds" and (source.num_train, source.num_val) == (8, 8)
+        images = [transforms.decode(c).numpy() for c, _ in source.encoded("train")]
+        np.testing.assert_allclose(source.stats.mean, compute_stats(images).mean, rtol=1e-9)
+        x, y = next(iter(eval_dataset(source, protocol="center", image_size=20, resize=28)))
+        assert x.shape == (8, 20, 20, 3) and x.dtype == tf.float32 and y.dtype == tf.int32
+        np.testing.assert_array_equal(x[..., 0], x[..., 2])  # grayscale -> equal RGB
+
+
+def test_tfds_names_with_configs_are_not_taken_for_directories(tmp_path):
+    with pytest.raises(ValueError, match=r"imagenet2012_subset/1pct is not prepared.*manual"):
+        load_source("imagenet2012_subset/1pct", data_dir=str(tmp_path / "tfds"))
+    with pytest.raises(ValueError, match="no such directory"):
+        load_source("./missing_folder")
+
+
+def test_demo_pngs_hold_the_scikit_learn_digits(tmp_path):
+    from sklearn.datasets import load_digits
+
+    root = ensure_demo_set(cache_dir=tmp_path)
+    digits = load_digits()
+    for index in (0, 5, 1796):
+        split = "val" if demo_split(digits.target)[index] else "train"
+        path = root / split / str(digits.target[index]) / f"{index:04d}.png"
+        stored = np.asarray(Image.open(path))
+        np.testing.assert_array_equal(stored, np.round(digits.images[index] * 255 / 16))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [root.name]  # no temporary left
+
+
+def test_compute_stats_script_writes_the_source_statistics(tree, tmp_path):
+    import runpy
+
+    script = runpy.run_path(str(Path(__file__).parents[1] / "scripts" / "compute_stats.py"))
+    out = tmp_path / "stats.json"
+    args = script["get_args_parser"]().parse_args(
+        ["--data", str(tree), "--output", str(out), "--val-fraction", "0.25"]
+    )
+    script["main"](args)
+    written = json.loads(out.read_text())
+    source = directory_source(tree, val_fraction=0.25, seed=0)
+    assert DatasetStats.from_json(written["stats"]) == source.stats
+    assert written["num_train"] == source.num_train
