@@ -1,0 +1,415 @@
+"""The HTTP server: KServe v2 / Open Inference Protocol REST on FastAPI, plus `classify`.
+
+Endpoints (`{name}` is the served model's name, the ONNX file's stem by default):
+
+    GET  /v2                              server metadata
+    GET  /v2/health/live                  200 while the process serves HTTP
+    GET  /v2/health/ready                 200 once the model is loaded and warmed up
+    GET  /v2/models/{name}                model metadata: inputs, outputs, shapes, datatypes
+    GET  /v2/models/{name}/ready          200 when that model is ready
+    GET  /v2/models/{name}/stats          inference/execution counts (statistics extension)
+    POST /v2/models/{name}/infer          tensors in the protocol's JSON form
+    POST /v2/models/{name}/classify       multipart images in the field `file` -> top-5
+
+(`/v2/models/{name}/versions/1/...` are accepted too.) Every error is JSON `{"error": ...}`
+with a 4xx status for a bad request and 5xx for a failure on the server's side.
+"""
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import math
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+
+from keras_alexnet import __version__
+from keras_alexnet.serving import images
+from keras_alexnet.serving.batching import DynamicBatcher, ModelError, RequestTimeout
+from keras_alexnet.serving.model import OnnxModel, top_k
+
+
+@dataclasses.dataclass(frozen=True)
+class ServeConfig:
+    """What `scripts/serve.py` configures."""
+
+    model: str
+    host: str = "127.0.0.1"
+    port: int = 8000
+    model_name: str | None = None
+    max_batch_size: int = 32
+    max_latency_ms: float = 5.0
+    batching: bool = True
+    threads: int = 0
+    max_body_mb: float = 64.0
+    max_pixels: int = images.MAX_PIXELS
+    timeout_s: float = 30.0
+    log_level: str = "warning"
+
+
+class BadRequest(Exception):
+    """A client error, answered with `status` and a JSON message."""
+
+    def __init__(self, message, status=400):
+        super().__init__(message)
+        self.status = status
+
+
+def _error(status, message):
+    """The JSON error response."""
+    return JSONResponse({"error": message}, status_code=status)
+
+
+class BodyLimit:
+    """ASGI middleware: refuse request bodies over `max_bytes` with 413, before parsing.
+
+    The body is read here (counted, whatever Content-Length claims) and replayed to the app.
+    """
+
+    def __init__(self, app, max_bytes):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope, receive, send):
+        """Handle one ASGI connection."""
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        too_large = _error(413, f"request body is larger than {self.max_bytes} bytes")
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None:
+            if not length.isdigit():
+                return await _error(400, "invalid Content-Length header")(scope, receive, send)
+            if int(length) > self.max_bytes:
+                return await too_large(scope, receive, send)
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.max_bytes:
+                return await too_large(scope, receive, send)
+            if not message.get("more_body", False):
+                break
+        body, replayed = b"".join(chunks), False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        return await self.app(scope, replay, send)
+
+
+def _parse_tensor(entry, spec, max_rows, batchable):
+    """Validate one protocol input object against the model's input spec; return the array."""
+    if not isinstance(entry, dict):
+        raise BadRequest("each element of 'inputs' must be an object")
+    name = entry.get("name")
+    shape, datatype, data = entry.get("shape"), entry.get("datatype"), entry.get("data")
+    if not isinstance(shape, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+    ):
+        raise BadRequest(f"input {name!r}: 'shape' must be a list of non-negative integers")
+    if datatype != spec.datatype:
+        raise BadRequest(
+            f"input {name!r} has datatype {datatype!r}; the model takes {spec.datatype}"
+        )
+    if len(shape) != len(spec.shape) or any(
+        want not in (-1, got) for want, got in zip(spec.shape, shape, strict=True)
+    ):
+        raise BadRequest(
+            f"input {name!r} has shape {shape}; the model takes {list(spec.shape)} (-1: any size)"
+        )
+    if batchable and shape[0] > max_rows:
+        raise BadRequest(
+            f"input {name!r} has a batch of {shape[0]}, more than the server's limit of {max_rows}",
+            413,
+        )
+    if batchable and shape[0] == 0:
+        raise BadRequest(f"input {name!r} has an empty batch")
+    if "parameters" in entry and (entry["parameters"] or {}).get("binary_data_size"):
+        raise BadRequest("binary tensor data is not supported; send 'data' as JSON")
+    if not isinstance(data, list):
+        raise BadRequest(f"input {name!r}: 'data' must be a (flat or nested) list")
+    try:
+        array = np.asarray(data, dtype=spec.dtype)
+    except (ValueError, TypeError, OverflowError):
+        raise BadRequest(
+            f"input {name!r}: 'data' must hold only {spec.datatype} numbers in a regular "
+            "(flat or nested) list"
+        ) from None
+    if array.size != math.prod(shape):
+        raise BadRequest(
+            f"input {name!r} has {array.size} values; shape {shape} needs {math.prod(shape)}"
+        )
+    if spec.datatype.startswith("FP") and not np.isfinite(array).all():
+        raise BadRequest(f"input {name!r} holds NaN or infinite values")
+    return array.reshape(shape)
+
+
+def parse_infer_request(body, model, max_rows):
+    """Validate a protocol inference request; return (feeds, requested output names, id)."""
+    if not isinstance(body, dict):
+        raise BadRequest("the request body must be a JSON object")
+    entries = body.get("inputs")
+    if not isinstance(entries, list) or not entries:
+        raise BadRequest("the request needs a non-empty 'inputs' list")
+    specs = {s.name: s for s in model.inputs}
+    feeds = {}
+    for entry in entries:
+        name = entry.get("name") if isinstance(entry, dict) else None
+        if name not in specs:
+            raise BadRequest(f"unknown input {name!r}; the model's inputs are {list(specs)}")
+        if name in feeds:
+            raise BadRequest(f"input {name!r} is given twice")
+        feeds[name] = _parse_tensor(entry, specs[name], max_rows, model.batchable)
+    missing = [n for n in specs if n not in feeds]
+    if missing:
+        raise BadRequest(f"missing input(s) {missing}")
+    if len({a.shape[0] for a in feeds.values()}) > 1:
+        raise BadRequest("all inputs must have the same batch size")
+    outputs = [o.name for o in model.outputs]
+    requested = body.get("outputs")
+    if requested is not None:
+        if not isinstance(requested, list) or not all(
+            isinstance(o, dict) and isinstance(o.get("name"), str) for o in requested
+        ):
+            raise BadRequest("'outputs' must be a list of objects with a 'name'")
+        unknown = [o["name"] for o in requested if o["name"] not in outputs]
+        if unknown:
+            raise BadRequest(f"unknown output(s) {unknown}; the model's outputs are {outputs}")
+        outputs = [o["name"] for o in requested]
+    request_id = body.get("id")
+    return feeds, outputs, request_id if isinstance(request_id, str) else None
+
+
+def create_app(config):
+    """Build the FastAPI application serving `config.model` (loaded now, warmed at startup)."""
+    model = OnnxModel(config.model, name=config.model_name, threads=config.threads)
+    state = {"model": None, "batcher": None, "ready": False}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        batcher = DynamicBatcher(
+            model.run,
+            max_batch_size=config.max_batch_size,
+            max_latency_ms=config.max_latency_ms,
+            batching=config.batching and model.batchable,
+            timeout_s=config.timeout_s,
+        )
+        await batcher.start()
+        state.update(model=model, batcher=batcher)
+        warm = {
+            s.name: np.zeros([1 if d == -1 else d for d in s.shape], s.dtype) for s in model.inputs
+        }
+        with contextlib.suppress(Exception):  # a model with data-dependent shapes may refuse
+            await asyncio.get_running_loop().run_in_executor(None, model.run, warm)
+        state["ready"] = True
+        yield
+        state["ready"] = False
+        await batcher.stop()
+
+    app = FastAPI(
+        title="keras_alexnet inference server",
+        version=__version__,
+        lifespan=lifespan,
+        description="KServe v2 / Open Inference Protocol REST over onnxruntime.",
+    )
+    app.add_middleware(BodyLimit, max_bytes=int(config.max_body_mb * 1024 * 1024))
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request, exc):
+        return _error(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(BadRequest)
+    async def bad_request(request, exc):
+        return _error(exc.status, str(exc))
+
+    def get_model(name):
+        model = state["model"]
+        if model is None or not state["ready"]:
+            raise BadRequest("the model is not loaded yet", 503)
+        if name != model.name:
+            raise BadRequest(f"unknown model {name!r}; this server serves {model.name!r}", 404)
+        return model
+
+    def check_version(version):
+        if version != "1":
+            raise BadRequest(f"unknown model version {version!r}; the only version is '1'", 404)
+
+    @app.get("/v2")
+    async def server_metadata():
+        """Server metadata."""
+        return {
+            "name": "keras_alexnet",
+            "version": __version__,
+            "extensions": ["classify", "statistics"],
+        }
+
+    @app.get("/v2/health/live")
+    async def live():
+        """Liveness: the process answers HTTP."""
+        return {"live": True}
+
+    @app.get("/v2/health/ready")
+    async def ready():
+        """Readiness: the model is loaded and warmed up."""
+        if not state["ready"]:
+            return JSONResponse({"ready": False}, status_code=503)
+        return {"ready": True}
+
+    @app.get("/v2/models/{name}")
+    async def model_metadata(name: str):
+        """Model metadata: inputs, outputs, shapes, datatypes."""
+        return get_model(name).metadata_json()
+
+    @app.get("/v2/models/{name}/versions/{version}")
+    async def model_metadata_version(name: str, version: str):
+        """Model metadata for an explicit version."""
+        check_version(version)
+        return get_model(name).metadata_json()
+
+    @app.get("/v2/models/{name}/ready")
+    async def model_ready(name: str):
+        """Model readiness."""
+        get_model(name)
+        return {"name": name, "ready": True}
+
+    @app.get("/v2/models/{name}/stats")
+    async def model_stats(name: str):
+        """Request, row and run counts since the server started."""
+        model = get_model(name)
+        stats = dataclasses.asdict(state["batcher"].stats)
+        return {"model_stats": [{"name": model.name, "version": "1", **stats}]}
+
+    async def infer(name, request):
+        model = get_model(name)
+        try:
+            body = json.loads(await request.body())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise BadRequest(f"the request body is not JSON ({e})") from None
+        feeds, output_names, request_id = parse_infer_request(body, model, config.max_batch_size)
+        result = await run_model(feeds)
+        specs = {o.name: o for o in model.outputs}
+        answer = {
+            "model_name": model.name,
+            "model_version": "1",
+            "outputs": [
+                {
+                    "name": n,
+                    "datatype": specs[n].datatype,
+                    "shape": list(result[n].shape),
+                    "data": result[n].ravel().tolist(),
+                }
+                for n in output_names
+            ],
+        }
+        if request_id is not None:
+            answer["id"] = request_id
+        return answer
+
+    async def run_model(feeds):
+        try:
+            return await state["batcher"].submit(feeds)
+        except ModelError as e:
+            raise BadRequest(f"inference failed: {e}", 500) from None
+        except RequestTimeout as e:
+            raise BadRequest(str(e), 503) from None
+
+    @app.post("/v2/models/{name}/infer")
+    async def infer_route(name: str, request: Request):
+        """Inference on tensors in the protocol's JSON form."""
+        return await infer(name, request)
+
+    @app.post("/v2/models/{name}/versions/{version}/infer")
+    async def infer_version_route(name: str, version: str, request: Request):
+        """Inference on an explicit version."""
+        check_version(version)
+        return await infer(name, request)
+
+    @app.post("/v2/models/{name}/classify")
+    async def classify(name: str, request: Request):
+        """Top-5 classes of uploaded images (multipart field `file`, repeatable)."""
+        model = get_model(name)
+        if model.metadata is None:
+            raise BadRequest(
+                f"model {model.name!r} has no keras_alexnet preprocessing metadata "
+                "(export it with keras_alexnet); use /infer with tensors",
+                400,
+            )
+        content_type = request.headers.get("content-type", "")
+        if not content_type.startswith("multipart/form-data"):
+            raise BadRequest(
+                f"expected multipart/form-data with image files in the field 'file', got "
+                f"{content_type or 'no Content-Type'!r}",
+                415,
+            )
+        limit = int(config.max_body_mb * 1024 * 1024)
+        async with request.form(max_part_size=limit) as form:
+            uploads = form.getlist("file")
+            if not uploads:
+                raise BadRequest("no images: send one or more files in the multipart field 'file'")
+            if len(uploads) > config.max_batch_size:
+                raise BadRequest(
+                    f"{len(uploads)} images is more than the server's limit of "
+                    f"{config.max_batch_size} per request",
+                    413,
+                )
+            files = []
+            for upload in uploads:
+                if not isinstance(upload, UploadFile):
+                    raise BadRequest("the field 'file' must hold file uploads, not text")
+                files.append((upload.filename or "", await upload.read()))
+        crops = await asyncio.get_running_loop().run_in_executor(
+            None, _preprocess_all, files, model.metadata, config.max_pixels
+        )
+        spec = model.inputs[0]
+        result = await run_model({spec.name: np.stack(crops).astype(spec.dtype, copy=False)})
+        probabilities = result[model.outputs[0].name]
+        names = list(model.metadata.class_names)
+        return {
+            "model_name": model.name,
+            "model_version": "1",
+            "results": [
+                {"file": filename, "top5": top_k(p, names)}
+                for (filename, _), p in zip(files, probabilities, strict=True)
+            ],
+        }
+
+    return app
+
+
+def _preprocess_all(files, metadata, max_pixels):
+    """Decode and crop every uploaded file; a bad one fails the request with its name."""
+    crops = []
+    for filename, data in files:
+        try:
+            crops.append(images.preprocess(data, metadata, max_pixels))
+        except images.ImageTooLarge as e:
+            raise BadRequest(f"file {filename!r}: {e}", 413) from None
+        except (images.ImageError, ValueError) as e:
+            raise BadRequest(f"file {filename!r}: {e}", 415) from None
+    return crops
+
+
+def serve(config):
+    """Load the model and serve HTTP until interrupted."""
+    import uvicorn
+
+    app = create_app(config)
+    uvicorn.run(
+        app,
+        host=config.host,
+        port=config.port,
+        log_level=config.log_level,
+        access_log=config.log_level in ("debug", "info"),
+        timeout_graceful_shutdown=5,
+    )

@@ -1,0 +1,106 @@
+"""Image decoding and the evaluation preprocessing in Pillow + NumPy, without TensorFlow.
+
+The same steps as the data pipeline's centre-crop protocol (`keras_alexnet.data`): decode to
+RGB, rescale so the shorter side is `metadata.resize` (bilinear, half-pixel centres, no
+antialiasing, exactly `tf.image.resize(..., "bilinear")`), cut the central
+`metadata.input_size` square, float32 on the 0-255 scale. The mean is subtracted inside the
+model, so nothing else is done here.
+"""
+
+import io
+import warnings
+
+import numpy as np
+from PIL import Image
+
+MAX_PIXELS = 40_000_000  # a decoded image larger than this is refused (decompression bombs)
+
+
+class ImageError(ValueError):
+    """An upload that is not a readable image."""
+
+
+class ImageTooLarge(ImageError):
+    """An image with more pixels than allowed."""
+
+
+def decode(data, max_pixels=MAX_PIXELS):
+    """Decode image bytes (JPEG, PNG, GIF, BMP, ...) to a uint8 RGB array [H, W, 3].
+
+    Grayscale becomes RGB and an alpha channel is dropped, as `tf.io.decode_image(...,
+    channels=3)` does; an animation gives its first frame.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            width, height = image.size
+            if width * height > max_pixels:
+                raise ImageTooLarge(
+                    f"image of {width}x{height} pixels is larger than the limit of "
+                    f"{max_pixels} pixels"
+                )
+            image.load()
+            image = image.convert("RGB")
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageTooLarge(str(e)) from None
+    except Image.UnidentifiedImageError:
+        raise ImageError("not an image (Pillow recognises no image format in it)") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ImageError(f"cannot decode the image ({e})") from None
+    return np.asarray(image, dtype=np.uint8)
+
+
+def shorter_side_shape(height, width, size):
+    """The (height, width) with shorter side `size` and the aspect ratio of the input.
+
+    Computed in float32 and rounded half to even, as the data pipeline does.
+    """
+    shape = np.array([height, width], np.float32)
+    new = np.round(shape * np.float32(size) / shape.min())
+    return tuple(int(v) for v in np.maximum(new, size))
+
+
+def _taps(in_size, out_size, start, count):
+    """Source indices and weights of output rows start..start+count of a bilinear resize."""
+    scale = np.float32(in_size) / np.float32(out_size)
+    x = (np.arange(start, start + count, dtype=np.float32) + np.float32(0.5)) * scale
+    x = x - np.float32(0.5)
+    floor = np.floor(x)
+    frac = (x - floor).astype(np.float32)
+    lo = np.clip(floor, 0, in_size - 1).astype(np.intp)
+    hi = np.clip(floor + 1, 0, in_size - 1).astype(np.intp)
+    return lo, hi, frac
+
+
+def resize_bilinear(image, height, width, *, top=0, left=0, crop=None):
+    """Bilinear resize to (height, width) like `tf.image.resize`, returning only a window.
+
+    Returns the `crop` x `crop` window at (top, left) of the resized image (the whole image
+    when `crop` is None) as float32, computing only the pixels in that window.
+    """
+    rows, cols = (height, width) if crop is None else (crop, crop)
+    image = np.asarray(image, np.float32)
+    y0, y1, fy = _taps(image.shape[0], height, top, rows)
+    x0, x1, fx = _taps(image.shape[1], width, left, cols)
+    fx = fx[None, :, None]
+    upper, lower = image[y0], image[y1]
+    top_row = upper[:, x0] + (upper[:, x1] - upper[:, x0]) * fx
+    bottom_row = lower[:, x0] + (lower[:, x1] - lower[:, x0]) * fx
+    return top_row + (bottom_row - top_row) * fy[:, None, None]
+
+
+def center_crop_resized(image, resize, size):
+    """Rescale the shorter side to `resize`, then cut the central `size` square (float32)."""
+    height, width = shorter_side_shape(image.shape[0], image.shape[1], resize)
+    if size > min(height, width):
+        raise ValueError(f"crop {size} is larger than the resized image {height}x{width}")
+    top, left = (height - size) // 2, (width - size) // 2
+    return resize_bilinear(image, height, width, top=top, left=left, crop=size)
+
+
+def preprocess(data, metadata, max_pixels=MAX_PIXELS):
+    """Decode image bytes and apply `metadata`'s centre-crop preprocessing: [S, S, 3] float32."""
+    return center_crop_resized(decode(data, max_pixels), metadata.resize, metadata.input_size)

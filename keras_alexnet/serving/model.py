@@ -1,0 +1,118 @@
+"""An ONNX model under onnxruntime, described in the KServe v2 / Open Inference Protocol terms."""
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+
+from keras_alexnet.metadata import Metadata
+
+# onnxruntime element type -> (protocol datatype, NumPy dtype)
+DATATYPES = {
+    "tensor(float)": ("FP32", np.float32),
+    "tensor(double)": ("FP64", np.float64),
+    "tensor(float16)": ("FP16", np.float16),
+    "tensor(int8)": ("INT8", np.int8),
+    "tensor(int16)": ("INT16", np.int16),
+    "tensor(int32)": ("INT32", np.int32),
+    "tensor(int64)": ("INT64", np.int64),
+    "tensor(uint8)": ("UINT8", np.uint8),
+    "tensor(uint16)": ("UINT16", np.uint16),
+    "tensor(uint32)": ("UINT32", np.uint32),
+    "tensor(uint64)": ("UINT64", np.uint64),
+    "tensor(bool)": ("BOOL", np.bool_),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorSpec:
+    """One model input or output: name, protocol datatype, shape (-1 for a free dimension)."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+    @property
+    def dtype(self):
+        """The NumPy dtype of this datatype."""
+        return {d: t for d, t in DATATYPES.values()}[self.datatype]
+
+    def to_json(self):
+        """The protocol's `{"name", "datatype", "shape"}` object."""
+        return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
+
+
+def _spec(node):
+    """TensorSpec of an onnxruntime NodeArg."""
+    if node.type not in DATATYPES:
+        raise ValueError(f"tensor {node.name!r} has type {node.type}, which is not supported")
+    shape = tuple(d if isinstance(d, int) and d >= 0 else -1 for d in node.shape)
+    return TensorSpec(node.name, DATATYPES[node.type][0], shape)
+
+
+def session_options(threads=0):
+    """Session options for onnxruntime: `threads` intra-op threads (0: onnxruntime's choice)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return options
+
+
+class OnnxModel:
+    """An onnxruntime session with its tensor specs and keras_alexnet Metadata (if any)."""
+
+    def __init__(self, path, *, name=None, threads=0):
+        import onnxruntime as ort
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no ONNX model at {path}")
+        try:
+            self.session = ort.InferenceSession(
+                str(path), session_options(threads), providers=["CPUExecutionProvider"]
+            )
+        except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph types
+            raise ValueError(f"onnxruntime cannot load {path}: {e}") from None
+        self.path = path
+        self.name = name or path.stem
+        self.inputs = [_spec(n) for n in self.session.get_inputs()]
+        self.outputs = [_spec(n) for n in self.session.get_outputs()]
+        props = self.session.get_modelmeta().custom_metadata_map
+        self.metadata = (
+            Metadata.from_properties(props)
+            if any(k.startswith("keras_alexnet.") for k in props)
+            else None
+        )
+        # Requests can be merged only along a free leading (batch) dimension.
+        self.batchable = all(spec.shape and spec.shape[0] == -1 for spec in self.inputs)
+
+    def run(self, feeds):
+        """Run the model on a dict of input arrays; return a dict of output arrays."""
+        values = self.session.run([o.name for o in self.outputs], feeds)
+        return dict(zip([o.name for o in self.outputs], values, strict=True))
+
+    def metadata_json(self):
+        """The protocol's model metadata object (plus our preprocessing, when known)."""
+        body = {
+            "name": self.name,
+            "versions": ["1"],
+            "platform": "onnxruntime_onnx",
+            "inputs": [s.to_json() for s in self.inputs],
+            "outputs": [s.to_json() for s in self.outputs],
+        }
+        if self.metadata is not None:
+            body["parameters"] = {"keras_alexnet": self.metadata.to_json()}
+        return body
+
+
+def top_k(probabilities, class_names, k=5):
+    """The `k` most probable classes of one probability vector, most probable first."""
+    probabilities = np.asarray(probabilities)
+    order = np.argsort(-probabilities, kind="stable")[:k]
+    return [
+        {"index": int(i), "class": class_names[i], "probability": float(probabilities[i])}
+        for i in order
+    ]
