@@ -1,0 +1,71 @@
+"""Print the top-5 classes of images with a trained Keras model or an exported ONNX model.
+
+    python scripts/predict.py --model runs/alexnet IMAGE_OR_DIR ...
+    python scripts/predict.py --model export/alexnet.onnx photos/ --json
+
+Files that cannot be read as images are reported on stderr and skipped; the exit status is
+1 if none could be classified.
+"""
+
+import argparse
+import json
+import sys
+
+
+def get_args_parser():
+    """Return the argument parser of this script."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument(
+        "--model",
+        required=True,
+        help="run directory, .keras file (metadata.json beside it) or .onnx file",
+    )
+    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files or folders")
+    p.add_argument("--json", action="store_true", help="print JSON (default: text)")
+    p.add_argument(
+        "--top", type=int, default=5, help="classes shown per image (default: %(default)s)"
+    )
+    p.add_argument(
+        "--batch-size", type=int, default=32, help="images per model call (default: %(default)s)"
+    )
+    return p
+
+
+def format_text(results):
+    """Human-readable lines: the file, then one `probability  class` line per class."""
+    lines = []
+    for r in results:
+        if "top5" in r:
+            lines.append(r["file"])
+            lines += [f"  {c['probability']:.4f}  {c['class']}" for c in r["top5"]]
+    return "\n".join(lines)
+
+
+def main(args):
+    """Load the model, classify every image, print the results."""
+    from keras_alexnet.predict import PredictError, image_paths, load_predictor, predict_files
+
+    if args.top < 1 or args.batch_size < 1:
+        raise SystemExit("error: --top and --batch-size must be positive")
+    try:
+        predict, metadata = load_predictor(args.model)
+    except PredictError as e:
+        raise SystemExit(f"error: {e}") from None
+    results = predict_files(
+        predict,
+        metadata,
+        image_paths(args.inputs),
+        batch_size=args.batch_size,
+        k=args.top,
+        progress=sys.stderr.isatty(),
+    )
+    for r in results:
+        if "error" in r:
+            print(f"skipped {r['file']}: {r['error']}", file=sys.stderr)
+    print(json.dumps(results, indent=2) if args.json else format_text(results))
+    if not any("top5" in r for r in results):
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())

@@ -1,0 +1,631 @@
+"""The onnxruntime HTTP server, started for real in a subprocess and spoken to over loopback."""
+
+import asyncio
+import contextlib
+import io
+import json
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+from PIL import Image
+
+from keras_alexnet.metadata import Metadata
+from keras_alexnet.serving import images
+
+ROOT = Path(__file__).resolve().parents[1]
+CLASSES = tuple(f"class_{i}" for i in range(10))
+METADATA = Metadata(
+    model="vgg_a",
+    class_names=CLASSES,
+    input_size=32,
+    resize=36,
+    mean=(120.0, 110.0, 100.0),
+    scale=1 / 64,
+)
+MAX_BATCH = 16
+
+
+def build_artifacts(directory):
+    """A tiny trained-looking VGG-A: best.keras + metadata.json, and an ONNX export of it."""
+    from keras_alexnet.models import build_model
+
+    model = build_model(
+        "vgg_a",
+        input_shape=(32, 32, 3),
+        width=1 / 16,
+        classes=len(CLASSES),
+        mean=METADATA.mean,
+        scale=METADATA.scale,
+        seed=0,
+    )
+    model.predict_on_batch(np.zeros((1, 32, 32, 3), np.float32))  # export needs a called model
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save(directory / "best.keras")
+    METADATA.save(directory / "metadata.json")
+    onnx_path = directory / "tiny.onnx"
+    model.export(str(onnx_path), format="onnx", verbose=False)
+    proto = onnx.load(onnx_path)
+    helper.set_model_props(proto, METADATA.to_properties())
+    onnx.save(proto, onnx_path)
+    return model, onnx_path
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory):
+    return build_artifacts(tmp_path_factory.mktemp("run"))
+
+
+def encode(array, fmt="PNG", mode=None):
+    image = Image.fromarray(array)
+    if mode:
+        image = image.convert(mode)
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def sample_images(count, seed=0):
+    """Images of assorted sizes, aspect ratios and modes (RGB, grayscale, RGBA, palette)."""
+    rng = np.random.default_rng(seed)
+    modes = [None, "L", "RGBA", "P"]
+    out = []
+    for i in range(count):
+        h, w = rng.integers(20, 90, size=2)
+        smooth = rng.integers(0, 256, (h // 4 + 2, w // 4 + 2, 3)).astype(np.uint8)
+        array = np.asarray(Image.fromarray(smooth).resize((int(w), int(h))))
+        fmt = "JPEG" if i % 5 == 4 else "PNG"
+        out.append(encode(array, fmt, None if fmt == "JPEG" else modes[i % 4]))
+    return out
+
+
+def tf_decode(blob):
+    """TensorFlow's decoder; JPEG with the accurate integer IDCT, as Pillow (libjpeg) uses."""
+    import tensorflow as tf
+
+    if blob[:2] == b"\xff\xd8":
+        return tf.io.decode_jpeg(blob, channels=3, dct_method="INTEGER_ACCURATE")
+    return tf.io.decode_image(blob, channels=3, expand_animations=False)
+
+
+def reference_probabilities(model, blobs):
+    """TensorFlow decode + the data pipeline's resize/centre crop + the Keras model."""
+    import tensorflow as tf
+
+    from keras_alexnet.data import transforms
+
+    crops = [
+        transforms.center_crop(
+            transforms.resize_shorter(tf_decode(b), METADATA.resize), METADATA.input_size
+        )
+        for b in blobs
+    ]
+    return np.asarray(model.predict_on_batch(tf.stack(crops)))
+
+
+def assert_top5(answer, probabilities, atol=1e-4):
+    """`answer` lists a correct top-5: true probabilities, descending, none left out."""
+    assert len(answer) == 5
+    got = [c["probability"] for c in answer]
+    assert got == sorted(got, reverse=True)
+    for c in answer:
+        assert c["class"] == CLASSES[c["index"]]
+        assert c["probability"] == pytest.approx(probabilities[c["index"]], abs=atol)
+    sixth = np.sort(probabilities)[-6]
+    assert min(got) >= sixth - atol
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running_server(model_path, *flags, log_dir):
+    """Start scripts/serve.py on a free loopback port; yield its base URL; stop it."""
+    port = free_port()
+    log = open(log_dir / f"server-{port}.log", "w+")  # noqa: SIM115
+    cmd = [sys.executable, str(ROOT / "scripts/serve.py"), "--model", str(model_path)]
+    proc = subprocess.Popen(
+        [*cmd, "--port", str(port), *flags], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None:
+                log.seek(0)
+                raise RuntimeError(f"server exited with {proc.returncode}: {log.read()}")
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(url + "/v2/health/ready", timeout=2).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError("server not ready after 60 s")
+            time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def server(artifacts, tmp_path_factory):
+    flags = ["--max-batch-size", str(MAX_BATCH), "--max-latency-ms", "50"]
+    flags += ["--max-body-mb", "1", "--max-pixels", "1000000"]
+    with running_server(artifacts[1], *flags, log_dir=tmp_path_factory.mktemp("log")) as url:
+        yield url
+
+
+def infer_body(x, nested=False, **extra):
+    data = x.tolist() if nested else x.ravel().tolist()
+    return {
+        "inputs": [{"name": "images", "shape": list(x.shape), "datatype": "FP32", "data": data}],
+        **extra,
+    }
+
+
+def post_json(url, body):
+    return httpx.post(url, content=json.dumps(body), timeout=30)
+
+
+def test_resize_and_crop_equal_the_tensorflow_pipeline():
+    import tensorflow as tf
+
+    from keras_alexnet.data import transforms
+
+    rng = np.random.default_rng(1)
+    for h, w, resize, size in [
+        (40, 50, 36, 32),
+        (300, 200, 256, 227),
+        (17, 90, 40, 32),
+        (64, 64, 64, 64),
+        (101, 33, 35, 32),
+        (500, 375, 256, 224),
+    ]:
+        image = rng.integers(0, 256, (h, w, 3)).astype(np.uint8)
+        want = transforms.center_crop(transforms.resize_shorter(tf.constant(image), resize), size)
+        got = images.center_crop_resized(image, resize, size)
+        assert got.dtype == np.float32
+        np.testing.assert_allclose(got, want.numpy(), atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    "fmt,mode",
+    [
+        ("PNG", "RGB"),
+        ("PNG", "L"),
+        ("PNG", "RGBA"),
+        ("PNG", "P"),
+        ("GIF", None),
+        ("BMP", None),
+        ("JPEG", "RGB"),
+        ("JPEG", "L"),
+    ],
+)
+def test_decode_gives_rgb_like_tensorflow(fmt, mode):
+    array = np.random.default_rng(2).integers(0, 256, (13, 17, 3)).astype(np.uint8)
+    blob = encode(array, fmt, mode)
+    np.testing.assert_array_equal(images.decode(blob), tf_decode(blob).numpy())
+
+
+def test_server_does_not_import_tensorflow(artifacts):
+    code = (
+        "import sys; from keras_alexnet.serving import ServeConfig, create_app; "
+        f"create_app(ServeConfig(model={str(artifacts[1])!r})); "
+        "print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True
+    )
+    assert out.stdout.strip() == "[]"
+
+
+def test_bad_model_path_is_a_one_line_error(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "scripts/serve.py", "--model", str(tmp_path / "missing.onnx")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert out.returncode != 0
+    assert out.stderr.strip().splitlines() == [f"error: no ONNX model at {tmp_path}/missing.onnx"]
+
+
+def test_health_and_metadata(server, artifacts):
+    assert httpx.get(server + "/v2/health/live").json() == {"live": True}
+    assert httpx.get(server + "/v2/health/ready").json() == {"ready": True}
+    assert httpx.get(server + "/v2/models/tiny/ready").status_code == 200
+    assert httpx.get(server + "/v2").json()["extensions"] == ["classify", "statistics"]
+    meta = httpx.get(server + "/v2/models/tiny").json()
+    graph = onnx.load(artifacts[1]).graph
+    assert meta["name"] == "tiny" and meta["platform"] == "onnxruntime_onnx"
+    assert meta["inputs"] == [
+        {"name": graph.input[0].name, "datatype": "FP32", "shape": [-1, 32, 32, 3]}
+    ]
+    assert meta["outputs"] == [
+        {"name": graph.output[0].name, "datatype": "FP32", "shape": [-1, len(CLASSES)]}
+    ]
+    assert Metadata.from_json(meta["parameters"]["keras_alexnet"]) == METADATA
+    assert httpx.get(server + "/v2/models/tiny/versions/1").json() == meta
+
+
+def test_infer_matches_the_keras_model(server, artifacts):
+    model, onnx_path = artifacts
+    output = onnx.load(onnx_path).graph.output[0].name
+    x = np.random.default_rng(3).uniform(0, 255, (3, 32, 32, 3)).astype(np.float32)
+    want = np.asarray(model.predict_on_batch(x))
+    flat = post_json(server + "/v2/models/tiny/infer", infer_body(x, id="req-7"))
+    assert flat.status_code == 200, flat.text
+    answer = flat.json()
+    assert answer["id"] == "req-7" and answer["model_name"] == "tiny"
+    [out] = answer["outputs"]
+    assert out["name"] == output and out["datatype"] == "FP32" and out["shape"] == [3, 10]
+    np.testing.assert_allclose(np.reshape(out["data"], (3, 10)), want, atol=1e-6)
+    # Nested data, an explicit output list and the versioned URL give the same answer.
+    nested = post_json(
+        server + "/v2/models/tiny/versions/1/infer",
+        infer_body(x, nested=True, outputs=[{"name": output}]),
+    )
+    assert nested.json()["outputs"][0]["data"] == out["data"]
+
+
+def test_classify_one_request_many_files(server, artifacts):
+    blobs = sample_images(5)
+    files = [("file", (f"img{i}.png", b)) for i, b in enumerate(blobs)]
+    response = httpx.post(server + "/v2/models/tiny/classify", files=files, timeout=30)
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    want = reference_probabilities(artifacts[0], blobs)
+    assert [r["file"] for r in results] == [f"img{i}.png" for i in range(5)]
+    for r, p in zip(results, want, strict=True):
+        assert_top5(r["top5"], p)
+
+
+def test_32_concurrent_classify_requests_are_batched_and_answered_correctly(server, artifacts):
+    blobs = sample_images(32, seed=4)
+    want = reference_probabilities(artifacts[0], blobs)
+    before = httpx.get(server + "/v2/models/tiny/stats").json()["model_stats"][0]
+
+    async def all_at_once():
+        async with httpx.AsyncClient(base_url=server, timeout=60) as client:
+            return await asyncio.gather(
+                *[
+                    client.post("/v2/models/tiny/classify", files={"file": (f"{i}.png", b)})
+                    for i, b in enumerate(blobs)
+                ]
+            )
+
+    responses = asyncio.run(all_at_once())
+    for i, (response, p) in enumerate(zip(responses, want, strict=True)):
+        assert response.status_code == 200, response.text
+        [result] = response.json()["results"]
+        assert result["file"] == f"{i}.png"
+        assert_top5(result["top5"], p)
+    after = httpx.get(server + "/v2/models/tiny/stats").json()["model_stats"][0]
+    assert after["request_count"] - before["request_count"] == 32
+    assert after["inference_count"] - before["inference_count"] == 32
+    runs = after["execution_count"] - before["execution_count"]
+    assert 32 / MAX_BATCH <= runs < 32  # several requests shared a run
+
+
+def _png(size):
+    return encode(np.zeros((size[0], size[1], 3), np.uint8))
+
+
+ZEROS = np.zeros((1, 32, 32, 3), np.float32)
+BAD_REQUESTS = {
+    # name: (method, path, httpx keyword arguments, status, words in the error)
+    "unknown model metadata": ("GET", "/v2/models/alexnet", {}, 404, "unknown model 'alexnet'"),
+    "unknown model infer": ("POST", "/v2/models/alexnet/infer", {"json": {}}, 404, "unknown model"),
+    "unknown version": ("POST", "/v2/models/tiny/versions/2/infer", {"json": {}}, 404, "version"),
+    "unknown route": ("GET", "/v3/nothing", {}, 404, "Not Found"),
+    "wrong method": ("GET", "/v2/models/tiny/infer", {}, 405, "Method Not Allowed"),
+    "body not JSON": ("POST", "/v2/models/tiny/infer", {"content": b"{inputs"}, 400, "not JSON"),
+    "body a JSON list": ("POST", "/v2/models/tiny/infer", {"json": [1]}, 400, "JSON object"),
+    "no inputs": ("POST", "/v2/models/tiny/infer", {"json": {"id": "x"}}, 400, "'inputs'"),
+    "unknown input name": (
+        "POST",
+        "/v2/models/tiny/infer",
+        {"json": {"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [0]}]}},
+        400,
+        "unknown input 'x'",
+    ),
+    "wrong datatype": (
+        "POST",
+        "/v2/models/tiny/infer",
+        {
+            "json": {
+                "inputs": [
+                    {
+                        "name": "images",
+                        "shape": [1, 32, 32, 3],
+                        "datatype": "INT64",
+                        "data": [0] * 3072,
+                    }
+                ]
+            }
+        },
+        400,
+        "datatype 'INT64'; the model takes FP32",
+    ),
+    "wrong shape": (
+        "POST",
+        "/v2/models/tiny/infer",
+        {
+            "json": {
+                "inputs": [
+                    {
+                        "name": "images",
+                        "shape": [1, 31, 32, 3],
+                        "datatype": "FP32",
+                        "data": [0] * 2976,
+                    }
+                ]
+            }
+        },
+        400,
+        "shape [1, 31, 32, 3]; the model takes [-1, 32, 32, 3]",
+    ),
+    "wrong rank": (
+        "POST",
+        "/v2/models/tiny/infer",
+        {
+            "json": {
+                "inputs": [
+                    {"name": "images", "shape": [32, 32, 3], "datatype": "FP32", "data": [0] * 3072}
+                ]
+            }
+        },
+        400,
+        "the model takes [-1, 32, 32, 3]",
+    ),
+    "negative shape": (
+        "POST",
+        "/v2/models/tiny/infer",
+        {
+            "json": {
+                "inputs": [
+                    {
+                        "name": "images",
+                        "shape": [-1, 32, 32, 3],
+                        "datatype": "FP32",
+                        "data": [0] * 3072,
+                    }
+                ]
+            }
+        },
+        400,
+        "non-negative integers",
+    ),
+    "data count differs from shape": (
+        "POST",
+        "/v2/models/tiny/infer",
+        {
+            "json": {
+                "inputs": [
+                    {
+                        "name": "images",
+                        "shape": [2, 32, 32, 3],
+                        "datatype": "FP32",
+                        "data": [0] * 3072,
+                    }
+                ]
+            }
+        },
+        400,
+        "has 3072 values; shape [2, 32, 32, 3] needs 6144",
+    ),
+    "data not numbers": (
+        "POST",
+        "/v2/models/tiny/infer",
+        {
+            "json": {
+                "inputs": [
+                    {
+                        "name": "images",
+                        "shape": [1, 32, 32, 3],
+                        "datatype": "FP32",
+                        "data": ["a"] * 3072,
+                    }
+                ]
+            }
+        },
+        400,
+        "only FP32 numbers",
+    ),
+    "ragged nested data": (
+        "POST",
+        "/v2/models/tiny/infer",
+        {
+            "json": {
+                "inputs": [
+                    {
+                        "name": "images",
+                        "shape": [1, 32, 32, 3],
+                        "datatype": "FP32",
+                        "data": [[0] * 3071, [0] * 1],
+                    }
+                ]
+            }
+        },
+        400,
+        "regular",
+    ),
+    "NaN in data": (
+        "POST",
+        "/v2/models/tiny/infer",
+        {"content": json.dumps(infer_body(np.full((1, 32, 32, 3), np.nan)))},
+        400,
+        "NaN",
+    ),
+    "empty batch": (
+        "POST",
+        "/v2/models/tiny/infer",
+        {"json": infer_body(np.zeros((0, 32, 32, 3)))},
+        400,
+        "empty batch",
+    ),
+    "batch over the limit": (
+        "POST",
+        "/v2/models/tiny/infer",
+        {
+            "json": {
+                "inputs": [
+                    {
+                        "name": "images",
+                        "shape": [MAX_BATCH + 1, 32, 32, 3],
+                        "datatype": "FP32",
+                        "data": [0] * (3072 * (MAX_BATCH + 1)),
+                    }
+                ]
+            }
+        },
+        413,
+        f"more than the server's limit of {MAX_BATCH}",
+    ),
+    "unknown output": (
+        "POST",
+        "/v2/models/tiny/infer",
+        {"json": infer_body(ZEROS, outputs=[{"name": "logits"}])},
+        400,
+        "unknown output(s) ['logits']",
+    ),
+    "body over the limit": (
+        "POST",
+        "/v2/models/tiny/infer",
+        {"content": b" " * (1024 * 1024 + 1)},
+        413,
+        "larger than 1048576 bytes",
+    ),
+    "chunked body over the limit": (
+        "POST",
+        "/v2/models/tiny/infer",
+        {"content": iter([b" " * 600_000] * 2)},
+        413,
+        "larger than 1048576 bytes",
+    ),
+    "classify not multipart": (
+        "POST",
+        "/v2/models/tiny/classify",
+        {"json": {"file": "x"}},
+        415,
+        "multipart/form-data",
+    ),
+    "classify no file field": (
+        "POST",
+        "/v2/models/tiny/classify",
+        {"files": {"image": ("a.png", _png((8, 8)))}},
+        400,
+        "no images",
+    ),
+    "classify text instead of a file": (
+        "POST",
+        "/v2/models/tiny/classify",
+        {"data": {"file": "cat.jpg"}, "files": {"other": ("a.png", b"x")}},
+        400,
+        "file uploads, not text",
+    ),
+    "classify not an image": (
+        "POST",
+        "/v2/models/tiny/classify",
+        {"files": {"file": ("notes.txt", b"hello")}},
+        415,
+        "file 'notes.txt': not an image",
+    ),
+    "classify truncated image": (
+        "POST",
+        "/v2/models/tiny/classify",
+        {"files": {"file": ("cut.png", _png((40, 40))[:60])}},
+        415,
+        "file 'cut.png'",
+    ),
+    "classify too many pixels": (
+        "POST",
+        "/v2/models/tiny/classify",
+        {"files": {"file": ("big.png", _png((1001, 1000)))}},
+        413,
+        "larger than the limit of 1000000 pixels",
+    ),
+    "classify too many files": (
+        "POST",
+        "/v2/models/tiny/classify",
+        {"files": [("file", (f"{i}.png", _png((8, 8)))) for i in range(MAX_BATCH + 1)]},
+        413,
+        f"{MAX_BATCH + 1} images is more than the server's limit of {MAX_BATCH}",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_REQUESTS))
+def test_bad_request_gets_a_json_4xx_and_the_server_stays_up(server, case):
+    method, path, kwargs, status, words = BAD_REQUESTS[case]
+    response = httpx.request(method, server + path, timeout=30, **kwargs)
+    assert response.status_code == status, response.text
+    assert words in response.json()["error"]
+    assert httpx.get(server + "/v2/health/live").status_code == 200
+    ok = post_json(server + "/v2/models/tiny/infer", infer_body(ZEROS))
+    assert ok.status_code == 200
+
+
+def reshape_model(path):
+    """x [N, D] -> Reshape to [-1, 3]: onnxruntime fails at run time unless N*D % 3 == 0."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, None])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 3])
+    shape = helper.make_tensor("shape", TensorProto.INT64, [2], [-1, 3])
+    node = helper.make_node("Reshape", ["x", "shape"], ["y"])
+    graph = helper.make_graph([node], "reshape", [x], [y], initializer=[shape])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+
+
+def test_onnxruntime_failure_is_a_500_and_the_server_stays_up(tmp_path):
+    reshape_model(tmp_path / "reshape.onnx")
+    with running_server(tmp_path / "reshape.onnx", "--no-batching", log_dir=tmp_path) as url:
+        bad = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1] * 4}]}
+        response = httpx.post(url + "/v2/models/reshape/infer", json=bad, timeout=30)
+        assert response.status_code == 500
+        assert response.json()["error"].startswith("inference failed: ")
+        good = {
+            "inputs": [
+                {"name": "x", "shape": [2, 3], "datatype": "FP32", "data": [1, 2, 3, 4, 5, 6]}
+            ]
+        }
+        response = httpx.post(url + "/v2/models/reshape/infer", json=good, timeout=30)
+        assert response.json()["outputs"] == [
+            {"name": "y", "datatype": "FP32", "shape": [2, 3], "data": [1, 2, 3, 4, 5, 6]}
+        ]
+        # A model exported without keras_alexnet metadata serves tensors but cannot classify.
+        response = httpx.post(
+            url + "/v2/models/reshape/classify", files={"file": ("a.png", _png((8, 8)))}
+        )
+        assert response.status_code == 400 and "no keras_alexnet" in response.json()["error"]
+        stats = httpx.get(url + "/v2/models/reshape/stats").json()["model_stats"][0]
+        assert stats["failure_count"] == 1 and stats["execution_count"] == 2
+
+
+def test_no_batching_runs_every_request_alone(artifacts, tmp_path):
+    flags = ("--no-batching", "--max-latency-ms", "50")
+    with running_server(artifacts[1], *flags, log_dir=tmp_path) as url:
+
+        async def eight():
+            async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+                body = json.dumps(infer_body(ZEROS))
+                return await asyncio.gather(
+                    *[client.post("/v2/models/tiny/infer", content=body) for _ in range(8)]
+                )
+
+        assert all(r.status_code == 200 for r in asyncio.run(eight()))
+        stats = httpx.get(url + "/v2/models/tiny/stats").json()["model_stats"][0]
+        assert stats["execution_count"] == stats["request_count"] == 8
