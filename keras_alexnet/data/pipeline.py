@@ -139,4 +139,4 @@ def eval_dataset(
     ds = source.encoded(split).map(view, num_parallel_calls=AUTOTUNE)
     if protocol != "dense":
         ds = ds.batch(batch_size)
-    return ds.prefetch(AUTOTUNE)
+    return ds.prefetch(AUTOTUNE).with_options(_options())

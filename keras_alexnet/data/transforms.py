@@ -16,16 +16,6 @@ def decode(contents):
     return image
 
 
-def to_rgb(image):
-    """Make a uint8 image of 1, 3 or 4 channels RGB (tfds grayscale sets give 1 channel)."""
-    channels = image.shape[-1]
-    if channels == 1:
-        return tf.image.grayscale_to_rgb(image)
-    if channels == 4:
-        return image[..., :3]
-    return image
-
-
 def shorter_side_shape(shape, size):
     """The (height, width) with shorter side `size` and the aspect ratio of `shape`."""
     shape = tf.cast(shape, tf.float32)
@@ -42,7 +32,8 @@ def resize_shorter(image, size):
     Bilinear with half-pixel centres, float32 out.
     """
     new = shorter_side_shape(tf.shape(image)[:2], size)
-    return tf.image.resize(tf.cast(image, tf.float32), new, method="bilinear")
+    # Bilinear resizing reads uint8 directly and writes float32: no full-size cast pass.
+    return tf.image.resize(image, new, method="bilinear")
 
 
 def crop(image, top, left, size):
