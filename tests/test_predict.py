@@ -1,0 +1,97 @@
+"""scripts/predict.py: top-5 per image with a Keras run directory, a .keras file or ONNX."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+from test_serve import ROOT, assert_top5, build_artifacts, reference_probabilities, sample_images
+
+sys.path.insert(0, str(ROOT / "scripts"))
+import predict as predict_script  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    run = tmp_path_factory.mktemp("run")
+    model, onnx_path = build_artifacts(run)
+    photos = tmp_path_factory.mktemp("photos")
+    blobs = sample_images(5, seed=9)
+    (photos / "nested").mkdir()
+    names = ["a.png", "b.png", "nested/c.png", "nested/d.png", "e.jpg"]
+    for name, blob in zip(names, blobs, strict=True):
+        (photos / name).write_bytes(blob)
+    (photos / "notes.txt").write_text("not an image")
+    (photos / ".hidden.png").write_bytes(blobs[0])
+    want = dict(zip(names, reference_probabilities(model, blobs), strict=True))
+    return run, onnx_path, photos, want
+
+
+def run_main(capsys, *argv):
+    args = predict_script.get_args_parser().parse_args(list(argv))
+    predict_script.main(args)
+    out = capsys.readouterr()
+    return out.out, out.err
+
+
+@pytest.mark.parametrize("kind", ["onnx", "run_dir", "keras_file"])
+def test_predict_json_gives_the_models_top5_and_skips_unreadable_files(setup, capsys, kind):
+    run, onnx_path, photos, want = setup
+    model = {"onnx": onnx_path, "run_dir": run, "keras_file": run / "best.keras"}[kind]
+    missing = photos / "missing.png"
+    out, err = run_main(capsys, "--model", str(model), str(photos), str(missing), "--json")
+    results = json.loads(out)
+    files = [r["file"] for r in results]
+    # Directory order is sorted and recursive; the hidden file is left out.
+    assert files == [
+        str(photos / n)
+        for n in ["a.png", "b.png", "e.jpg", "notes.txt", "nested/c.png", "nested/d.png"]
+    ] + [str(missing)]
+    for r in results:
+        name = r["file"][len(str(photos)) + 1 :]
+        if name in want:
+            assert_top5(r["top5"], want[name])
+        else:
+            assert "top5" not in r and r["error"]
+    assert f"skipped {photos / 'notes.txt'}: not an image" in err
+    assert f"skipped {missing}: " in err
+
+
+def test_predict_text_output(setup, capsys):
+    _, onnx_path, photos, want = setup
+    out, _ = run_main(capsys, "--model", str(onnx_path), str(photos / "a.png"), "--top", "3")
+    lines = out.splitlines()
+    assert lines[0] == str(photos / "a.png")
+    probabilities = [float(line.split()[0]) for line in lines[1:]]
+    top3 = sorted(want["a.png"], reverse=True)[:3]
+    assert probabilities == pytest.approx(top3, abs=1e-4)
+    assert all(line.split()[1].startswith("class_") for line in lines[1:])
+
+
+def test_predict_with_nothing_readable_exits_non_zero(setup, capsys):
+    _, onnx_path, photos, _ = setup
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(capsys, "--model", str(onnx_path), str(photos / "notes.txt"))
+    assert exit_info.value.code == 1
+
+
+def test_keras_file_without_metadata_is_a_one_line_error(setup, tmp_path):
+    run, _, photos, _ = setup
+    shutil.copy(run / "best.keras", tmp_path / "lonely.keras")
+    cmd = [sys.executable, "scripts/predict.py", "--model", str(tmp_path / "lonely.keras")]
+    out = subprocess.run([*cmd, str(photos)], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode != 0
+    assert out.stderr.strip() == f"error: no metadata.json beside {tmp_path}/lonely.keras " + (
+        "(class names, sizes)"
+    )
+
+
+def test_predict_script_end_to_end_with_onnx(setup):
+    _, onnx_path, photos, want = setup
+    cmd = [sys.executable, "scripts/predict.py", "--model", str(onnx_path), "--json"]
+    out = subprocess.run(
+        [*cmd, str(photos / "b.png")], capture_output=True, text=True, cwd=ROOT, check=True
+    )
+    [result] = json.loads(out.stdout)
+    assert_top5(result["top5"], want["b.png"])
