@@ -53,8 +53,7 @@ def load_predictor(path, threads=0):
         if model.metadata is None:
             raise PredictError(f"{path} has no keras_alexnet metadata (class names, sizes)")
         name = model.inputs[0].name
-        output = model.outputs[0].name
-        return (lambda x: model.run({name: x})[output]), model.metadata
+        return (lambda x: model.run({name: x})[model.probabilities]), model.metadata
     if path.suffix == ".keras":
         meta = path.with_name(FILENAME)
         if not meta.is_file():

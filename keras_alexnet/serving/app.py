@@ -207,9 +207,7 @@ def create_app(config):
         )
         await batcher.start()
         state.update(model=model, batcher=batcher)
-        warm = {
-            s.name: np.zeros([1 if d == -1 else d for d in s.shape], s.dtype) for s in model.inputs
-        }
+        warm = {s.name: np.zeros(model.example_shape(s), s.dtype) for s in model.inputs}
         with contextlib.suppress(Exception):  # a model with data-dependent shapes may refuse
             await asyncio.get_running_loop().run_in_executor(None, model.run, warm)
         state["ready"] = True
@@ -373,7 +371,7 @@ def create_app(config):
         )
         spec = model.inputs[0]
         result = await run_model({spec.name: np.stack(crops).astype(spec.dtype, copy=False)})
-        probabilities = result[model.outputs[0].name]
+        probabilities = result[model.probabilities]
         names = list(model.metadata.class_names)
         return {
             "model_name": model.name,

@@ -82,14 +82,15 @@ def resize_bilinear(image, height, width, *, top=0, left=0, crop=None):
     when `crop` is None) as float32, computing only the pixels in that window.
     """
     rows, cols = (height, width) if crop is None else (crop, crop)
-    image = np.asarray(image, np.float32)
+    image = np.asarray(image)
     y0, y1, fy = _taps(image.shape[0], height, top, rows)
     x0, x1, fx = _taps(image.shape[1], width, left, cols)
-    fx = fx[None, :, None]
-    upper, lower = image[y0], image[y1]
-    top_row = upper[:, x0] + (upper[:, x1] - upper[:, x0]) * fx
-    bottom_row = lower[:, x0] + (lower[:, x1] - lower[:, x0]) * fx
-    return top_row + (bottom_row - top_row) * fy[:, None, None]
+    # Separable: blend the two source rows of every output row, then the two columns.
+    # (TensorFlow blends columns first; the results agree to float32 rounding.)
+    upper = image[y0].astype(np.float32)
+    blended = upper + (image[y1] - upper) * fy[:, None, None]
+    left_cols = blended[:, x0]
+    return left_cols + (blended[:, x1] - left_cols) * fx[None, :, None]
 
 
 def center_crop_resized(image, resize, size):

@@ -88,6 +88,17 @@ class OnnxModel:
         )
         # Requests can be merged only along a free leading (batch) dimension.
         self.batchable = all(spec.shape and spec.shape[0] == -1 for spec in self.inputs)
+        names = [o.name for o in self.outputs]
+        # keras_alexnet.export names the softmax output; other exports: the first output.
+        self.probabilities = "probabilities" if "probabilities" in names else names[0]
+
+    def example_shape(self, spec):
+        """A runnable shape for `spec`: one row; free image sides at the model's crop size."""
+        size = self.metadata.input_size if self.metadata is not None else 1
+        shape = [1 if d == -1 else d for d in spec.shape]
+        if len(shape) == 4 and shape[-1] == 3:  # NHWC image input
+            shape[1:3] = [size if d == -1 else d for d in spec.shape[1:3]]
+        return shape
 
     def run(self, feeds):
         """Run the model on a dict of input arrays; return a dict of output arrays."""
