@@ -1,0 +1,246 @@
+"""Open any saved model by its path: a prediction function, its Metadata, and the runtime.
+
+A path is a Keras `.keras` file (metadata.json beside it), a training run directory (its
+`best.keras`), a SavedModel directory (metadata in `assets/metadata.json`) or an `.onnx`
+file (metadata in its metadata properties, run with onnxruntime). Every runtime takes
+float32 RGB pixels on the 0-255 scale, [N, H, W, 3], and returns class probabilities
+[N, classes]: crops of the model's input size, or (exports and Keras models alike) larger
+whole images, whose class score map is averaged spatially (the VGG paper's dense
+evaluation, see `keras_alexnet.models.dense`).
+
+Importing this module loads neither TensorFlow nor onnxruntime; `load` imports what the
+path needs.
+"""
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+
+from keras_alexnet.metadata import FILENAME as METADATA_FILENAME
+from keras_alexnet.metadata import Metadata
+
+RUNTIMES = ("keras", "savedmodel", "onnxruntime")
+KERAS_BEST = "best.keras"
+SAVEDMODEL_METADATA = Path("assets") / METADATA_FILENAME
+SERVING_SIGNATURE = "serving_default"
+OUTPUT_NAME = "probabilities"
+ACCEPTED = "a .keras file, a training run directory, a SavedModel directory or an .onnx file"
+
+
+class ModelPathError(ValueError):
+    """A model path that does not exist, is not a model, or lacks its metadata."""
+
+
+@dataclasses.dataclass
+class Runtime:
+    """A loaded model: `predict(images) -> probabilities`, its metadata and its runtime.
+
+    `input_size` is the only spatial size the runtime accepts (None: any size of at least
+    the crop, i.e. it can also run dense evaluation).
+    """
+
+    name: str  # one of RUNTIMES
+    path: Path
+    metadata: Metadata
+    predict: Callable
+    input_size: int | None = None
+
+    @property
+    def dense(self):
+        """Whether the runtime takes whole images larger than the crop."""
+        return self.input_size is None
+
+
+def resolve(path):
+    """Return (runtime name, model file or directory, metadata path or None) for `path`."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise ModelPathError(f"{path} does not exist: pass {ACCEPTED}")
+    if path.is_dir():
+        if (path / "saved_model.pb").is_file():
+            return "savedmodel", path, path / SAVEDMODEL_METADATA
+        if (path / KERAS_BEST).is_file():
+            return "keras", path / KERAS_BEST, path / METADATA_FILENAME
+        raise ModelPathError(
+            f"{path} is a directory with neither {KERAS_BEST} (a run directory) nor "
+            f"saved_model.pb (a SavedModel): pass {ACCEPTED}"
+        )
+    suffix = path.suffix.lower()
+    if suffix == ".onnx":
+        return "onnxruntime", path, None
+    if suffix == ".keras":
+        return "keras", path, path.with_name(METADATA_FILENAME)
+    raise ModelPathError(f"{path} is not a model file: pass {ACCEPTED}")
+
+
+def _read_metadata(metadata_path, model_path):
+    """Read a metadata.json, or say where it should have been."""
+    if not metadata_path.is_file():
+        raise ModelPathError(
+            f"{model_path} has no {metadata_path.name} at {metadata_path}: copy the training "
+            f"run's {METADATA_FILENAME} there (it holds the classes and preprocessing)"
+        )
+    try:
+        return Metadata.load(metadata_path)
+    except (ValueError, KeyError, TypeError) as e:
+        raise ModelPathError(f"{metadata_path} is not a valid {METADATA_FILENAME}: {e}") from e
+
+
+def _first_line(error):
+    """The first non-empty line of an exception's message."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
+
+
+def load_keras_model(path):
+    """Return (keras.Model, Metadata) of a `.keras` file or run directory."""
+    kind, model_path, metadata_path = resolve(path)
+    if kind != "keras":
+        raise ModelPathError(f"{path} is not a Keras model: pass a .keras file or a run directory")
+    metadata = _read_metadata(metadata_path, model_path)
+    import keras
+
+    import keras_alexnet.layers  # noqa: F401  (registers the custom layers for loading)
+
+    try:
+        model = keras.saving.load_model(model_path, compile=False)
+    except Exception as e:  # a corrupt or foreign file: say so in one line
+        raise ModelPathError(f"{model_path} is not a readable Keras model: {_first_line(e)}") from e
+    return model, metadata
+
+
+def _load_keras(path):
+    """Runtime of a Keras model: the model itself on crops, its dense twin on larger images."""
+    import numpy as np
+    import tensorflow as tf
+
+    from keras_alexnet.models.dense import fully_convolutional
+
+    model, metadata = load_keras_model(path)
+    size = tuple(model.input_shape[1:3])
+    crop_fn = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+    dense_fn = None
+
+    def predict(images):
+        nonlocal dense_fn
+        images = tf.convert_to_tensor(np.asarray(images, np.float32))
+        if tuple(images.shape[1:3]) == size:
+            return crop_fn(images).numpy()
+        if dense_fn is None:
+            twin = fully_convolutional(model)
+            dense_fn = tf.function(lambda x: twin(x, training=False), reduce_retracing=True)
+        return dense_fn(images).numpy()
+
+    return Runtime("keras", resolve(path)[1], metadata, predict)
+
+
+def _load_savedmodel(path):
+    """Runtime of a SavedModel written by `keras_alexnet.export.export_savedmodel`."""
+    import numpy as np
+    import tensorflow as tf
+
+    _, model_path, metadata_path = resolve(path)
+    metadata = _read_metadata(metadata_path, model_path)
+    try:
+        loaded = tf.saved_model.load(str(model_path))
+        signature = loaded.signatures[SERVING_SIGNATURE]
+    except Exception as e:
+        raise ModelPathError(f"{model_path} is not a readable SavedModel: {_first_line(e)}") from e
+    (input_name,) = signature.structured_input_signature[1]
+    spec = signature.structured_input_signature[1][input_name]
+    size = spec.shape[1:3].as_list()
+    input_size = size[0] if None not in size else None
+
+    def predict(images):
+        images = tf.convert_to_tensor(np.asarray(images, np.float32))
+        outputs = signature(**{input_name: images})
+        return (
+            outputs[OUTPUT_NAME].numpy()
+            if OUTPUT_NAME in outputs
+            else next(iter(outputs.values())).numpy()
+        )
+
+    # `loaded` must stay alive while the signature is used.
+    predict.saved_model = loaded
+    return Runtime("savedmodel", model_path, metadata, predict, input_size)
+
+
+def onnx_session(path, threads=None):
+    """An onnxruntime CPU InferenceSession of `path` (`threads`: intra-op threads)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = int(threads)
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as e:
+        raise ModelPathError(f"{path} is not a readable ONNX model: {_first_line(e)}") from e
+
+
+def onnx_metadata(session, path):
+    """The Metadata stored in an ONNX session's metadata properties."""
+    props = session.get_modelmeta().custom_metadata_map
+    try:
+        return Metadata.from_properties(props)
+    except (KeyError, ValueError, TypeError) as e:
+        raise ModelPathError(
+            f"{path} has no keras_alexnet metadata ({_first_line(e)}): export it with "
+            "scripts/export_onnx.py"
+        ) from e
+
+
+def _load_onnx(path, threads=None):
+    """Runtime of an ONNX file, run with onnxruntime on the CPU."""
+    import numpy as np
+
+    _, model_path, _ = resolve(path)
+    session = onnx_session(model_path, threads)
+    metadata = onnx_metadata(session, model_path)
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    if len(inputs) != 1 or len(inputs[0].shape) != 4:
+        raise ModelPathError(f"{model_path} must take one [N, H, W, 3] image input")
+    input_name = inputs[0].name
+    output_names = [o.name for o in outputs]
+    output = OUTPUT_NAME if OUTPUT_NAME in output_names else output_names[0]
+    h, w = inputs[0].shape[1:3]
+    input_size = h if isinstance(h, int) and isinstance(w, int) else None
+
+    def predict(images):
+        images = np.ascontiguousarray(images, np.float32)
+        return session.run([output], {input_name: images})[0]
+
+    predict.session = session
+    return Runtime("onnxruntime", model_path, metadata, predict, input_size)
+
+
+def load(path, *, threads=None):
+    """Open the model at `path` (see the module docstring) as a Runtime."""
+    kind = resolve(path)[0]
+    if kind == "onnxruntime":
+        return _load_onnx(path, threads)
+    if kind == "savedmodel":
+        return _load_savedmodel(path)
+    return _load_keras(path)
+
+
+def load_metadata(path):
+    """Read only the Metadata of the model at `path` (no TensorFlow for ONNX files)."""
+    kind, model_path, metadata_path = resolve(path)
+    if kind == "onnxruntime":
+        import onnx
+
+        try:
+            model = onnx.load(str(model_path), load_external_data=False)
+        except Exception as e:
+            raise ModelPathError(
+                f"{model_path} is not a readable ONNX model: {_first_line(e)}"
+            ) from e
+        props = {p.key: p.value for p in model.metadata_props}
+        try:
+            return Metadata.from_properties(props)
+        except (KeyError, ValueError, TypeError) as e:
+            raise ModelPathError(
+                f"{model_path} has no keras_alexnet metadata: export it with scripts/export_onnx.py"
+            ) from e
+    return _read_metadata(metadata_path, model_path)
