@@ -49,9 +49,7 @@ def train_dataset(
     global batch) becomes the per-replica batch. `shuffle_buffer` bounds the shuffle of
     TFDS records and of cached images; a folder's file list is shuffled whole.
     """
-    if isinstance(resize, int):
-        resize = (resize, resize)
-    lo, hi = (int(v) for v in resize)
+    lo, hi = (int(v) for v in np.broadcast_to(resize, [2]))
     if not 0 < lo <= hi:
         raise ValueError(f"resize must be an int or (lo, hi) with 0 < lo <= hi. Received: {resize}")
     if image_size > lo:
