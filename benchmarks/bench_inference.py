@@ -1,0 +1,147 @@
+"""Forward throughput of the paper's AlexNet (227) and VGG D (224): Keras/TF, our ONNX fp32
+and int8 exports in onnxruntime, and a PyTorch eager reference of the same architecture
+(groups=2, per-tower LRN), all measured in one run, with GFLOP/s against a matmul peak
+measured in the same run. PyTorch is optional (`pip install -e ".[bench]"`).
+
+The models have random weights (paper initialisation) and ImageNet's mean in-graph; the
+exports go through `keras_alexnet.export.export_onnx` exactly as a user's would (verified
+against Keras within 1e-5), and int8 is calibrated on the bundled demo images.
+"""
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks import common  # noqa: E402
+
+BATCHES = {"alexnet": (1, 8, 32), "vgg_d": (1, 8)}
+
+
+def throughput(fn, batch, min_seconds):
+    """Images/s of `fn()` on a batch: two warm-up calls, then repeat for >= min_seconds."""
+    fn()
+    fn()
+    calls, start = 0, time.perf_counter()
+    while True:
+        fn()
+        calls += 1
+        elapsed = time.perf_counter() - start
+        if elapsed >= min_seconds and calls >= 2:
+            return batch * calls / elapsed
+
+
+def build_runtimes(name, work, log):
+    """Return {runtime: predict(x_nhwc)} for Keras, ONNX fp32, ONNX int8 and PyTorch."""
+    import tensorflow as tf
+
+    from keras_alexnet.data import IMAGENET_STATS
+    from keras_alexnet.export import export_onnx
+    from keras_alexnet.metadata import Metadata
+    from keras_alexnet.models import build_model, get_spec
+    from keras_alexnet.runtime import onnx_session
+
+    spec = get_spec(name)
+    model = build_model(name, seed=0, mean=IMAGENET_STATS.mean)
+    flops = common.forward_flops(model)
+    path = Path(work) / name / "model.keras"
+    path.parent.mkdir(parents=True)
+    model.save(path)
+    Metadata(
+        model=spec.name, class_names=tuple(f"class_{i}" for i in range(1000)),
+        input_size=spec.input_size, resize=spec.resize, mean=IMAGENET_STATS.mean,
+        protocol=spec.protocol,
+    ).save(path.parent / "metadata.json")  # fmt: skip
+    onnx_path = path.parent / f"{name}.onnx"
+    export = export_onnx(path, onnx_path, quantize="int8", agreement_images=64, log=log)
+    keras_fn = tf.function(lambda x: model(x, training=False))
+    runtimes = {"keras/tf": lambda x: keras_fn(x).numpy()}
+    for label, file in (("onnx fp32", onnx_path), ("onnx int8", Path(export["int8"]["path"]))):
+        session = onnx_session(file)
+        runtimes[label] = lambda x, s=session: s.run(None, {"images": x})[0]
+    try:
+        import torch
+
+        from benchmarks import torch_reference
+
+        torch_model = torch_reference.build(name).eval()
+        torch.set_grad_enabled(False)
+        runtimes["pytorch eager"] = lambda x: torch_model(
+            torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
+        ).numpy()
+    except ImportError:
+        log("PyTorch is not installed: its column is skipped")
+    return runtimes, flops, export
+
+
+def get_args_parser():
+    """Return the argument parser of this script."""
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument(
+        "--models",
+        default="alexnet,vgg_d",
+        help="comma-separated models out of alexnet, vgg_d (default: %(default)s)",
+    )
+    p.add_argument(
+        "--min-seconds",
+        type=float,
+        default=3.0,
+        help="time each measurement for at least this long (default: %(default)s)",
+    )
+    p.add_argument(
+        "--no-write",
+        action="store_true",
+        help="print only; do not update benchmarks/RESULTS.md (default: write)",
+    )
+    return p
+
+
+def main(args):
+    """Measure every runtime at every batch size, print the table, record it."""
+    peak = common.matmul_peak_gflops()
+    rows, notes = [], []
+    with tempfile.TemporaryDirectory() as work:
+        for name in args.models.split(","):
+            runtimes, flops, export = build_runtimes(name, work, log=lambda m: None)
+            notes.append(
+                f"{name}: export max relative error {export['max_relative_error']:.2g}, "
+                f"int8 top-1 agreement with fp32 {export['int8']['agreement']:.3f} on "
+                f"{export['int8']['agreement_images']} demo images"
+            )
+            size = 227 if name == "alexnet" else 224
+            for batch in BATCHES[name]:
+                x = np.random.default_rng(0).uniform(0, 255, (batch, size, size, 3))
+                x = x.astype(np.float32)
+                speeds = {r: throughput(lambda f=f, x=x: f(x), batch, args.min_seconds)
+                          for r, f in runtimes.items()}  # fmt: skip
+                base = speeds.get("pytorch eager")
+                for runtime, img_s in speeds.items():
+                    gflops = flops * img_s / 1e9
+                    ratio = f"{img_s / base:.2f}x" if base else "n/a"
+                    rows.append(
+                        f"| {name} | {batch} | {runtime} | {img_s:.1f} | {ratio} | "
+                        f"{gflops:.0f} ({100 * gflops / peak:.0f} %) |"
+                    )
+                    print(rows[-1], flush=True)
+    table = "\n".join([
+        "| model | batch | runtime | img/s | vs PyTorch eager | GFLOP/s (of peak) |",
+        "|---|---|---|---|---|---|",
+        *rows,
+    ])  # fmt: skip
+    body = (
+        f"{common.provenance()}\n\nForward passes on random 0-255 batches, 2 intra-op threads "
+        f"(the machine's cores) for every runtime. float32 GEMM peak measured in the same run "
+        f"(NumPy 2048^2): {peak:.0f} GFLOP/s.\n\n{table}\n\n" + "\n".join(f"- {n}" for n in notes)
+    )
+    print(body)
+    if not args.no_write:
+        common.update_section("Inference", body)
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())
