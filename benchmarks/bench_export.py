@@ -1,0 +1,166 @@
+"""Full-size export measurements for the closing note of issue 6 (AlexNet and VGG D).
+
+For each model: ONNX export time and size, ONNX-vs-Keras max relative error, int8 static
+quantisation in both onnxruntime formats (QDQ and QOperator): size, top-1 agreement with
+fp32 on held-out images, and onnxruntime CPU throughput of fp32 vs int8.
+
+AlexNet is trained by the training stage on the bundled digits (demo settings, --epochs);
+VGG D is too slow to train on a 2-core CPU, so it is exported with Glorot-initialised
+weights (its int8 agreement is then a statement about quantisation noise on an untrained
+net, and says so in the table). Results go to the "Export" section of RESULTS.md.
+
+    python benchmarks/bench_export.py --models alexnet,vgg_d
+"""
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.common import update_section  # noqa: E402
+
+MACHINE = "2-core CPU (CI-class VM)"
+
+
+def get_args_parser():
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--models", default="alexnet,vgg_d", help="(default: %(default)s)")
+    p.add_argument(
+        "--epochs", type=int, default=2, help="AlexNet demo epochs (default: %(default)s)"
+    )
+    p.add_argument("--calibration-images", type=int, default=64, help="(default: %(default)s)")
+    p.add_argument("--agreement-images", type=int, default=364, help="(default: %(default)s)")
+    p.add_argument("--vgg-agreement-images", type=int, default=128, help="(default: %(default)s)")
+    p.add_argument("--work-dir", default=None, help="(default: a temporary directory)")
+    p.add_argument("--no-write", action="store_true", help="do not update RESULTS.md")
+    return p
+
+
+def make_run(name, work, epochs):
+    """A run directory: AlexNet trained on the demo digits, VGG D Glorot-initialised."""
+    from keras_alexnet.train import TrainConfig, train
+
+    run = work / name
+    if name == "alexnet":
+        if not (run / "best.keras").exists():
+            result = train(TrainConfig(model="alexnet", output=str(run), epochs=epochs))
+            print(f"trained alexnet: val top-1 {result['val_top1']:.4f}", flush=True)
+        return run, f"trained {epochs} epochs on the demo digits (training stage, demo settings)"
+    from keras_alexnet.data import load_source
+    from keras_alexnet.metadata import Metadata
+    from keras_alexnet.models import build_model, get_spec
+
+    if not (run / "best.keras").exists():
+        source = load_source(None)
+        spec = get_spec(name)
+        mean = tuple(source.stats.mean)
+        model = build_model(
+            name, classes=len(source.class_names), init="glorot", seed=0, mean=mean, scale=1 / 128
+        )
+        run.mkdir(parents=True, exist_ok=True)
+        model.save(run / "best.keras")
+        Metadata(
+            model=spec.name, class_names=tuple(source.class_names), input_size=spec.input_size,
+            resize=spec.resize, mean=mean, scale=1 / 128, protocol=spec.protocol,
+        ).save(run / "metadata.json")  # fmt: skip
+    return run, "untrained (Glorot init, seed 0), 10 classes, demo-set mean"
+
+
+def throughput(path, images, repeats=3):
+    """Best-of-`repeats` onnxruntime images/s on `images` (one batch)."""
+    from keras_alexnet.runtime import onnx_session
+
+    session = onnx_session(path)
+    session.run(None, {"images": images})
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        session.run(None, {"images": images})
+        best = min(best, time.perf_counter() - start)
+    return len(images) / best
+
+
+def measure(name, work, args):
+    from keras_alexnet.export import _center_crops, export_onnx, quantize_int8
+    from keras_alexnet.data import load_source
+    from keras_alexnet.runtime import load_metadata
+
+    run, weights = make_run(name, work, args.epochs)
+    onnx_path = work / f"{name}.onnx"
+    fp32 = export_onnx(run, onnx_path)
+    agreement_images = args.agreement_images if name == "alexnet" else args.vgg_agreement_images
+    metadata = load_metadata(onnx_path)
+    crops, _ = _center_crops(load_source(None), metadata, "val", 8)
+    row = {
+        "model": name,
+        "weights": weights,
+        "fp32": fp32,
+        "fp32_ips": throughput(onnx_path, crops),
+    }
+    for fmt in ("qdq", "qoperator"):
+        out = work / f"{name}.int8.{fmt}.onnx"
+        row[fmt] = quantize_int8(
+            onnx_path, out, calibration_images=args.calibration_images,
+            agreement_images=agreement_images, quant_format=fmt,
+        )  # fmt: skip
+        row[fmt + "_ips"] = throughput(out, crops)
+    print(json.dumps(row, indent=2, default=str), flush=True)
+    return row
+
+
+def table(rows):
+    lines = [
+        "| model | weights | ONNX vs Keras max rel. error | export time | fp32 size | fp32 img/s "
+        "| int8 format | int8 size | quantise time | int8 img/s | top-1 agreement with fp32 "
+        "| top-1 fp32 / int8 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        for fmt in ("qdq", "qoperator"):
+            q = r[fmt]
+            lines.append(
+                f"| {r['model']} | {r['weights']} | {r['fp32']['max_relative_error']:.2g} "
+                f"| {r['fp32']['seconds']:.0f} s | {r['fp32']['bytes'] / 2**20:.1f} MiB "
+                f"| {r['fp32_ips']:.1f} | {fmt} | {q['bytes'] / 2**20:.1f} MiB "
+                f"| {q['seconds']:.0f} s | {r[fmt + '_ips']:.1f} "
+                f"| {q['agreement']:.2%} on {q['agreement_data']} "
+                f"| {q['top1_fp32']:.2%} / {q['top1_int8']:.2%} |"
+            )
+    return "\n".join(lines)
+
+
+def main(args):
+    import datetime
+
+    work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="bench_export"))
+    work.mkdir(parents=True, exist_ok=True)
+    rows = [measure(name, work, args) for name in args.models.split(",")]
+    body = "\n".join(
+        [
+            f"Machine: {MACHINE}. Date: {datetime.date.today().isoformat()}. "
+            f"Command: `python benchmarks/bench_export.py {' '.join(sys.argv[1:])}`.",
+            "",
+            "Full-size models (AlexNet 227x227, VGG D 224x224, 10 demo classes). Export time "
+            "includes loading the .keras file, conversion, `check_model(full_check=True)` and "
+            "the onnxruntime-vs-Keras verification; the error is max |onnx - keras| / "
+            "max |keras| over 4 random crops and one larger (dense) image. int8: "
+            f"`quant_pre_process` + `quantize_static` (per-channel int8 weights, int8 "
+            f"activations, MinMax), calibrated on {args.calibration_images} centre crops of "
+            "training digits. img/s: onnxruntime CPU, one batch of 8 centre crops, best of 3.",
+            "",
+            table(rows),
+        ]
+    )
+    if not args.no_write:
+        update_section("Export", body)
+    print(body)
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())

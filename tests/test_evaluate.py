@@ -1,0 +1,194 @@
+"""Evaluation protocols against hand-cut crops, the FC-as-conv twin, top-k, and bad input."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_alexnet.data import load_source
+from keras_alexnet.evaluate import EvaluationError, evaluate, near_ties, topk_correct
+from keras_alexnet.metadata import Metadata
+from keras_alexnet.models import build_model
+from keras_alexnet.models.dense import fully_convolutional
+from keras_alexnet.runtime import ModelPathError, resolve
+
+ROOT = Path(__file__).resolve().parent.parent
+SIZE, RESIZE = 67, 80  # AlexNet's smallest input; the demo digits are 8x8, upscaled
+
+
+def make_run(path, *, name="alexnet", size=SIZE, resize=RESIZE, steps=30, protocol=None):
+    """A run directory with a tiny model fitted for `steps` on the demo digits + metadata."""
+    from keras_alexnet.data import train_dataset
+    from keras_alexnet.models import get_spec
+
+    source = load_source(None)
+    mean = tuple(source.stats.mean)
+    keras.utils.set_random_seed(0)
+    model = build_model(
+        name, classes=len(source.class_names), input_shape=(size, size, 3), width=1 / 16,
+        seed=0, init="he", mean=mean, scale=1 / 128, dropout=0.0,
+    )  # fmt: skip
+    if steps:
+        model.compile(keras.optimizers.SGD(0.01, momentum=0.9), "sparse_categorical_crossentropy")
+        ds = train_dataset(source, image_size=size, resize=resize, batch_size=32, seed=0)
+        model.fit(ds.take(steps), epochs=1, verbose=0)
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    model.save(path / "best.keras")
+    Metadata(
+        model=name, class_names=tuple(source.class_names), input_size=size, resize=resize,
+        mean=mean, scale=1 / 128, protocol=protocol or get_spec(name).protocol,
+    ).save(path / "metadata.json")  # fmt: skip
+    return path, model
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    return make_run(tmp_path_factory.mktemp("run") / "alexnet", steps=0)
+
+
+def _val_images(count):
+    """The first `count` validation digits, decoded, rescaled to RESIZE (shorter side)."""
+    source = load_source(None)
+    images = []
+    for contents, _ in source.encoded("val").take(count):
+        image = tf.io.decode_image(contents, channels=3, expand_animations=False)
+        h, w = image.shape[:2]
+        scale = RESIZE / min(h, w)
+        shape = (max(RESIZE, round(h * scale)), max(RESIZE, round(w * scale)))
+        images.append(tf.image.resize(image, shape, method="bilinear").numpy())
+    return images
+
+
+@pytest.mark.parametrize(
+    "name, size, window", [("alexnet", 67, (1, 1)), ("alexnet", 99, (2, 2)), ("vgg_c", 64, (2, 2))]
+)
+def test_fc_as_conv_twin_equals_model_on_a_crop_of_the_input_size(name, size, window):
+    model = build_model(
+        name, classes=7, input_shape=(size, size, 3), width=1 / 16, seed=1, init="glorot",
+        mean=(120.0, 110.0, 100.0), scale=1 / 128,
+    )  # fmt: skip
+    twin = fully_convolutional(model)
+    first_fc = model.layers[[layer.name for layer in model.layers].index("flatten") + 1].name
+    assert twin.get_layer(first_fc).kernel.shape[:2] == window  # fc6 / fc1 as an h x w conv
+    x = np.random.default_rng(0).uniform(0, 255, (3, size, size, 3)).astype("float32")
+    expected = model.predict_on_batch(x)
+    np.testing.assert_allclose(twin.predict_on_batch(x), expected, rtol=1e-5, atol=1e-7)
+    # A larger image gives a class score map, one softmax per position.
+    big = np.random.default_rng(1).uniform(0, 255, (2, size + 64, size + 32, 3))
+    score_map = fully_convolutional(model, average=False).predict_on_batch(big.astype("float32"))
+    body = build_model(name, include_top=False, input_shape=big.shape[1:], width=1 / 16)
+    h, w = body.output_shape[1:3]  # the last pool's map; fc6 slides its window over it
+    assert score_map.shape == (2, h - window[0] + 1, w - window[1] + 1, 7)
+    assert score_map.shape[1] * score_map.shape[2] > 1
+    np.testing.assert_allclose(score_map.sum(-1), 1.0, rtol=1e-5)
+
+
+def test_ten_crop_equals_crops_cut_by_hand(run):
+    path, model = run
+    result = evaluate(path, protocol="ten_crop", verbose=False, return_scores=True)
+    images = _val_images(6)
+    for i, image in enumerate(images):
+        h, w = image.shape[:2]
+        top, left = (h - SIZE) // 2, (w - SIZE) // 2
+        corners = [(0, 0), (0, w - SIZE), (h - SIZE, 0), (h - SIZE, w - SIZE), (top, left)]
+        crops = np.stack([image[t : t + SIZE, x : x + SIZE] for t, x in corners])
+        crops = np.concatenate([crops, crops[:, :, ::-1]])
+        expected = model.predict_on_batch(crops).mean(axis=0)
+        np.testing.assert_allclose(result["scores"][i], expected, rtol=1e-5, atol=1e-7)
+    assert result["count"] == load_source(None).num_val
+    assert result["protocol"] == "ten_crop" and result["runtime"] == "keras"
+
+
+def test_dense_equals_crop_and_mirror_where_they_coincide(run):
+    path, model = run
+    # With Q = the input size a square digit rescales to exactly one crop: the score map is
+    # 1x1 and dense evaluation is the mean of the crop's and its mirror's softmax.
+    result = evaluate(path, protocol="dense", resize=SIZE, verbose=False, return_scores=True)
+    source = load_source(None)
+    for i, (contents, _) in enumerate(source.encoded("val").take(5)):
+        image = tf.io.decode_image(contents, channels=3, expand_animations=False)
+        image = tf.image.resize(image, (SIZE, SIZE), method="bilinear").numpy()
+        expected = model.predict_on_batch(np.stack([image, image[:, ::-1]])).mean(axis=0)
+        np.testing.assert_allclose(result["scores"][i], expected, rtol=1e-5, atol=1e-7)
+
+
+def test_multi_scale_averages_dense_scores_over_scales(run):
+    path, _ = run
+    scales = (SIZE, RESIZE)
+    got = evaluate(path, protocol="multi_scale", scales=scales, verbose=False, return_scores=True)
+    per_scale = [
+        evaluate(path, protocol="dense", resize=q, verbose=False, return_scores=True)["scores"]
+        for q in scales
+    ]
+    np.testing.assert_allclose(got["scores"], np.mean(per_scale, axis=0), rtol=1e-5, atol=1e-7)
+    assert got["scales"] == list(scales)
+
+
+def test_center_matches_top_k_computed_with_numpy(run):
+    path, _ = run
+    result = evaluate(path, protocol="center", verbose=False, return_scores=True)
+    scores, labels = result["scores"], result["labels"]
+    order = np.argsort(-scores, axis=1, kind="stable")
+    assert result["top1"] == pytest.approx(np.mean(order[:, 0] == labels))
+    assert result["top5"] == pytest.approx(np.mean((order[:, :5] == labels[:, None]).any(1)))
+    assert result["top1_error"] == pytest.approx(1 - result["top1"])
+
+
+def test_top_k_counts_boundary_ties_as_correct_like_in_top_k():
+    scores = np.array([[0.1, 0.5, 0.5, 0.2], [0.4, 0.3, 0.2, 0.1], [0.25, 0.25, 0.25, 0.25]])
+    labels = np.array([2, 1, 3])
+    expected = tf.math.in_top_k(labels, scores, 1).numpy()
+    np.testing.assert_array_equal(topk_correct(scores, labels, 1), expected)
+    np.testing.assert_array_equal(topk_correct(scores, labels, 1), [True, False, True])
+    np.testing.assert_array_equal(near_ties(scores, labels), [True, False, True])
+    np.testing.assert_array_equal(topk_correct(scores, labels, 2), [True, True, True])
+
+
+def test_bad_inputs_raise_one_clear_error(run, tmp_path):
+    path, _ = run
+    with pytest.raises(ModelPathError, match="does not exist"):
+        resolve(tmp_path / "missing.onnx")
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(ModelPathError, match="not a model"):
+        resolve(tmp_path / "notes.txt")
+    with pytest.raises(ModelPathError, match="neither"):
+        resolve(tmp_path)
+    (tmp_path / "broken.keras").write_text("not a zip")
+    Metadata.load(path / "metadata.json").save(tmp_path / "metadata.json")
+    with pytest.raises(ModelPathError, match="not a readable Keras model"):
+        evaluate(tmp_path / "broken.keras", verbose=False)
+    with pytest.raises(EvaluationError, match="split 'test'"):
+        evaluate(path, split="test", verbose=False)
+    with pytest.raises(EvaluationError, match="smaller than"):
+        evaluate(path, protocol="center", resize=SIZE - 1, verbose=False)
+
+
+def test_empty_split_and_other_classes_are_refused(run, tmp_path):
+    from PIL import Image
+
+    path, _ = run
+    data = tmp_path / "data"
+    for c in range(10):
+        (data / "train" / str(c)).mkdir(parents=True)
+        Image.new("RGB", (9, 9), (c * 20, 0, 0)).save(data / "train" / str(c) / "a.png")
+    with pytest.raises(EvaluationError, match="split 'val' of .* is empty"):
+        evaluate(path, data=str(data), verbose=False)  # train/ without val/
+    (data / "train" / "9").rename(data / "train" / "nine")
+    with pytest.raises(EvaluationError, match="classes"):
+        evaluate(path, data=str(data), split="train", verbose=False)
+
+
+def test_cli_errors_are_one_line_without_traceback(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "evaluate.py"), "--model", str(tmp_path / "x")],
+        capture_output=True, text=True, cwd=ROOT,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("evaluate:")]
+    assert len(lines) == 1 and "does not exist" in lines[0]
