@@ -19,8 +19,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import update_section  # noqa: E402
@@ -87,8 +85,8 @@ def throughput(path, images, repeats=3):
 
 
 def measure(name, work, args):
-    from keras_alexnet.export import _center_crops, export_onnx, quantize_int8
     from keras_alexnet.data import load_source
+    from keras_alexnet.export import center_crops, export_onnx, quantize_int8
     from keras_alexnet.runtime import load_metadata
 
     run, weights = make_run(name, work, args.epochs)
@@ -96,7 +94,7 @@ def measure(name, work, args):
     fp32 = export_onnx(run, onnx_path)
     agreement_images = args.agreement_images if name == "alexnet" else args.vgg_agreement_images
     metadata = load_metadata(onnx_path)
-    crops, _ = _center_crops(load_source(None), metadata, "val", 8)
+    crops, _ = center_crops(load_source(None), metadata, "val", 8)
     row = {
         "model": name,
         "weights": weights,

@@ -196,7 +196,7 @@ def export_onnx(
     return result
 
 
-def _center_crops(source, metadata, split, count, batch_size=16):
+def center_crops(source, metadata, split, count, batch_size=16):
     """Up to `count` centre crops of `split`, float32 [N, S, S, 3] on 0-255, and labels."""
     from keras_alexnet.data import eval_dataset
 
@@ -273,12 +273,12 @@ def quantize_int8(
     source = load_source(data, data_dir)
     if not source.num_train:
         raise ExportError(f"{source.name} has no training images to calibrate on")
-    calibration, _ = _center_crops(source, metadata, "train", calibration_images)
+    calibration, _ = center_crops(source, metadata, "train", calibration_images)
     if source.num_val:
-        held_out, labels = _center_crops(source, metadata, "val", agreement_images)
+        held_out, labels = center_crops(source, metadata, "val", agreement_images)
         held_out_name = f"{len(held_out)} validation images of {source.name}"
     else:
-        rest, labels = _center_crops(
+        rest, labels = center_crops(
             source, metadata, "train", calibration_images + agreement_images
         )
         held_out, labels = rest[len(calibration) :], labels[len(calibration) :]

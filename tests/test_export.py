@@ -107,7 +107,7 @@ def test_int8_export_reports_top1_agreement_measured_independently(exported, tmp
     # Recompute the agreement on the same held-out images with both sessions.
     from keras_alexnet.data import load_source
 
-    images, _ = export._center_crops(load_source(None), load_metadata(int8), "val", 48)
+    images, _ = export.center_crops(load_source(None), load_metadata(int8), "val", 48)
     top = [load(p).predict(images).argmax(-1) for p in (exported["onnx"], int8)]
     assert result["agreement"] == pytest.approx(np.mean(top[0] == top[1]))
     assert result["agreement"] >= 0.5  # int8 noise must not scramble a trained net
