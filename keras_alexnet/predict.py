@@ -1,8 +1,8 @@
-"""Top-5 predictions for image files with a trained Keras model or an exported ONNX model.
+"""Top-5 predictions for image files with any saved model: Keras, SavedModel or ONNX.
 
 Images go through the model's own preprocessing (`Metadata`: shorter side to `resize`,
 centre `input_size` crop, RGB 0-255; the mean is inside the model), done with Pillow and
-NumPy exactly as the data pipeline does it.
+NumPy as the server does it (`keras_alexnet.serving.images`).
 """
 
 import os
@@ -10,56 +10,18 @@ from pathlib import Path
 
 import numpy as np
 
-from keras_alexnet.metadata import FILENAME, Metadata
+from keras_alexnet import runtime
 from keras_alexnet.serving import images
-from keras_alexnet.serving.model import OnnxModel, top_k
+from keras_alexnet.serving.model import top_k
 
 
-class PredictError(ValueError):
-    """A model path that cannot be used."""
+def load_predictor(path, threads=None):
+    """Open any saved model (see `keras_alexnet.runtime`): return (predict, Metadata).
 
-
-def _keras_predictor(path):
-    """The predict function of a .keras file (custom layers registered first)."""
-    import keras
-
-    import keras_alexnet.layers  # noqa: F401  (registers GroupedConv2D, LRN, ...)
-
-    try:
-        model = keras.saving.load_model(path)
-    except Exception as e:  # Keras raises ValueError, OSError, zipfile errors, ...
-        raise PredictError(f"Keras cannot load {path}: {e}") from None
-    return model.predict_on_batch
-
-
-def load_predictor(path, threads=0):
-    """Load a run dir, .keras file or .onnx file: return (predict(batch) -> probs, Metadata).
-
-    A .keras file's metadata is `metadata.json` beside it; a run directory's model is its
-    `best.keras`; an ONNX file carries its metadata in its metadata properties.
+    Raises `keras_alexnet.runtime.ModelPathError` with a one-line reason for a bad path.
     """
-    path = Path(path)
-    if path.is_dir():
-        if not (path / "best.keras").is_file():
-            raise PredictError(f"{path} is a directory without best.keras (not a run directory)")
-        path = path / "best.keras"
-    if not path.is_file():
-        raise PredictError(f"no model at {path}")
-    if path.suffix == ".onnx":
-        try:
-            model = OnnxModel(path, threads=threads)
-        except ValueError as e:
-            raise PredictError(str(e)) from None
-        if model.metadata is None:
-            raise PredictError(f"{path} has no keras_alexnet metadata (class names, sizes)")
-        name = model.inputs[0].name
-        return (lambda x: model.run({name: x})[model.probabilities]), model.metadata
-    if path.suffix == ".keras":
-        meta = path.with_name(FILENAME)
-        if not meta.is_file():
-            raise PredictError(f"no {FILENAME} beside {path} (class names, sizes)")
-        return _keras_predictor(path), Metadata.load(meta)
-    raise PredictError(f"{path}: expected a run directory, a .keras file or an .onnx file")
+    loaded = runtime.load(path, threads=threads)
+    return loaded.predict, loaded.metadata
 
 
 def image_paths(inputs):

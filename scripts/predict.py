@@ -1,4 +1,4 @@
-"""Print the top-5 classes of images with a trained Keras model or an exported ONNX model.
+"""Print the top-5 classes of images with a Keras, SavedModel or ONNX model.
 
     python scripts/predict.py --model runs/alexnet IMAGE_OR_DIR ...
     python scripts/predict.py --model export/alexnet.onnx photos/ --json
@@ -18,7 +18,8 @@ def get_args_parser():
     p.add_argument(
         "--model",
         required=True,
-        help="run directory, .keras file (metadata.json beside it) or .onnx file",
+        help="run directory, .keras file (metadata.json beside it), SavedModel directory "
+        "or .onnx file",
     )
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files or folders")
     p.add_argument("--json", action="store_true", help="print JSON (default: text)")
@@ -43,13 +44,14 @@ def format_text(results):
 
 def main(args):
     """Load the model, classify every image, print the results."""
-    from keras_alexnet.predict import PredictError, image_paths, load_predictor, predict_files
+    from keras_alexnet.predict import image_paths, load_predictor, predict_files
+    from keras_alexnet.runtime import ModelPathError
 
     if args.top < 1 or args.batch_size < 1:
         raise SystemExit("error: --top and --batch-size must be positive")
     try:
         predict, metadata = load_predictor(args.model)
-    except PredictError as e:
+    except ModelPathError as e:
         raise SystemExit(f"error: {e}") from None
     results = predict_files(
         predict,

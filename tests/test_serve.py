@@ -34,7 +34,8 @@ MAX_BATCH = 16
 
 
 def build_artifacts(directory):
-    """A tiny trained-looking VGG-A: best.keras + metadata.json, and an ONNX export of it."""
+    """A tiny trained-looking VGG-A run (best.keras + metadata.json) and its ONNX export."""
+    from keras_alexnet.export import export_onnx
     from keras_alexnet.models import build_model
 
     model = build_model(
@@ -46,15 +47,11 @@ def build_artifacts(directory):
         scale=METADATA.scale,
         seed=0,
     )
-    model.predict_on_batch(np.zeros((1, 32, 32, 3), np.float32))  # export needs a called model
     directory.mkdir(parents=True, exist_ok=True)
     model.save(directory / "best.keras")
     METADATA.save(directory / "metadata.json")
     onnx_path = directory / "tiny.onnx"
-    model.export(str(onnx_path), format="onnx", verbose=False)
-    proto = onnx.load(onnx_path)
-    helper.set_model_props(proto, METADATA.to_properties())
-    onnx.save(proto, onnx_path)
+    export_onnx(directory / "best.keras", onnx_path, log=lambda *args, **kwargs: None)
     return model, onnx_path
 
 
@@ -248,15 +245,14 @@ def test_health_and_metadata(server, artifacts):
     assert httpx.get(server + "/v2/health/live").json() == {"live": True}
     assert httpx.get(server + "/v2/health/ready").json() == {"ready": True}
     assert httpx.get(server + "/v2/models/tiny/ready").status_code == 200
-    assert httpx.get(server + "/v2").json()["extensions"] == ["classify", "statistics"]
+    extensions = httpx.get(server + "/v2").json()["extensions"]
+    assert extensions == ["classify", "statistics", "binary_tensor_data"]
     meta = httpx.get(server + "/v2/models/tiny").json()
-    graph = onnx.load(artifacts[1]).graph
     assert meta["name"] == "tiny" and meta["platform"] == "onnxruntime_onnx"
-    assert meta["inputs"] == [
-        {"name": graph.input[0].name, "datatype": "FP32", "shape": [-1, 32, 32, 3]}
-    ]
+    # keras_alexnet.export: whole images of any size (dense evaluation), softmax output.
+    assert meta["inputs"] == [{"name": "images", "datatype": "FP32", "shape": [-1, -1, -1, 3]}]
     assert meta["outputs"] == [
-        {"name": graph.output[0].name, "datatype": "FP32", "shape": [-1, len(CLASSES)]}
+        {"name": "probabilities", "datatype": "FP32", "shape": [-1, len(CLASSES)]}
     ]
     assert Metadata.from_json(meta["parameters"]["keras_alexnet"]) == METADATA
     assert httpx.get(server + "/v2/models/tiny/versions/1").json() == meta
@@ -280,6 +276,55 @@ def test_infer_matches_the_keras_model(server, artifacts):
         infer_body(x, nested=True, outputs=[{"name": output}]),
     )
     assert nested.json()["outputs"][0]["data"] == out["data"]
+
+
+def test_infer_whole_image_is_dense_evaluation(server, artifacts):
+    from keras_alexnet.models.dense import fully_convolutional
+
+    x = np.random.default_rng(6).uniform(0, 255, (2, 40, 56, 3)).astype(np.float32)
+    want = np.asarray(fully_convolutional(artifacts[0]).predict_on_batch(x))
+    response = post_json(server + "/v2/models/tiny/infer", infer_body(x))
+    assert response.status_code == 200, response.text
+    np.testing.assert_allclose(response.json()["outputs"][0]["data"], want.ravel(), atol=1e-6)
+
+
+def binary_request(x, header_extra=None, tail=b""):
+    header = {
+        "inputs": [
+            {
+                "name": "images",
+                "shape": list(x.shape),
+                "datatype": "FP32",
+                "parameters": {"binary_data_size": x.nbytes},
+            }
+        ],
+        **(header_extra or {}),
+    }
+    header = json.dumps(header).encode()
+    content = header + x.astype("<f4").tobytes() + tail
+    return {"content": content, "headers": {"Inference-Header-Content-Length": str(len(header))}}
+
+
+def test_infer_binary_tensor_extension(server, artifacts):
+    model, onnx_path = artifacts
+    output = onnx.load(onnx_path).graph.output[0].name
+    x = np.random.default_rng(5).uniform(0, 255, (2, 32, 32, 3)).astype(np.float32)
+    want = np.asarray(model.predict_on_batch(x))
+    request = binary_request(
+        x, {"outputs": [{"name": output, "parameters": {"binary_data": True}}]}
+    )
+    response = httpx.post(server + "/v2/models/tiny/infer", timeout=30, **request)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/octet-stream"
+    length = int(response.headers["inference-header-content-length"])
+    header = json.loads(response.content[:length])
+    [out] = header["outputs"]
+    assert out["shape"] == [2, 10] and out["parameters"] == {"binary_data_size": 80}
+    got = np.frombuffer(response.content[length:], "<f4").reshape(2, 10)
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    # Binary in, JSON out (the default).
+    response = httpx.post(server + "/v2/models/tiny/infer", timeout=30, **binary_request(x))
+    np.testing.assert_allclose(response.json()["outputs"][0]["data"], want.ravel(), atol=1e-6)
 
 
 def test_classify_one_request_many_files(server, artifacts):
@@ -326,247 +371,114 @@ def _png(size):
 
 
 ZEROS = np.zeros((1, 32, 32, 3), np.float32)
+INFER, CLASSIFY = "/v2/models/tiny/infer", "/v2/models/tiny/classify"
+
+
+def tensor(shape, datatype="FP32", data=None, name="images"):
+    """An infer request body with one input; zeros matching `shape` unless `data` is given."""
+    data = [0] * int(np.prod(shape)) if data is None else data
+    entry = {"name": name, "shape": shape, "datatype": datatype, "data": data}
+    return {"json": {"inputs": [entry]}}
+
+
+def image_file(name, blob):
+    return {"files": {"file": (name, blob)}}
+
+
+# name: (method, path, httpx keyword arguments, status, words in the error)
 BAD_REQUESTS = {
-    # name: (method, path, httpx keyword arguments, status, words in the error)
     "unknown model metadata": ("GET", "/v2/models/alexnet", {}, 404, "unknown model 'alexnet'"),
     "unknown model infer": ("POST", "/v2/models/alexnet/infer", {"json": {}}, 404, "unknown model"),
     "unknown version": ("POST", "/v2/models/tiny/versions/2/infer", {"json": {}}, 404, "version"),
     "unknown route": ("GET", "/v3/nothing", {}, 404, "Not Found"),
-    "wrong method": ("GET", "/v2/models/tiny/infer", {}, 405, "Method Not Allowed"),
-    "body not JSON": ("POST", "/v2/models/tiny/infer", {"content": b"{inputs"}, 400, "not JSON"),
-    "body a JSON list": ("POST", "/v2/models/tiny/infer", {"json": [1]}, 400, "JSON object"),
-    "no inputs": ("POST", "/v2/models/tiny/infer", {"json": {"id": "x"}}, 400, "'inputs'"),
-    "unknown input name": (
-        "POST",
-        "/v2/models/tiny/infer",
-        {"json": {"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [0]}]}},
-        400,
-        "unknown input 'x'",
-    ),
+    "wrong method": ("GET", INFER, {}, 405, "Method Not Allowed"),
+    "body not JSON": ("POST", INFER, {"content": b"{inputs"}, 400, "not JSON"),
+    "body a JSON list": ("POST", INFER, {"json": [1]}, 400, "JSON object"),
+    "no inputs": ("POST", INFER, {"json": {"id": "x"}}, 400, "'inputs'"),
+    "unknown input name": ("POST", INFER, tensor([1], name="x"), 400, "unknown input 'x'"),
     "wrong datatype": (
-        "POST",
-        "/v2/models/tiny/infer",
-        {
-            "json": {
-                "inputs": [
-                    {
-                        "name": "images",
-                        "shape": [1, 32, 32, 3],
-                        "datatype": "INT64",
-                        "data": [0] * 3072,
-                    }
-                ]
-            }
-        },
-        400,
+        "POST", INFER, tensor([1, 32, 32, 3], "INT64"), 400,
         "datatype 'INT64'; the model takes FP32",
     ),
-    "wrong shape": (
-        "POST",
-        "/v2/models/tiny/infer",
-        {
-            "json": {
-                "inputs": [
-                    {
-                        "name": "images",
-                        "shape": [1, 31, 32, 3],
-                        "datatype": "FP32",
-                        "data": [0] * 2976,
-                    }
-                ]
-            }
-        },
-        400,
-        "shape [1, 31, 32, 3]; the model takes [-1, 32, 32, 3]",
+    "wrong channels": (
+        "POST", INFER, tensor([1, 32, 32, 4]), 400,
+        "shape [1, 32, 32, 4]; the model takes [-1, -1, -1, 3]",
     ),
-    "wrong rank": (
-        "POST",
-        "/v2/models/tiny/infer",
-        {
-            "json": {
-                "inputs": [
-                    {"name": "images", "shape": [32, 32, 3], "datatype": "FP32", "data": [0] * 3072}
-                ]
-            }
-        },
-        400,
-        "the model takes [-1, 32, 32, 3]",
+    "wrong rank": ("POST", INFER, tensor([32, 32, 3]), 400, "the model takes [-1, -1, -1, 3]"),
+    "image smaller than the crop": (
+        "POST", INFER, tensor([1, 31, 40, 3]), 400,
+        "image sides [31, 40] are smaller than the model's crop 32",
     ),
     "negative shape": (
-        "POST",
-        "/v2/models/tiny/infer",
-        {
-            "json": {
-                "inputs": [
-                    {
-                        "name": "images",
-                        "shape": [-1, 32, 32, 3],
-                        "datatype": "FP32",
-                        "data": [0] * 3072,
-                    }
-                ]
-            }
-        },
-        400,
-        "non-negative integers",
+        "POST", INFER, tensor([-1, 32, 32, 3], data=[0] * 3072), 400, "non-negative integers",
     ),
     "data count differs from shape": (
-        "POST",
-        "/v2/models/tiny/infer",
-        {
-            "json": {
-                "inputs": [
-                    {
-                        "name": "images",
-                        "shape": [2, 32, 32, 3],
-                        "datatype": "FP32",
-                        "data": [0] * 3072,
-                    }
-                ]
-            }
-        },
-        400,
+        "POST", INFER, tensor([2, 32, 32, 3], data=[0] * 3072), 400,
         "has 3072 values; shape [2, 32, 32, 3] needs 6144",
     ),
     "data not numbers": (
-        "POST",
-        "/v2/models/tiny/infer",
-        {
-            "json": {
-                "inputs": [
-                    {
-                        "name": "images",
-                        "shape": [1, 32, 32, 3],
-                        "datatype": "FP32",
-                        "data": ["a"] * 3072,
-                    }
-                ]
-            }
-        },
-        400,
-        "only FP32 numbers",
+        "POST", INFER, tensor([1, 32, 32, 3], data=["a"] * 3072), 400, "only FP32 numbers",
     ),
     "ragged nested data": (
-        "POST",
-        "/v2/models/tiny/infer",
-        {
-            "json": {
-                "inputs": [
-                    {
-                        "name": "images",
-                        "shape": [1, 32, 32, 3],
-                        "datatype": "FP32",
-                        "data": [[0] * 3071, [0] * 1],
-                    }
-                ]
-            }
-        },
-        400,
-        "regular",
+        "POST", INFER, tensor([1, 32, 32, 3], data=[[0] * 3071, [0]]), 400, "regular",
     ),
     "NaN in data": (
-        "POST",
-        "/v2/models/tiny/infer",
-        {"content": json.dumps(infer_body(np.full((1, 32, 32, 3), np.nan)))},
-        400,
-        "NaN",
+        "POST", INFER, {"content": json.dumps(infer_body(np.full((1, 32, 32, 3), np.nan)))},
+        400, "NaN",
     ),
-    "empty batch": (
-        "POST",
-        "/v2/models/tiny/infer",
-        {"json": infer_body(np.zeros((0, 32, 32, 3)))},
-        400,
-        "empty batch",
-    ),
+    "empty batch": ("POST", INFER, tensor([0, 32, 32, 3]), 400, "empty batch"),
     "batch over the limit": (
-        "POST",
-        "/v2/models/tiny/infer",
-        {
-            "json": {
-                "inputs": [
-                    {
-                        "name": "images",
-                        "shape": [MAX_BATCH + 1, 32, 32, 3],
-                        "datatype": "FP32",
-                        "data": [0] * (3072 * (MAX_BATCH + 1)),
-                    }
-                ]
-            }
-        },
-        413,
+        "POST", INFER, tensor([MAX_BATCH + 1, 32, 32, 3]), 413,
         f"more than the server's limit of {MAX_BATCH}",
     ),
     "unknown output": (
-        "POST",
-        "/v2/models/tiny/infer",
-        {"json": infer_body(ZEROS, outputs=[{"name": "logits"}])},
-        400,
+        "POST", INFER, {"json": infer_body(ZEROS, outputs=[{"name": "logits"}])}, 400,
         "unknown output(s) ['logits']",
     ),
+    "binary data shorter than its shape": (
+        "POST", INFER, {**binary_request(ZEROS), "content": binary_request(ZEROS)["content"][:-4]},
+        400, "the body ends before its binary data",
+    ),
+    "binary data left over": (
+        "POST", INFER, binary_request(ZEROS, tail=b"1234"), 400,
+        "4 bytes of binary data belong to no input",
+    ),
+    "binary header length past the body": (
+        "POST", INFER,
+        {**binary_request(ZEROS), "headers": {"Inference-Header-Content-Length": "99999999"}},
+        400, "is not a byte count within",
+    ),
     "body over the limit": (
-        "POST",
-        "/v2/models/tiny/infer",
-        {"content": b" " * (1024 * 1024 + 1)},
-        413,
-        "larger than 1048576 bytes",
+        "POST", INFER, {"content": b" " * (1024 * 1024 + 1)}, 413, "larger than 1048576 bytes",
     ),
     "chunked body over the limit": (
-        "POST",
-        "/v2/models/tiny/infer",
-        {"content": iter([b" " * 600_000] * 2)},
-        413,
-        "larger than 1048576 bytes",
+        "POST", INFER, {"content": iter([b" " * 600_000] * 2)}, 413, "larger than 1048576 bytes",
     ),
-    "classify not multipart": (
-        "POST",
-        "/v2/models/tiny/classify",
-        {"json": {"file": "x"}},
-        415,
-        "multipart/form-data",
-    ),
+    "classify not multipart": ("POST", CLASSIFY, {"json": {"file": "x"}}, 415, "multipart"),
     "classify no file field": (
-        "POST",
-        "/v2/models/tiny/classify",
-        {"files": {"image": ("a.png", _png((8, 8)))}},
-        400,
-        "no images",
+        "POST", CLASSIFY, {"files": {"image": ("a.png", _png((8, 8)))}}, 400, "no images",
     ),
     "classify text instead of a file": (
-        "POST",
-        "/v2/models/tiny/classify",
-        {"data": {"file": "cat.jpg"}, "files": {"other": ("a.png", b"x")}},
-        400,
-        "file uploads, not text",
+        "POST", CLASSIFY, {"data": {"file": "cat.jpg"}, "files": {"other": ("a.png", b"x")}},
+        400, "file uploads, not text",
     ),
     "classify not an image": (
-        "POST",
-        "/v2/models/tiny/classify",
-        {"files": {"file": ("notes.txt", b"hello")}},
-        415,
+        "POST", CLASSIFY, image_file("notes.txt", b"hello"), 415,
         "file 'notes.txt': not an image",
     ),
     "classify truncated image": (
-        "POST",
-        "/v2/models/tiny/classify",
-        {"files": {"file": ("cut.png", _png((40, 40))[:60])}},
-        415,
-        "file 'cut.png'",
+        "POST", CLASSIFY, image_file("cut.png", _png((40, 40))[:60]), 415, "file 'cut.png'",
     ),
     "classify too many pixels": (
-        "POST",
-        "/v2/models/tiny/classify",
-        {"files": {"file": ("big.png", _png((1001, 1000)))}},
-        413,
+        "POST", CLASSIFY, image_file("big.png", _png((1001, 1000))), 413,
         "larger than the limit of 1000000 pixels",
     ),
     "classify too many files": (
-        "POST",
-        "/v2/models/tiny/classify",
+        "POST", CLASSIFY,
         {"files": [("file", (f"{i}.png", _png((8, 8)))) for i in range(MAX_BATCH + 1)]},
-        413,
-        f"{MAX_BATCH + 1} images is more than the server's limit of {MAX_BATCH}",
+        413, f"{MAX_BATCH + 1} images is more than the server's limit of {MAX_BATCH}",
     ),
-}
+}  # fmt: skip
 
 
 @pytest.mark.parametrize("case", list(BAD_REQUESTS))

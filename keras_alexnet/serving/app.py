@@ -8,7 +8,8 @@ Endpoints (`{name}` is the served model's name, the ONNX file's stem by default)
     GET  /v2/models/{name}                model metadata: inputs, outputs, shapes, datatypes
     GET  /v2/models/{name}/ready          200 when that model is ready
     GET  /v2/models/{name}/stats          inference/execution counts (statistics extension)
-    POST /v2/models/{name}/infer          tensors in the protocol's JSON form
+    POST /v2/models/{name}/infer          tensors in the protocol's JSON form (or its binary
+                                          data extension: Inference-Header-Content-Length)
     POST /v2/models/{name}/classify       multipart images in the field `file` -> top-5
 
 (`/v2/models/{name}/versions/1/...` are accepted too.) Every error is JSON `{"error": ...}`
@@ -23,7 +24,7 @@ import math
 
 import numpy as np
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
@@ -108,8 +109,11 @@ class BodyLimit:
         return await self.app(scope, replay, send)
 
 
-def _parse_tensor(entry, spec, max_rows, batchable):
-    """Validate one protocol input object against the model's input spec; return the array."""
+def _parse_tensor(entry, spec, max_rows, batchable, raw=None):
+    """Validate one protocol input object against the model's input spec; return the array.
+
+    `raw` is the tensor's bytes when it came in the binary data extension's form.
+    """
     if not isinstance(entry, dict):
         raise BadRequest("each element of 'inputs' must be an object")
     name = entry.get("name")
@@ -135,8 +139,20 @@ def _parse_tensor(entry, spec, max_rows, batchable):
         )
     if batchable and shape[0] == 0:
         raise BadRequest(f"input {name!r} has an empty batch")
-    if "parameters" in entry and (entry["parameters"] or {}).get("binary_data_size"):
-        raise BadRequest("binary tensor data is not supported; send 'data' as JSON")
+    if raw is not None:
+        if data is not None:
+            raise BadRequest(f"input {name!r} has both 'data' and binary_data_size")
+        need = math.prod(shape) * np.dtype(spec.dtype).itemsize
+        if len(raw) != need:
+            raise BadRequest(
+                f"input {name!r} has {len(raw)} bytes of binary data; shape {shape} of "
+                f"{spec.datatype} needs {need}"
+            )
+        array = np.frombuffer(raw, np.dtype(spec.dtype).newbyteorder("<")).reshape(shape)
+        array = array.astype(spec.dtype)  # native byte order, writable
+        if spec.datatype.startswith("FP") and not np.isfinite(array).all():
+            raise BadRequest(f"input {name!r} holds NaN or infinite values")
+        return array
     if not isinstance(data, list):
         raise BadRequest(f"input {name!r}: 'data' must be a (flat or nested) list")
     try:
@@ -155,40 +171,117 @@ def _parse_tensor(entry, spec, max_rows, batchable):
     return array.reshape(shape)
 
 
-def parse_infer_request(body, model, max_rows):
-    """Validate a protocol inference request; return (feeds, requested output names, id)."""
+@dataclasses.dataclass
+class InferRequest:
+    """A validated inference request."""
+
+    feeds: dict  # input name -> array
+    outputs: list  # (output name, answer in binary form?)
+    id: str | None
+
+
+def _binary_size(entry):
+    """The binary data extension's `binary_data_size` of an input object, or None."""
+    parameters = entry.get("parameters") if isinstance(entry, dict) else None
+    size = parameters.get("binary_data_size") if isinstance(parameters, dict) else None
+    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 0):
+        raise BadRequest("'binary_data_size' must be a non-negative integer")
+    return size
+
+
+def parse_infer_request(content, header_length, model, max_rows):
+    """Validate a protocol inference request (JSON, or JSON + binary tensors) for `model`.
+
+    `header_length` is the Inference-Header-Content-Length header of the binary data
+    extension: the JSON part is that many leading bytes and the tensors follow, in order.
+    """
+    if header_length is None:
+        header, binary = content, b""
+    else:
+        if not header_length.isdigit() or int(header_length) > len(content):
+            raise BadRequest(
+                f"Inference-Header-Content-Length {header_length!r} is not a byte count "
+                f"within the {len(content)}-byte body"
+            )
+        header, binary = content[: int(header_length)], content[int(header_length) :]
+    try:
+        body = json.loads(header)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BadRequest(f"the request body is not JSON ({e})") from None
     if not isinstance(body, dict):
         raise BadRequest("the request body must be a JSON object")
     entries = body.get("inputs")
     if not isinstance(entries, list) or not entries:
         raise BadRequest("the request needs a non-empty 'inputs' list")
     specs = {s.name: s for s in model.inputs}
-    feeds = {}
+    feeds, offset = {}, 0
     for entry in entries:
         name = entry.get("name") if isinstance(entry, dict) else None
         if name not in specs:
             raise BadRequest(f"unknown input {name!r}; the model's inputs are {list(specs)}")
         if name in feeds:
             raise BadRequest(f"input {name!r} is given twice")
-        feeds[name] = _parse_tensor(entry, specs[name], max_rows, model.batchable)
+        size, raw = _binary_size(entry), None
+        if size is not None:
+            if offset + size > len(binary):
+                raise BadRequest(f"input {name!r}: the body ends before its binary data")
+            raw, offset = binary[offset : offset + size], offset + size
+        feeds[name] = _parse_tensor(entry, specs[name], max_rows, model.batchable, raw)
+        small = model.too_small(specs[name], feeds[name].shape)
+        if small:
+            raise BadRequest(f"input {name!r}: {small}")
+    if offset != len(binary):
+        raise BadRequest(f"{len(binary) - offset} bytes of binary data belong to no input")
     missing = [n for n in specs if n not in feeds]
     if missing:
         raise BadRequest(f"missing input(s) {missing}")
     if len({a.shape[0] for a in feeds.values()}) > 1:
         raise BadRequest("all inputs must have the same batch size")
-    outputs = [o.name for o in model.outputs]
+    parameters = body.get("parameters") if isinstance(body.get("parameters"), dict) else {}
+    binary_default = parameters.get("binary_data_output") is True
+    outputs = [(o.name, binary_default) for o in model.outputs]
     requested = body.get("outputs")
     if requested is not None:
         if not isinstance(requested, list) or not all(
             isinstance(o, dict) and isinstance(o.get("name"), str) for o in requested
         ):
             raise BadRequest("'outputs' must be a list of objects with a 'name'")
-        unknown = [o["name"] for o in requested if o["name"] not in outputs]
+        names = [name for name, _ in outputs]
+        unknown = [o["name"] for o in requested if o["name"] not in names]
         if unknown:
-            raise BadRequest(f"unknown output(s) {unknown}; the model's outputs are {outputs}")
-        outputs = [o["name"] for o in requested]
+            raise BadRequest(f"unknown output(s) {unknown}; the model's outputs are {names}")
+        outputs = [
+            (o["name"], (o.get("parameters") or {}).get("binary_data", binary_default) is True)
+            for o in requested
+        ]
     request_id = body.get("id")
-    return feeds, outputs, request_id if isinstance(request_id, str) else None
+    return InferRequest(feeds, outputs, request_id if isinstance(request_id, str) else None)
+
+
+def infer_response(model, request, result):
+    """The protocol's answer: JSON, or JSON + binary tensors where the request asked."""
+    specs = {o.name: o for o in model.outputs}
+    answer = {"model_name": model.name, "model_version": "1", "outputs": []}
+    if request.id is not None:
+        answer["id"] = request.id
+    chunks = []
+    for name, binary in request.outputs:
+        value = result[name]
+        item = {"name": name, "datatype": specs[name].datatype, "shape": list(value.shape)}
+        if binary:
+            chunks.append(np.ascontiguousarray(value, value.dtype.newbyteorder("<")).tobytes())
+            item["parameters"] = {"binary_data_size": len(chunks[-1])}
+        else:
+            item["data"] = value.ravel().tolist()
+        answer["outputs"].append(item)
+    if not chunks:
+        return JSONResponse(answer)
+    header = json.dumps(answer).encode()
+    return Response(
+        header + b"".join(chunks),
+        media_type="application/octet-stream",
+        headers={"Inference-Header-Content-Length": str(len(header))},
+    )
 
 
 def create_app(config):
@@ -249,7 +342,7 @@ def create_app(config):
         return {
             "name": "keras_alexnet",
             "version": __version__,
-            "extensions": ["classify", "statistics"],
+            "extensions": ["classify", "statistics", "binary_tensor_data"],
         }
 
     @app.get("/v2/health/live")
@@ -290,29 +383,13 @@ def create_app(config):
 
     async def infer(name, request):
         model = get_model(name)
-        try:
-            body = json.loads(await request.body())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise BadRequest(f"the request body is not JSON ({e})") from None
-        feeds, output_names, request_id = parse_infer_request(body, model, config.max_batch_size)
-        result = await run_model(feeds)
-        specs = {o.name: o for o in model.outputs}
-        answer = {
-            "model_name": model.name,
-            "model_version": "1",
-            "outputs": [
-                {
-                    "name": n,
-                    "datatype": specs[n].datatype,
-                    "shape": list(result[n].shape),
-                    "data": result[n].ravel().tolist(),
-                }
-                for n in output_names
-            ],
-        }
-        if request_id is not None:
-            answer["id"] = request_id
-        return answer
+        content = await request.body()
+        header_length = request.headers.get("inference-header-content-length")
+        parsed = await asyncio.get_running_loop().run_in_executor(
+            None, parse_infer_request, content, header_length, model, config.max_batch_size
+        )
+        result = await run_model(parsed.feeds)
+        return infer_response(model, parsed, result)
 
     async def run_model(feeds):
         try:

@@ -2,9 +2,13 @@
 
 The same steps as the data pipeline's centre-crop protocol (`keras_alexnet.data`): decode to
 RGB, rescale so the shorter side is `metadata.resize` (bilinear, half-pixel centres, no
-antialiasing, exactly `tf.image.resize(..., "bilinear")`), cut the central
+antialiasing: `tf.image.resize(..., "bilinear")` to float32 rounding), cut the central
 `metadata.input_size` square, float32 on the 0-255 scale. The mean is subtracted inside the
 model, so nothing else is done here.
+
+One known difference: Pillow decodes JPEG with libjpeg's accurate integer IDCT, while
+`tf.io.decode_image` uses the fast one, so JPEG pixels can differ from the pipeline's by a
+few levels (`tf.io.decode_jpeg(..., dct_method="INTEGER_ACCURATE")` equals Pillow).
 """
 
 import io

@@ -92,6 +92,19 @@ class OnnxModel:
         # keras_alexnet.export names the softmax output; other exports: the first output.
         self.probabilities = "probabilities" if "probabilities" in names else names[0]
 
+    def too_small(self, spec, shape):
+        """Why an image of `shape` is below the model's crop size, or None if it is not.
+
+        keras_alexnet exports take whole images of any size of at least the crop (dense
+        evaluation); smaller ones would fail inside the model.
+        """
+        if self.metadata is None or len(spec.shape) != 4 or spec.shape[-1] != 3:
+            return None
+        size = self.metadata.input_size
+        if min(shape[1:3]) < size:
+            return f"image sides {list(shape[1:3])} are smaller than the model's crop {size}"
+        return None
+
     def example_shape(self, spec):
         """A runnable shape for `spec`: one row; free image sides at the model's crop size."""
         size = self.metadata.input_size if self.metadata is not None else 1
