@@ -248,10 +248,11 @@ def quantize_int8(
 
     Follows onnxruntime's recipe: `quant_pre_process` (shape inference + graph
     optimisation), then `quantize_static` (signed int8 weights per channel and int8
-    activations, MinMax calibration) calibrated on centre crops of `calibration_images`
-    training images of `data` (None: the bundled demo set). The agreement is the fraction
-    of held-out images (the validation split, or training images after the calibration
-    ones when there is none) whose top-1 class is the same as fp32's.
+    activations, MinMax calibration; the expanded LRN stays fp32) calibrated on centre
+    crops of `calibration_images` training images of `data` (None: the bundled demo set).
+    The agreement is the fraction of held-out images (the validation split, or training
+    images after the calibration ones when there is none) whose top-1 class is the same
+    as fp32's.
     """
     import onnx
     from onnxruntime.quantization import (
@@ -289,10 +290,12 @@ def quantize_int8(
     with fileio.atomic_path(output) as tmp:
         pre = tmp.with_name("preprocessed.onnx")
         quant_pre_process(str(fp32_path), str(pre))
+        excluded = _name_nodes_and_find_lrn(pre)
         quantize_static(
             str(pre),
             str(tmp),
             _Calibration(calibration),
+            nodes_to_exclude=excluded,
             quant_format=QuantFormat.QDQ if quant_format == "qdq" else QuantFormat.QOperator,
             activation_type=QuantType.QInt8,
             weight_type=QuantType.QInt8,
@@ -329,6 +332,25 @@ def quantize_int8(
         f"{result['top1_int8']:.2%})"
     )
     return result
+
+
+def _name_nodes_and_find_lrn(path):
+    """Name every node of the ONNX file at `path` (in place); return the expanded LRN's nodes.
+
+    LRN's squared activations span many orders of magnitude, too wide for one int8 scale,
+    so the nodes `onnx_graph.expand_lrn` wrote (outputs under ".../expanded/") stay fp32.
+    """
+    import onnx
+
+    proto = onnx.load(str(path))
+    excluded = []
+    for i, node in enumerate(proto.graph.node):
+        if not node.name:
+            node.name = f"{node.op_type}_{i}"
+        if any("/expanded/" in name for name in node.output):
+            excluded.append(node.name)
+    onnx.save(proto, str(path))
+    return excluded
 
 
 def _top1(session, images, batch_size=16):

@@ -118,7 +118,10 @@ def _load_keras(path):
 
     model, metadata = load_keras_model(path)
     size = tuple(model.input_shape[1:3])
-    crop_fn = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+    crop_fn = tf.function(
+        lambda x: model(x, training=False),
+        input_signature=[tf.TensorSpec([None, *size, 3], tf.float32)],
+    )
     dense_fn = None
 
     def predict(images):
@@ -128,7 +131,11 @@ def _load_keras(path):
             return crop_fn(images).numpy()
         if dense_fn is None:
             twin = fully_convolutional(model)
-            dense_fn = tf.function(lambda x: twin(x, training=False), reduce_retracing=True)
+            # One trace for every image size (dense evaluation sees many).
+            dense_fn = tf.function(
+                lambda x: twin(x, training=False),
+                input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)],
+            )
         return dense_fn(images).numpy()
 
     return Runtime("keras", resolve(path)[1], metadata, predict)
