@@ -79,11 +79,10 @@ def main(args):
     """Validate the options and serve until interrupted."""
     from keras_alexnet.serving.app import serve
 
-    for flag in ("max_batch_size", "threads", "max_pixels"):
-        if getattr(args, flag) < (0 if flag == "threads" else 1):
-            raise SystemExit(f"error: --{flag.replace('_', '-')} must be positive")
+    if args.max_batch_size < 1 or args.max_pixels < 1 or args.threads < 0:
+        raise SystemExit("error: --max-batch-size and --max-pixels must be >= 1, --threads >= 0")
     if args.max_latency_ms < 0 or args.max_body_mb <= 0 or args.timeout_s <= 0:
-        raise SystemExit("error: --max-latency-ms, --max-body-mb and --timeout-s must be > 0")
+        raise SystemExit("error: --max-latency-ms must be >= 0, --max-body-mb and --timeout-s > 0")
     try:
         serve(ServeConfig(**vars(args)))
     except (FileNotFoundError, ValueError) as e:

@@ -541,3 +541,14 @@ def test_no_batching_runs_every_request_alone(artifacts, tmp_path):
         assert all(r.status_code == 200 for r in asyncio.run(eight()))
         stats = httpx.get(url + "/v2/models/tiny/stats").json()["model_stats"][0]
         assert stats["execution_count"] == stats["request_count"] == 8
+
+
+def test_a_request_the_model_does_not_answer_in_time_gets_a_503(tmp_path):
+    reshape_model(tmp_path / "reshape.onnx")
+    flags = ("--timeout-s", "0.0001", "--max-latency-ms", "20")
+    with running_server(tmp_path / "reshape.onnx", *flags, log_dir=tmp_path) as url:
+        body = {"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}]}
+        response = httpx.post(url + "/v2/models/reshape/infer", json=body, timeout=30)
+        assert response.status_code == 503
+        assert response.json()["error"] == "no answer from the model within 0.0001 s"
+        assert httpx.get(url + "/v2/health/live").status_code == 200
