@@ -14,7 +14,9 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from keras_alexnet.train import coupled_weight_decay
+from keras_alexnet import layers  # noqa: F401  (registers the custom layers for load_model)
+from keras_alexnet.metadata import Metadata
+from keras_alexnet.train import coupled_weight_decay, make_train_step
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--model", "vgg_a", "--width", "0.0625", "--image-size", "32", "--resize", "36",
@@ -71,6 +73,41 @@ def test_sgd_step_is_the_papers_update_rule():
         b_ref = b_ref + v_b
     np.testing.assert_allclose(w.numpy(), w_ref, rtol=1e-6)
     np.testing.assert_allclose(b.numpy(), b_ref, rtol=1e-6)
+
+
+@pytest.mark.parametrize("loss_scaling", [False, True])
+def test_train_step_is_cross_entropy_on_logits_with_the_papers_update(loss_scaling):
+    # The whole replica step against NumPy: softmax cross-entropy gradient of a linear
+    # layer, the L2 term coupled into the momentum, and (mixed precision) loss scaling.
+    lr, wd, mu, batch = 0.1, 0.01, 0.9, 4
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(batch, 3)).astype("float32")
+    y = np.array([0, 2, 1, 2], "int32")
+    w, b = rng.normal(size=(3, 3)).astype("float32"), rng.normal(size=3).astype("float32")
+    inputs = keras.Input((3,))
+    dense = keras.layers.Dense(3, kernel_initializer=keras.initializers.Constant(w),
+                               bias_initializer=keras.initializers.Constant(b))  # fmt: skip
+    model = keras.Model(inputs, dense(inputs))
+    optimizer = keras.optimizers.SGD(learning_rate=lr, momentum=mu)
+    if loss_scaling:
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer, initial_scale=1024.0)
+    optimizer.build(model.trainable_variables)
+    step = make_train_step(tf.distribute.get_strategy(), model, optimizer, batch, wd, loss_scaling)
+    v_w, v_b = np.zeros_like(w), np.zeros_like(b)
+    for _ in range(3):
+        logits = x @ w + b
+        p = np.exp(logits - logits.max(1, keepdims=True))
+        p /= p.sum(1, keepdims=True)
+        expected_loss = -np.log(p[np.arange(batch), y]).sum()
+        delta = (p - np.eye(3)[y]) / batch
+        loss_sum, hits = step(tf.constant(x), tf.constant(y))
+        np.testing.assert_allclose(float(loss_sum), expected_loss, rtol=1e-5)
+        assert float(hits) == float((logits.argmax(1) == y).sum())
+        v_w = mu * v_w - wd * lr * w - lr * (x.T @ delta)
+        v_b = mu * v_b - lr * delta.sum(0)  # biases are not decayed
+        w, b = w + v_w, b + v_b
+    np.testing.assert_allclose(dense.kernel.numpy(), w, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(dense.bias.numpy(), b, rtol=1e-5, atol=1e-6)
 
 
 MIRRORED_CHECK = """
@@ -225,19 +262,53 @@ def test_interrupted_and_resumed_run_ends_with_the_same_weights(tiny_data, tmp_p
     assert history_epochs(tmp_path / "b") == [1, 2]
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(tiny_data, tmp_path):
     run = tmp_path / "run"
     args = [*TINY, "--data", str(tiny_data), "--epochs", "2", "--output", str(run),
             "--steps-per-epoch", "2"]  # fmt: skip
     assert run_train(args, cache=tmp_path / "c").returncode == 0
     before = read_checkpoint(run / "checkpoints")
+    # Resuming with another --lr rescales the rate; this one diverges in epoch 3.
     huge = [a if a != "0.01" else "1e30" for a in args]
     out = run_train([*huge, "--epochs", "3"], cache=tmp_path / "c")
     assert out.returncode != 0
-    assert "loss became nan" in out.stderr.lower() or "loss became inf" in out.stderr.lower()
-    assert "Traceback" not in out.stderr
+    assert "replaces 0.01" in out.stdout
+    message = out.stderr.strip()
+    assert "loss became nan" in message.lower() or "loss became inf" in message.lower()
+    assert "ckpt-2" in message and "Traceback" not in out.stderr and len(message.splitlines()) == 1
     after = read_checkpoint(run / "checkpoints")
+    assert before.keys() == after.keys()
     assert all(np.array_equal(before[n], after[n]) for n in before)
+    assert history_epochs(run) == [1, 2]
+    # The advice in the message works: a lower --lr resumes from the kept checkpoint.
+    again = run_train([*args, "--epochs", "3", "--lr", "0.005"], cache=tmp_path / "c")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "Resumed from" in again.stdout and "ckpt-2" in again.stdout
+    assert history_epochs(run) == [1, 2, 3]
+
+
+@pytest.mark.slow
+def test_the_demo_command_trains_alexnet_mirrored_on_the_digits(tmp_path):
+    # The README's first command, cut to 2 steps of 1 epoch and one validation batch.
+    run = tmp_path / "run"
+    out = run_train(
+        ["--model", "alexnet", "--strategy", "mirrored", "--epochs", "1",
+         "--steps-per-epoch", "2", "--val-steps", "1", "--output", str(run)],
+        cache=tmp_path / "cache", timeout=600,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "on 2 replica(s)" in out.stdout
+    assert history_epochs(run) == [1]
+    metadata = Metadata.load(run / "metadata.json")
+    assert metadata.class_names == tuple(str(d) for d in range(10))
+    assert (metadata.input_size, metadata.resize, metadata.protocol) == (67, 76, "ten_crop")
+    assert metadata.scale == pytest.approx(1 / 127.5)
+    config = json.loads((run / "command.json").read_text())["config"]
+    assert (config["init"], config["batch_size"], config["flip"]) == ("he", 32, False)
+    best = keras.saving.load_model(run / "best.keras")
+    probs = best.predict_on_batch(np.full((1, 67, 67, 3), 128.0, "float32"))
+    np.testing.assert_allclose(probs.sum(), 1.0, rtol=1e-5)  # softmax output
 
 
 def test_bad_arguments_are_one_line_errors(tmp_path):
