@@ -305,6 +305,11 @@ def train(config, *, argv=None, log=print):
     if config.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
     strategy = make_strategy(config.strategy, config.cpu_replicas)
+    if config.batch_size % strategy.num_replicas_in_sync:
+        raise TrainingError(
+            f"--batch-size {config.batch_size} does not split evenly over "
+            f"{strategy.num_replicas_in_sync} replicas"
+        )
     resolver = getattr(strategy, "cluster_resolver", None)
     task_type = getattr(resolver, "task_type", None)
     task_id = getattr(resolver, "task_id", 0) or 0

@@ -315,3 +315,7 @@ def test_bad_arguments_are_one_line_errors(tmp_path):
     out = run_train(["--model", "vgg_a", "--image-size", "300"], cache=tmp_path / "c")
     assert out.returncode != 0 and "larger than the resize size" in out.stderr
     assert "Traceback" not in out.stderr
+    odd = run_train([*TINY[:-8], "--batch-size", "7", "--strategy", "mirrored",
+                     "--output", str(tmp_path / "r")], cache=tmp_path / "c")  # fmt: skip
+    assert odd.returncode != 0 and "does not split evenly over 2 replicas" in odd.stderr
+    assert "Traceback" not in odd.stderr
