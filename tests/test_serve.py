@@ -327,6 +327,50 @@ def test_infer_binary_tensor_extension(server, artifacts):
     np.testing.assert_allclose(response.json()["outputs"][0]["data"], want.ravel(), atol=1e-6)
 
 
+TRITON_CLIENT = """
+import json, sys
+import numpy as np
+import tritonclient.http as httpclient
+
+client = httpclient.InferenceServerClient(url=sys.argv[1])
+x = np.load(sys.argv[2])
+answer = {
+    "ready": [client.is_server_live(), client.is_server_ready(), client.is_model_ready("tiny")],
+    "inputs": client.get_model_metadata("tiny")["inputs"],
+}
+for binary in (True, False):
+    tensor = httpclient.InferInput("images", list(x.shape), "FP32")
+    tensor.set_data_from_numpy(x, binary_data=binary)
+    output = httpclient.InferRequestedOutput("probabilities", binary_data=binary)
+    result = client.infer("tiny", [tensor], outputs=[output])
+    answer[str(binary)] = result.as_numpy("probabilities").tolist()
+try:
+    client.infer("alexnet", [tensor])
+except httpclient.InferenceServerException as e:
+    answer["error"] = [e.status(), e.message()]
+print(json.dumps(answer))
+"""
+
+
+def test_tritons_standard_client_works_in_binary_and_json(server, artifacts, tmp_path):
+    x = np.random.default_rng(8).uniform(0, 255, (3, 32, 32, 3)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    want = np.asarray(artifacts[0].predict_on_batch(x))
+    address = server.removeprefix("http://")
+    out = subprocess.run(
+        [sys.executable, "-c", TRITON_CLIENT, address, str(tmp_path / "x.npy")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    answer = json.loads(out.stdout)
+    assert answer["ready"] == [True, True, True]
+    assert answer["inputs"] == [{"name": "images", "datatype": "FP32", "shape": [-1, -1, -1, 3]}]
+    np.testing.assert_allclose(answer["True"], want, atol=1e-6)
+    np.testing.assert_allclose(answer["False"], want, atol=1e-6)
+    assert answer["error"] == ["404", "unknown model 'alexnet'; this server serves 'tiny'"]
+
+
 def test_classify_one_request_many_files(server, artifacts):
     blobs = sample_images(5)
     files = [("file", (f"img{i}.png", b)) for i, b in enumerate(blobs)]

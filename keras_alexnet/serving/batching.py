@@ -153,7 +153,7 @@ class DynamicBatcher:
                 self.stats.failure_count += len(batch)
                 for item in batch:
                     if not item.future.done():
-                        item.future.set_exception(ModelError(str(e)))
+                        item.future.set_exception(ModelError(str(e).strip()))
                 continue
             finally:
                 self.stats.execution_count += 1
