@@ -247,9 +247,10 @@ def quantize_int8(
     """Statically quantise an fp32 export to int8; return top-1 agreement with fp32.
 
     Follows onnxruntime's recipe: `quant_pre_process` (shape inference + graph
-    optimisation), then `quantize_static` (signed int8 weights per channel and int8
-    activations, MinMax calibration; the expanded LRN stays fp32) calibrated on centre
-    crops of `calibration_images` training images of `data` (None: the bundled demo set).
+    optimisation), then `quantize_static` (signed int8 weights per channel; int8
+    activations for QDQ, uint8 for QOperator; MinMax calibration; the expanded LRN stays
+    fp32) calibrated on centre crops of `calibration_images` training images of `data`
+    (None: the bundled demo set).
     The agreement is the fraction of held-out images (the validation split, or training
     images after the calibration ones when there is none) whose top-1 class is the same
     as fp32's.
@@ -297,7 +298,8 @@ def quantize_int8(
             _Calibration(calibration),
             nodes_to_exclude=excluded,
             quant_format=QuantFormat.QDQ if quant_format == "qdq" else QuantFormat.QOperator,
-            activation_type=QuantType.QInt8,
+            # onnxruntime's x86-64 QOperator kernels want uint8 activations (U8S8); QDQ S8S8.
+            activation_type=QuantType.QInt8 if quant_format == "qdq" else QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             per_channel=True,
             calibrate_method=CalibrationMethod.MinMax,
