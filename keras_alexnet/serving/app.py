@@ -12,8 +12,8 @@ Endpoints (`{name}` is the served model's name, the ONNX file's stem by default)
                                           data extension: Inference-Header-Content-Length)
     POST /v2/models/{name}/classify       multipart images in the field `file` -> top-5
 
-(`/v2/models/{name}/versions/1/...` are accepted too.) Every error is JSON `{"error": ...}`
-with a 4xx status for a bad request and 5xx for a failure on the server's side.
+`/v2/models/{name}/versions/1` and `/v2/models/{name}/versions/1/infer` work too. Every
+error is JSON `{"error": ...}`: 4xx for a bad request, 5xx for a failure on our side.
 """
 
 import asyncio
@@ -52,8 +52,8 @@ class ServeConfig:
     log_level: str = "warning"
 
 
-class BadRequest(Exception):
-    """A client error, answered with `status` and a JSON message."""
+class ApiError(Exception):
+    """An error answered with `status` (4xx: the request's fault, 5xx: ours) and a message."""
 
     def __init__(self, message, status=400):
         super().__init__(message)
@@ -115,59 +115,57 @@ def _parse_tensor(entry, spec, max_rows, batchable, raw=None):
     `raw` is the tensor's bytes when it came in the binary data extension's form.
     """
     if not isinstance(entry, dict):
-        raise BadRequest("each element of 'inputs' must be an object")
+        raise ApiError("each element of 'inputs' must be an object")
     name = entry.get("name")
     shape, datatype, data = entry.get("shape"), entry.get("datatype"), entry.get("data")
     if not isinstance(shape, list) or not all(
         isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
     ):
-        raise BadRequest(f"input {name!r}: 'shape' must be a list of non-negative integers")
+        raise ApiError(f"input {name!r}: 'shape' must be a list of non-negative integers")
     if datatype != spec.datatype:
-        raise BadRequest(
-            f"input {name!r} has datatype {datatype!r}; the model takes {spec.datatype}"
-        )
+        raise ApiError(f"input {name!r} has datatype {datatype!r}; the model takes {spec.datatype}")
     if len(shape) != len(spec.shape) or any(
         want not in (-1, got) for want, got in zip(spec.shape, shape, strict=True)
     ):
-        raise BadRequest(
+        raise ApiError(
             f"input {name!r} has shape {shape}; the model takes {list(spec.shape)} (-1: any size)"
         )
     if batchable and shape[0] > max_rows:
-        raise BadRequest(
+        raise ApiError(
             f"input {name!r} has a batch of {shape[0]}, more than the server's limit of {max_rows}",
             413,
         )
     if batchable and shape[0] == 0:
-        raise BadRequest(f"input {name!r} has an empty batch")
+        raise ApiError(f"input {name!r} has an empty batch")
     if raw is not None:
         if data is not None:
-            raise BadRequest(f"input {name!r} has both 'data' and binary_data_size")
+            raise ApiError(f"input {name!r} has both 'data' and binary_data_size")
         need = math.prod(shape) * np.dtype(spec.dtype).itemsize
         if len(raw) != need:
-            raise BadRequest(
+            raise ApiError(
                 f"input {name!r} has {len(raw)} bytes of binary data; shape {shape} of "
                 f"{spec.datatype} needs {need}"
             )
         array = np.frombuffer(raw, np.dtype(spec.dtype).newbyteorder("<")).reshape(shape)
         array = array.astype(spec.dtype)  # native byte order, writable
         if spec.datatype.startswith("FP") and not np.isfinite(array).all():
-            raise BadRequest(f"input {name!r} holds NaN or infinite values")
+            raise ApiError(f"input {name!r} holds NaN or infinite values")
         return array
     if not isinstance(data, list):
-        raise BadRequest(f"input {name!r}: 'data' must be a (flat or nested) list")
+        raise ApiError(f"input {name!r}: 'data' must be a (flat or nested) list")
     try:
         array = np.asarray(data, dtype=spec.dtype)
     except (ValueError, TypeError, OverflowError):
-        raise BadRequest(
+        raise ApiError(
             f"input {name!r}: 'data' must hold only {spec.datatype} numbers in a regular "
             "(flat or nested) list"
         ) from None
     if array.size != math.prod(shape):
-        raise BadRequest(
+        raise ApiError(
             f"input {name!r} has {array.size} values; shape {shape} needs {math.prod(shape)}"
         )
     if spec.datatype.startswith("FP") and not np.isfinite(array).all():
-        raise BadRequest(f"input {name!r} holds NaN or infinite values")
+        raise ApiError(f"input {name!r} holds NaN or infinite values")
     return array.reshape(shape)
 
 
@@ -185,7 +183,7 @@ def _binary_size(entry):
     parameters = entry.get("parameters") if isinstance(entry, dict) else None
     size = parameters.get("binary_data_size") if isinstance(parameters, dict) else None
     if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 0):
-        raise BadRequest("'binary_data_size' must be a non-negative integer")
+        raise ApiError("'binary_data_size' must be a non-negative integer")
     return size
 
 
@@ -199,7 +197,7 @@ def parse_infer_request(content, header_length, model, max_rows):
         header, binary = content, b""
     else:
         if not header_length.isdigit() or int(header_length) > len(content):
-            raise BadRequest(
+            raise ApiError(
                 f"Inference-Header-Content-Length {header_length!r} is not a byte count "
                 f"within the {len(content)}-byte body"
             )
@@ -207,36 +205,36 @@ def parse_infer_request(content, header_length, model, max_rows):
     try:
         body = json.loads(header)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise BadRequest(f"the request body is not JSON ({e})") from None
+        raise ApiError(f"the request body is not JSON ({e})") from None
     if not isinstance(body, dict):
-        raise BadRequest("the request body must be a JSON object")
+        raise ApiError("the request body must be a JSON object")
     entries = body.get("inputs")
     if not isinstance(entries, list) or not entries:
-        raise BadRequest("the request needs a non-empty 'inputs' list")
+        raise ApiError("the request needs a non-empty 'inputs' list")
     specs = {s.name: s for s in model.inputs}
     feeds, offset = {}, 0
     for entry in entries:
         name = entry.get("name") if isinstance(entry, dict) else None
         if name not in specs:
-            raise BadRequest(f"unknown input {name!r}; the model's inputs are {list(specs)}")
+            raise ApiError(f"unknown input {name!r}; the model's inputs are {list(specs)}")
         if name in feeds:
-            raise BadRequest(f"input {name!r} is given twice")
+            raise ApiError(f"input {name!r} is given twice")
         size, raw = _binary_size(entry), None
         if size is not None:
             if offset + size > len(binary):
-                raise BadRequest(f"input {name!r}: the body ends before its binary data")
+                raise ApiError(f"input {name!r}: the body ends before its binary data")
             raw, offset = binary[offset : offset + size], offset + size
         feeds[name] = _parse_tensor(entry, specs[name], max_rows, model.batchable, raw)
         small = model.too_small(specs[name], feeds[name].shape)
         if small:
-            raise BadRequest(f"input {name!r}: {small}")
+            raise ApiError(f"input {name!r}: {small}")
     if offset != len(binary):
-        raise BadRequest(f"{len(binary) - offset} bytes of binary data belong to no input")
+        raise ApiError(f"{len(binary) - offset} bytes of binary data belong to no input")
     missing = [n for n in specs if n not in feeds]
     if missing:
-        raise BadRequest(f"missing input(s) {missing}")
+        raise ApiError(f"missing input(s) {missing}")
     if len({a.shape[0] for a in feeds.values()}) > 1:
-        raise BadRequest("all inputs must have the same batch size")
+        raise ApiError("all inputs must have the same batch size")
     parameters = body.get("parameters") if isinstance(body.get("parameters"), dict) else {}
     binary_default = parameters.get("binary_data_output") is True
     outputs = [(o.name, binary_default) for o in model.outputs]
@@ -245,11 +243,11 @@ def parse_infer_request(content, header_length, model, max_rows):
         if not isinstance(requested, list) or not all(
             isinstance(o, dict) and isinstance(o.get("name"), str) for o in requested
         ):
-            raise BadRequest("'outputs' must be a list of objects with a 'name'")
+            raise ApiError("'outputs' must be a list of objects with a 'name'")
         names = [name for name, _ in outputs]
         unknown = [o["name"] for o in requested if o["name"] not in names]
         if unknown:
-            raise BadRequest(f"unknown output(s) {unknown}; the model's outputs are {names}")
+            raise ApiError(f"unknown output(s) {unknown}; the model's outputs are {names}")
         outputs = [
             (o["name"], (o.get("parameters") or {}).get("binary_data", binary_default) is True)
             for o in requested
@@ -320,21 +318,21 @@ def create_app(config):
     async def http_error(request, exc):
         return _error(exc.status_code, str(exc.detail))
 
-    @app.exception_handler(BadRequest)
+    @app.exception_handler(ApiError)
     async def bad_request(request, exc):
         return _error(exc.status, str(exc))
 
     def get_model(name):
         model = state["model"]
         if model is None or not state["ready"]:
-            raise BadRequest("the model is not loaded yet", 503)
+            raise ApiError("the model is not loaded yet", 503)
         if name != model.name:
-            raise BadRequest(f"unknown model {name!r}; this server serves {model.name!r}", 404)
+            raise ApiError(f"unknown model {name!r}; this server serves {model.name!r}", 404)
         return model
 
     def check_version(version):
         if version != "1":
-            raise BadRequest(f"unknown model version {version!r}; the only version is '1'", 404)
+            raise ApiError(f"unknown model version {version!r}; the only version is '1'", 404)
 
     @app.get("/v2")
     async def server_metadata():
@@ -395,9 +393,9 @@ def create_app(config):
         try:
             return await state["batcher"].submit(feeds)
         except ModelError as e:
-            raise BadRequest(f"inference failed: {e}", 500) from None
+            raise ApiError(f"inference failed: {e}", 500) from None
         except RequestTimeout as e:
-            raise BadRequest(str(e), 503) from None
+            raise ApiError(str(e), 503) from None
 
     @app.post("/v2/models/{name}/infer")
     async def infer_route(name: str, request: Request):
@@ -415,14 +413,14 @@ def create_app(config):
         """Top-5 classes of uploaded images (multipart field `file`, repeatable)."""
         model = get_model(name)
         if model.metadata is None:
-            raise BadRequest(
+            raise ApiError(
                 f"model {model.name!r} has no keras_alexnet preprocessing metadata "
                 "(export it with keras_alexnet); use /infer with tensors",
                 400,
             )
         content_type = request.headers.get("content-type", "")
         if not content_type.startswith("multipart/form-data"):
-            raise BadRequest(
+            raise ApiError(
                 f"expected multipart/form-data with image files in the field 'file', got "
                 f"{content_type or 'no Content-Type'!r}",
                 415,
@@ -431,9 +429,9 @@ def create_app(config):
         async with request.form(max_part_size=limit) as form:
             uploads = form.getlist("file")
             if not uploads:
-                raise BadRequest("no images: send one or more files in the multipart field 'file'")
+                raise ApiError("no images: send one or more files in the multipart field 'file'")
             if len(uploads) > config.max_batch_size:
-                raise BadRequest(
+                raise ApiError(
                     f"{len(uploads)} images is more than the server's limit of "
                     f"{config.max_batch_size} per request",
                     413,
@@ -441,7 +439,7 @@ def create_app(config):
             files = []
             for upload in uploads:
                 if not isinstance(upload, UploadFile):
-                    raise BadRequest("the field 'file' must hold file uploads, not text")
+                    raise ApiError("the field 'file' must hold file uploads, not text")
                 files.append((upload.filename or "", await upload.read()))
         crops = await asyncio.get_running_loop().run_in_executor(
             None, _preprocess_all, files, model.metadata, config.max_pixels
@@ -469,9 +467,9 @@ def _preprocess_all(files, metadata, max_pixels):
         try:
             crops.append(images.preprocess(data, metadata, max_pixels))
         except images.ImageTooLarge as e:
-            raise BadRequest(f"file {filename!r}: {e}", 413) from None
+            raise ApiError(f"file {filename!r}: {e}", 413) from None
         except (images.ImageError, ValueError) as e:
-            raise BadRequest(f"file {filename!r}: {e}", 415) from None
+            raise ApiError(f"file {filename!r}: {e}", 415) from None
     return crops
 
 
