@@ -37,7 +37,7 @@ def image_paths(inputs):
     return paths
 
 
-def predict_files(predict, metadata, paths, *, batch_size=32, k=5, progress=True):
+def predict_files(predict_fn, metadata, paths, *, batch_size=32, k=5, progress=True):
     """Classify each file; return one dict per path: {"file", "top5"} or {"file", "error"}."""
     from tqdm import tqdm
 
@@ -45,7 +45,7 @@ def predict_files(predict, metadata, paths, *, batch_size=32, k=5, progress=True
 
     def flush():
         if batch:
-            probabilities = np.asarray(predict(np.stack([crop for _, crop in batch])))
+            probabilities = np.asarray(predict_fn(np.stack([crop for _, crop in batch])))
             for (index, _), p in zip(batch, probabilities, strict=True):
                 results[index]["top5"] = top_k(p, metadata.class_names, k)
             batch.clear()
@@ -61,3 +61,20 @@ def predict_files(predict, metadata, paths, *, batch_size=32, k=5, progress=True
             flush()
     flush()
     return results
+
+
+def predict(model_path, inputs, *, batch_size=32, k=5, progress=False, threads=None):
+    """Top-`k` classes of every image in `inputs` (files, folders) with any saved model."""
+    predict_fn, metadata = load_predictor(model_path, threads)
+    paths = image_paths(inputs)
+    return predict_files(predict_fn, metadata, paths, batch_size=batch_size, k=k, progress=progress)
+
+
+def format_text(results):
+    """Human-readable lines: each classified file, then one `probability  class` line per class."""
+    lines = []
+    for result in results:
+        if "top5" in result:
+            lines.append(result["file"])
+            lines += [f"  {c['probability']:.4f}  {c['class']}" for c in result["top5"]]
+    return "\n".join(lines)

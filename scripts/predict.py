@@ -32,35 +32,23 @@ def get_args_parser():
     return p
 
 
-def format_text(results):
-    """Human-readable lines: the file, then one `probability  class` line per class."""
-    lines = []
-    for r in results:
-        if "top5" in r:
-            lines.append(r["file"])
-            lines += [f"  {c['probability']:.4f}  {c['class']}" for c in r["top5"]]
-    return "\n".join(lines)
-
-
 def main(args):
     """Load the model, classify every image, print the results."""
-    from keras_alexnet.predict import image_paths, load_predictor, predict_files
+    from keras_alexnet.predict import format_text, predict
     from keras_alexnet.runtime import ModelPathError
 
     if args.top < 1 or args.batch_size < 1:
         raise SystemExit("error: --top and --batch-size must be positive")
     try:
-        predict, metadata = load_predictor(args.model)
+        results = predict(
+            args.model,
+            args.inputs,
+            batch_size=args.batch_size,
+            k=args.top,
+            progress=sys.stderr.isatty(),
+        )
     except ModelPathError as e:
         raise SystemExit(f"error: {e}") from None
-    results = predict_files(
-        predict,
-        metadata,
-        image_paths(args.inputs),
-        batch_size=args.batch_size,
-        k=args.top,
-        progress=sys.stderr.isatty(),
-    )
     for r in results:
         if "error" in r:
             print(f"skipped {r['file']}: {r['error']}", file=sys.stderr)
