@@ -104,7 +104,7 @@ def get_args_parser():
 def main(args):
     """Measure every runtime at every batch size, print the table, record it."""
     peak = common.matmul_peak_gflops()
-    rows, notes = [], []
+    rows, notes, points = [], [], []
     with tempfile.TemporaryDirectory() as work:
         for name in args.models.split(","):
             runtimes, flops, export = build_runtimes(name, work, log=lambda m: None)
@@ -123,6 +123,7 @@ def main(args):
                 for runtime, img_s in speeds.items():
                     gflops = flops * img_s / 1e9
                     ratio = f"{img_s / base:.2f}x" if base else "n/a"
+                    points.append((name, runtime, batch, img_s))
                     rows.append(
                         f"| {name} | {batch} | {runtime} | {img_s:.1f} | {ratio} | "
                         f"{gflops:.0f} ({100 * gflops / peak:.0f} %) |"
@@ -138,9 +139,41 @@ def main(args):
         f"(the machine's cores) for every runtime. float32 GEMM peak measured in the same run "
         f"(NumPy 2048^2): {peak:.0f} GFLOP/s.\n\n{table}\n\n" + "\n".join(f"- {n}" for n in notes)
     )
+    if plot(points, PLOT):
+        body += f"\n\n![throughput against batch size]({PLOT.name})"
     print(body)
     if not args.no_write:
         common.update_section("Inference", body)
+
+
+PLOT = Path(__file__).with_name("inference_throughput.png")
+
+
+def plot(points, path):
+    """Plot img/s against batch size per runtime, one panel per model; False without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    models = sorted({p[0] for p in points})
+    fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 4), squeeze=False)
+    for ax, model in zip(axes[0], models, strict=True):
+        for runtime in sorted({p[1] for p in points if p[0] == model}):
+            xs = [(b, v) for m, r, b, v in points if m == model and r == runtime]
+            ax.plot([b for b, _ in xs], [v for _, v in xs], marker="o", label=runtime)
+        ax.set(title=model, xlabel="batch size", ylabel="images / s", xscale="log")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    from keras_alexnet import fileio
+
+    with fileio.atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+    return True
 
 
 if __name__ == "__main__":
