@@ -81,7 +81,81 @@ def _set_properties(model, props):
         entry.key, entry.value = key, value
 
 
-def _onnx_proto(twin, metadata, opset, expand_lrn, work_dir):
+# ONNX ops of the activations a converted FC layer may have (None: no op).
+HEAD_ACTIVATIONS = {"relu": "Relu", "softmax": "Softmax", "linear": None}
+FEATURES_NAME = "features"
+
+
+def _head(model, twin):
+    """Split the twin into (body model, head layers) for a memory-light ONNX conversion.
+
+    tf2onnx needs about 40 bytes of RAM per weight byte at its peak (21 GB for VGG D's
+    553 MB, measured): it runs on the convolutional body only (VGG D: 59 MB), and the FC
+    convolutions (fc6 alone is 411 MB) are appended as ONNX Conv nodes from NumPy. Returns
+    (twin, []) when the head has an activation this does not cover.
+    """
+    import keras
+
+    dense = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]
+    activations = [getattr(layer.activation, "__name__", None) for layer in dense]
+    if not dense or any(a not in HEAD_ACTIVATIONS for a in activations):
+        return twin, []
+    convs = [twin.get_layer(layer.name) for layer in dense]
+    body = keras.Model(twin.input, convs[0].input, name=f"{model.name}_body")
+    return body, list(zip(convs, activations, strict=True))
+
+
+def _append_head(proto, head, classes):
+    """Append the FC convolutions, their activations and the spatial mean to an ONNX body.
+
+    The body ends in NHWC features; the head runs NCHW (one Transpose), applies each FC
+    layer as a Conv whose (h, w, c, units) kernel becomes ONNX's (units, c, h, w), takes
+    the softmax over channels at every position, and averages the score map spatially.
+    """
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = proto.graph
+    opset = max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+    features = graph.output[0].name
+    del graph.output[:]
+    x = "head/nchw"
+    nodes = [helper.make_node("Transpose", [features], [x], perm=[0, 3, 1, 2], name=x)]
+    for conv, activation in head:
+        kernel, *bias = conv.get_weights()
+        name = conv.name
+        weights = [numpy_helper.from_array(kernel.transpose(3, 2, 0, 1).copy(), f"{name}/W")]
+        if bias:
+            weights.append(numpy_helper.from_array(bias[0], f"{name}/B"))
+        graph.initializer.extend(weights)
+        y = f"{name}/conv"
+        nodes.append(
+            helper.make_node(
+                "Conv",
+                [x, *(w.name for w in weights)],
+                [y],
+                name=y,
+                kernel_shape=list(kernel.shape[:2]),
+            )  # fmt: skip
+        )
+        x = y
+        if HEAD_ACTIVATIONS[activation]:
+            y = f"{name}/{activation}"
+            attrs = {"axis": 1} if activation == "softmax" else {}
+            nodes.append(helper.make_node(HEAD_ACTIVATIONS[activation], [x], [y], name=y, **attrs))
+            x = y
+    if opset >= 18:
+        axes = numpy_helper.from_array(np.array([2, 3], np.int64), "head/axes")
+        graph.initializer.append(axes)
+        nodes.append(helper.make_node("ReduceMean", [x, axes.name], [OUTPUT_NAME], keepdims=0))
+    else:
+        nodes.append(helper.make_node("ReduceMean", [x], [OUTPUT_NAME], axes=[2, 3], keepdims=0))
+    graph.node.extend(nodes)
+    graph.output.append(
+        helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["batch", classes])
+    )
+
+
+def _onnx_proto(model, twin, metadata, opset, expand_lrn, work_dir):
     """Convert the twin to an ONNX ModelProto with named I/O, dynamic axes and metadata."""
     import onnx
     import tensorflow as tf
@@ -89,8 +163,9 @@ def _onnx_proto(twin, metadata, opset, expand_lrn, work_dir):
     from keras_alexnet import onnx_graph
 
     raw = Path(work_dir) / "raw.onnx"
+    body, head = _head(model, twin)
     signature = [tf.TensorSpec([None, None, None, 3], tf.float32, name=INPUT_NAME)]
-    twin.export(
+    body.export(
         str(raw), format="onnx", input_signature=signature, opset_version=opset, verbose=False
     )
     proto = onnx.load(str(raw))
@@ -99,11 +174,14 @@ def _onnx_proto(twin, metadata, opset, expand_lrn, work_dir):
         raise ExportError(f"expected one input and one output, got {len(graph.input)}, "
                           f"{len(graph.output)}")  # fmt: skip
     _rename(graph, graph.input[0].name, INPUT_NAME)
-    _rename(graph, graph.output[0].name, OUTPUT_NAME)
+    _rename(graph, graph.output[0].name, FEATURES_NAME if head else OUTPUT_NAME)
     dim = graph.input[0].type.tensor_type.shape.dim
     for axis, param in zip(range(3), ("batch", "height", "width"), strict=True):
         dim[axis].dim_param = param
-    graph.output[0].type.tensor_type.shape.dim[0].dim_param = "batch"
+    if head:
+        _append_head(proto, head, len(metadata.class_names))
+    else:
+        graph.output[0].type.tensor_type.shape.dim[0].dim_param = "batch"
     if expand_lrn:
         proto = onnx_graph.expand_lrn(proto)
     graph = proto.graph
@@ -153,7 +231,7 @@ def export_onnx(
     expected_crops = np.asarray(model.predict_on_batch(crops))
     expected_whole = np.asarray(twin.predict_on_batch(whole))
     with fileio.atomic_path(output) as tmp:
-        proto = _onnx_proto(twin, metadata, opset, expand_lrn, tmp.parent)
+        proto = _onnx_proto(model, twin, metadata, opset, expand_lrn, tmp.parent)
         onnx.checker.check_model(proto, full_check=True)
         onnx.save(proto, str(tmp))
         session = onnx_session(tmp)
