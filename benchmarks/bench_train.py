@@ -102,6 +102,13 @@ def get_args_parser():
         "--steps", type=int, default=3, help="timed steps per configuration (default: %(default)s)"
     )
     p.add_argument(
+        "--rounds",
+        type=int,
+        default=2,
+        help="rounds over the configurations, alternating their order; each keeps its best "
+        "(default: %(default)s)",
+    )
+    p.add_argument(
         "--no-write",
         action="store_true",
         help="print only; do not update benchmarks/RESULTS.md (default: write)",
@@ -192,7 +199,17 @@ def main(args):
     load_before = os.getloadavg()[0]
     rows = []
     for batch in (int(b) for b in args.batch_sizes.split(",")):
-        results = {c: run_config(*c, batch, args.steps) for c in CONFIGS}
+        results = {}
+        for round_index in range(args.rounds):
+            # Alternate the order each round; keep each configuration's best round (the
+            # 2 cores are shared, so a slow round measures the neighbours, not the step).
+            order = CONFIGS if round_index % 2 == 0 else CONFIGS[::-1]
+            for config in order:
+                r = run_config(*config, batch, args.steps)
+                best = results.get(config)
+                better = best is None or (r is not None and r["img_s"] > best["img_s"])
+                results[config] = r if better else best
+        results = {c: results[c] for c in CONFIGS}
         baseline = results[("torch", "eager")]
         for (runtime, strategy), r in results.items():
             if r is None:
@@ -210,9 +227,11 @@ def main(args):
     ])  # fmt: skip
     body = (
         f"{common.provenance()}\n\nAlexNet (paper, 2 towers, 227x227) SGD train steps on "
-        f"synthetic batches; FLOPs = 3 x forward. float32 GEMM peak measured in the same run "
-        f"(NumPy 2048^2): {peak:.0f} GFLOP/s. 1-minute load average (other processes share "
-        f"the 2 cores) {load_before:.1f} before, {os.getloadavg()[0]:.1f} after.\n\n{table}"
+        f"synthetic batches; FLOPs = 3 x forward; best of {args.rounds} alternating rounds of "
+        f"{args.steps} timed steps after 2 warm-up steps. float32 GEMM peak measured in the "
+        f"same run (NumPy 2048^2): {peak:.0f} GFLOP/s. 1-minute load average (other processes "
+        f"share the 2 cores) {load_before:.1f} before, {os.getloadavg()[0]:.1f} after.\n\n"
+        f"{table}"
     )
     print(body)
     if not args.no_write:

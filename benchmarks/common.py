@@ -49,7 +49,8 @@ def peak_rss_mib():
 def machine():
     """One line describing the machine."""
     return (
-        f"{platform.machine()} {os.cpu_count()}-core CPU, Linux, Python {platform.python_version()}"
+        f"{os.cpu_count()}-core CPU (CI-class VM), {platform.machine()}, Linux, "
+        f"Python {platform.python_version()}"
     )
 
 
