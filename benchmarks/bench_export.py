@@ -148,8 +148,9 @@ def main(args):
             "includes loading the .keras file, conversion, `check_model(full_check=True)` and "
             "the onnxruntime-vs-Keras verification; the error is max |onnx - keras| / "
             "max |keras| over 4 random crops and one larger (dense) image. int8: "
-            f"`quant_pre_process` + `quantize_static` (per-channel int8 weights, int8 "
-            f"activations, MinMax), calibrated on {args.calibration_images} centre crops of "
+            "`quant_pre_process` + `quantize_static` (per-channel int8 weights; int8 "
+            "activations for QDQ, uint8 for QOperator; MinMax; LRN kept fp32), calibrated on "
+            f"{args.calibration_images} centre crops of "
             "training digits. img/s: onnxruntime CPU, one batch of 8 centre crops, best of 3.",
             "",
             table(rows),

@@ -205,7 +205,7 @@ def export_onnx(
     calibration_data_dir=None,
     calibration_images=64,
     agreement_images=256,
-    quant_format="qdq",
+    quant_format="qoperator",
     log=print,
 ):
     """Export a Keras model (file or run dir) to one ONNX file; verify it; optionally int8.
@@ -319,7 +319,7 @@ def quantize_int8(
     data_dir=None,
     calibration_images=64,
     agreement_images=256,
-    quant_format="qdq",
+    quant_format="qoperator",
     log=print,
 ):
     """Statically quantise an fp32 export to int8; return top-1 agreement with fp32.
