@@ -9,6 +9,7 @@ against Keras within 1e-5), and int8 is calibrated on the bundled demo images.
 """
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -104,6 +105,7 @@ def get_args_parser():
 def main(args):
     """Measure every runtime at every batch size, print the table, record it."""
     peak = common.matmul_peak_gflops()
+    load_before = os.getloadavg()[0]
     rows, notes, points = [], [], []
     with tempfile.TemporaryDirectory() as work:
         for name in args.models.split(","):
@@ -137,7 +139,9 @@ def main(args):
     body = (
         f"{common.provenance()}\n\nForward passes on random 0-255 batches, 2 intra-op threads "
         f"(the machine's cores) for every runtime. float32 GEMM peak measured in the same run "
-        f"(NumPy 2048^2): {peak:.0f} GFLOP/s.\n\n{table}\n\n" + "\n".join(f"- {n}" for n in notes)
+        f"(NumPy 2048^2): {peak:.0f} GFLOP/s. 1-minute load average (other processes share "
+        f"the 2 cores) {load_before:.1f} before, {os.getloadavg()[0]:.1f} after.\n\n{table}\n\n"
+        + "\n".join(f"- {n}" for n in notes)
     )
     if plot(points, PLOT):
         body += f"\n\n![throughput against batch size]({PLOT.name})"
