@@ -14,8 +14,6 @@ import asyncio
 import contextlib
 import io
 import os
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,6 +23,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import common  # noqa: E402
+from keras_alexnet.serving.local import local_server  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -58,37 +57,15 @@ def photo_jpeg(seed=0):
     return buffer.getvalue()
 
 
-def free_port():
-    """A free TCP port on 127.0.0.1."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
 def server(model, flags):
     """Run scripts/serve.py with `flags` until the block ends; yield its URL."""
-    import httpx
-
-    port = free_port()
-    cmd = [sys.executable, str(ROOT / "scripts/serve.py"), "--model", str(model)]
-    proc = subprocess.Popen([*cmd, "--port", str(port), *flags], cwd=ROOT)
-    url = f"http://127.0.0.1:{port}"
+    cmd = [sys.executable, str(ROOT / "scripts/serve.py"), "--model", str(model), *flags]
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                raise SystemExit(f"error: the server exited with {proc.returncode}")
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(url + "/v2/health/ready", timeout=2).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise SystemExit("error: the server was not ready after 120 s")
-            time.sleep(0.3)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(30)
+        with local_server(cmd, timeout=120, cwd=ROOT) as url:
+            yield url
+    except RuntimeError as e:
+        raise SystemExit(f"error: {e}") from None
 
 
 async def load(url, name, image, clients, duration, max_requests):

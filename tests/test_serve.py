@@ -4,7 +4,6 @@ import asyncio
 import contextlib
 import io
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ from PIL import Image
 
 from keras_alexnet.metadata import Metadata
 from keras_alexnet.serving import images
+from keras_alexnet.serving.local import local_server
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = tuple(f"class_{i}" for i in range(10))
@@ -119,43 +119,13 @@ def assert_top5(answer, probabilities, atol=1e-4):
     assert min(got) >= sixth - atol
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
 def running_server(model_path, *flags, log_dir):
     """Start scripts/serve.py on a free loopback port; yield its base URL; stop it."""
-    port = free_port()
-    log = open(log_dir / f"server-{port}.log", "w+")  # noqa: SIM115
-    cmd = [sys.executable, str(ROOT / "scripts/serve.py"), "--model", str(model_path)]
-    proc = subprocess.Popen(
-        [*cmd, "--port", str(port), *flags], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                log.seek(0)
-                raise RuntimeError(f"server exited with {proc.returncode}: {log.read()}")
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(url + "/v2/health/ready", timeout=2).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError("server not ready after 60 s")
-            time.sleep(0.2)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+    cmd = [sys.executable, str(ROOT / "scripts/serve.py"), "--model", str(model_path), *flags]
+    with open(log_dir / f"server-{time.monotonic_ns()}.log", "w+") as log:
+        with local_server(cmd, timeout=60, output=log, cwd=ROOT) as url:
+            yield url
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@ import csv
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ from PIL import Image
 
 from keras_alexnet import layers  # noqa: F401  (registers the custom layers for load_model)
 from keras_alexnet.metadata import Metadata
+from keras_alexnet.serving.local import free_port
 from keras_alexnet.train import coupled_weight_decay, make_train_step
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -158,12 +158,6 @@ def test_mirrored_replicas_all_reduce_to_the_single_device_step():
     assert result["moved"] > 1e-3  # the steps did change the weights
     # ... and equal one device on the whole global batch, up to float32 summation order.
     assert result["single_gap"] < 0.01 * result["moved"]
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow

@@ -1,0 +1,61 @@
+"""Run a server command as a local subprocess on a free loopback port (tests, benchmarks)."""
+
+import contextlib
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+
+
+def free_port():
+    """Return a TCP port that is free on 127.0.0.1 now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ready(url):
+    """Whether GET {url}/v2/health/ready answers 200."""
+    try:
+        with urllib.request.urlopen(url + "/v2/health/ready", timeout=2) as response:
+            return response.status == 200
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return False
+
+
+@contextlib.contextmanager
+def local_server(command, *, timeout=60.0, output=None, cwd=None):
+    """Start `command + ["--port", PORT]`, wait until it is ready, yield its URL, stop it.
+
+    `output` (a file object) receives the server's stdout and stderr. Raises RuntimeError,
+    with the server's output when there is some, if it exits or is not ready in `timeout` s.
+    """
+    port = free_port()
+    stream = {"stdout": output, "stderr": subprocess.STDOUT} if output is not None else {}
+    proc = subprocess.Popen([*command, "--port", str(port)], cwd=cwd, **stream)
+    url = f"http://127.0.0.1:{port}"
+
+    def failure(reason):
+        text = ""
+        if output is not None and output.seekable():
+            output.seek(0)
+            text = ": " + output.read()
+        return RuntimeError(reason + text)
+
+    try:
+        deadline = time.monotonic() + timeout
+        while not _ready(url):
+            if proc.poll() is not None:
+                raise failure(f"server exited with {proc.returncode}")
+            if time.monotonic() > deadline:
+                raise failure(f"server not ready after {timeout:g} s")
+            time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
