@@ -106,49 +106,71 @@ def _head(model, twin):
 
 
 def _append_head(proto, head, classes):
-    """Append the FC convolutions, their activations and the spatial mean to an ONNX body.
+    """Append the FC layers, their activations and the spatial mean to an ONNX body.
 
-    The body ends in NHWC features; the head runs NCHW (one Transpose), applies each FC
-    layer as a Conv whose (h, w, c, units) kernel becomes ONNX's (units, c, h, w), takes
-    the softmax over channels at every position, and averages the score map spatially.
+    The body ends in NHWC features [N, H, W, C]. The first FC layer's (h, w) window is
+    gathered by h * w Slices concatenated on the channel axis (im2col: [N, H', W', h*w*C],
+    in the (h, w, c) order of Keras's Flatten), so every FC layer is one MatMul against
+    its Dense kernel over all images and positions at once: onnxruntime's Conv would run
+    fc6 as one matrix-vector product per image, reading the 151 MB fc6 kernel once per
+    image. Then the softmax over classes at every position and the spatial average.
     """
     from onnx import TensorProto, helper, numpy_helper
 
     graph = proto.graph
     opset = max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
-    features = graph.output[0].name
+    x = graph.output[0].name
     del graph.output[:]
-    x = "head/nchw"
-    nodes = [helper.make_node("Transpose", [features], [x], perm=[0, 3, 1, 2], name=x)]
+    nodes, weights = [], []
+
+    def constant(name, array):
+        weights.append(numpy_helper.from_array(np.asarray(array), name))
+        return name
+
     for conv, activation in head:
         kernel, *bias = conv.get_weights()
+        kh, kw, channels, units = kernel.shape
         name = conv.name
-        weights = [numpy_helper.from_array(kernel.transpose(3, 2, 0, 1).copy(), f"{name}/W")]
-        if bias:
-            weights.append(numpy_helper.from_array(bias[0], f"{name}/B"))
-        graph.initializer.extend(weights)
-        y = f"{name}/conv"
-        nodes.append(
-            helper.make_node(
-                "Conv",
-                [x, *(w.name for w in weights)],
-                [y],
-                name=y,
-                kernel_shape=list(kernel.shape[:2]),
-            )  # fmt: skip
-        )
+        if (kh, kw) != (1, 1):
+            patches = []
+            for dy in range(kh):
+                for dx in range(kw):
+                    ends = [
+                        dy - kh + 1 or np.iinfo(np.int64).max,
+                        dx - kw + 1 or np.iinfo(np.int64).max,
+                    ]
+                    y = f"{name}/patch_{dy}_{dx}"
+                    nodes.append(helper.make_node(
+                        "Slice",
+                        [x, constant(f"{y}/starts", np.array([dy, dx], np.int64)),
+                         constant(f"{y}/ends", np.array(ends, np.int64)),
+                         constant(f"{y}/axes", np.array([1, 2], np.int64))],
+                        [y], name=y,
+                    ))  # fmt: skip
+                    patches.append(y)
+            y = f"{name}/patches"
+            nodes.append(helper.make_node("Concat", patches, [y], name=y, axis=3))
+            x = y
+        y = f"{name}/matmul"
+        nodes.append(helper.make_node(
+            "MatMul", [x, constant(f"{name}/W", kernel.reshape(-1, units))], [y], name=y
+        ))  # fmt: skip
         x = y
+        if bias:
+            y = f"{name}/add"
+            nodes.append(helper.make_node("Add", [x, constant(f"{name}/B", bias[0])], [y], name=y))
+            x = y
         if HEAD_ACTIVATIONS[activation]:
             y = f"{name}/{activation}"
-            attrs = {"axis": 1} if activation == "softmax" else {}
+            attrs = {"axis": -1} if activation == "softmax" else {}
             nodes.append(helper.make_node(HEAD_ACTIVATIONS[activation], [x], [y], name=y, **attrs))
             x = y
     if opset >= 18:
-        axes = numpy_helper.from_array(np.array([2, 3], np.int64), "head/axes")
-        graph.initializer.append(axes)
-        nodes.append(helper.make_node("ReduceMean", [x, axes.name], [OUTPUT_NAME], keepdims=0))
+        axes = constant("head/axes", np.array([1, 2], np.int64))
+        nodes.append(helper.make_node("ReduceMean", [x, axes], [OUTPUT_NAME], keepdims=0))
     else:
-        nodes.append(helper.make_node("ReduceMean", [x], [OUTPUT_NAME], axes=[2, 3], keepdims=0))
+        nodes.append(helper.make_node("ReduceMean", [x], [OUTPUT_NAME], axes=[1, 2], keepdims=0))
+    graph.initializer.extend(weights)
     graph.node.extend(nodes)
     graph.output.append(
         helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["batch", classes])
@@ -184,6 +206,7 @@ def _onnx_proto(model, twin, metadata, opset, expand_lrn, work_dir):
         graph.output[0].type.tensor_type.shape.dim[0].dim_param = "batch"
     if expand_lrn:
         proto = onnx_graph.expand_lrn(proto)
+    proto = onnx_graph.fold_input_normalization(proto)
     graph = proto.graph
     graph.name = metadata.model
     proto.doc_string = (

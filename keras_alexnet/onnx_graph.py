@@ -5,12 +5,22 @@ onnxruntime's CPU `LRN` kernel is single-threaded and calls `pow` per element: o
 benchmarks/RESULTS.md). `expand_lrn` replaces every `LRN` node by the same formula in
 ops that onnxruntime vectorises and threads:
 
-    d = bias + (alpha / size) * Conv1x1(x * x, band)    # band[o, i] = 1 if |o - i| <= size // 2
+    d = bias + (alpha / size) * Conv1x1(x * x, band)    # band[o, i] = 1 if i is in o's window
     y = x / sqrt(d * sqrt(d))                             # = x * d^-0.75, when beta = 0.75
     y = x * pow(d, -beta)                                 # any other beta
 
 The windowed sum over channels becomes a 1x1 convolution with a banded 0/1 kernel
 (zero-padded at the edges, as LRN is), which onnxruntime runs through its GEMM kernels.
+AlexNet normalises within each tower; tf2onnx writes that as Transpose -> Split -> one
+Transpose + LRN per tower -> Concat, which keeps onnxruntime from running the block in
+its blocked (NCHWc) layout. A grouped band convolution (one group per tower) computes the
+same per-tower sums in one pass over all channels, so the whole pattern becomes one
+expanded LRN.
+
+`fold_input_normalization` folds the in-graph mean subtraction (and scale) into the
+first convolution when that convolution pads nothing (AlexNet's conv1): conv(s(x - m))
+= conv'(x) with W' = W s and b' = b - sum W' m, exactly, since no padded zero meets the
+subtracted mean.
 """
 
 import numpy as np
@@ -35,57 +45,250 @@ def _channels(model):
     return channels
 
 
+def _copy(model):
+    """A deep copy of an ONNX ModelProto."""
+    return onnx.ModelProto.FromString(model.SerializeToString())
+
+
+class _Graph:
+    """Producer/consumer maps and initializers of an ONNX graph, for pattern matching."""
+
+    def __init__(self, graph):
+        self.graph = graph
+        self.producer = {out: node for node in graph.node for out in node.output}
+        self.consumers = {}
+        for node in graph.node:
+            for name in node.input:
+                self.consumers.setdefault(name, []).append(node)
+        for value in graph.output:
+            self.consumers.setdefault(value.name, []).append(None)
+        self.initializers = {t.name: t for t in graph.initializer}
+
+    def only_consumer(self, name):
+        """The single node reading tensor `name`, or None when there are several or none."""
+        users = self.consumers.get(name, [])
+        return users[0] if len(users) == 1 else None
+
+    def constant(self, name):
+        """The NumPy value of initializer `name`, or None when it is not one."""
+        tensor = self.initializers.get(name)
+        return None if tensor is None else numpy_helper.to_array(tensor)
+
+
+def _lrn_nodes(prefix, x, y, channels, attrs, groups=1):
+    """Nodes and initializers computing ONNX LRN (`attrs`) of NCHW `x` into `y`, per group."""
+    size = int(attrs["size"])
+    alpha = float(attrs.get("alpha", 1e-4))
+    beta = float(attrs.get("beta", 0.75))
+    bias = float(attrs.get("bias", 1.0))
+    width = channels // groups  # channels per group: the band is the same in every group
+    offset = np.arange(width)[None, :] - np.arange(width)[:, None]  # input i - output o
+    in_window = (offset >= -((size - 1) // 2)) & (offset <= size // 2)
+    band = np.tile(in_window.astype(np.float32) * np.float32(alpha / size), (groups, 1))
+    initializers = [
+        numpy_helper.from_array(band[:, :, None, None], f"{prefix}/band"),
+        numpy_helper.from_array(np.full(channels, bias, np.float32), f"{prefix}/bias"),
+    ]
+    nodes = [
+        helper.make_node("Mul", [x, x], [f"{prefix}/square"]),
+        helper.make_node(
+            "Conv",
+            [f"{prefix}/square", f"{prefix}/band", f"{prefix}/bias"],
+            [f"{prefix}/d"],
+            kernel_shape=[1, 1],
+            group=groups,
+        ),
+    ]
+    if beta == 0.75:
+        nodes += [
+            helper.make_node("Sqrt", [f"{prefix}/d"], [f"{prefix}/sqrt_d"]),
+            helper.make_node("Mul", [f"{prefix}/d", f"{prefix}/sqrt_d"], [f"{prefix}/d15"]),
+            helper.make_node("Sqrt", [f"{prefix}/d15"], [f"{prefix}/d075"]),
+            helper.make_node("Div", [x, f"{prefix}/d075"], [y]),
+        ]
+    else:
+        initializers.append(
+            numpy_helper.from_array(np.array(-beta, np.float32), f"{prefix}/neg_beta")
+        )
+        nodes += [
+            helper.make_node("Pow", [f"{prefix}/d", f"{prefix}/neg_beta"], [f"{prefix}/f"]),
+            helper.make_node("Mul", [x, f"{prefix}/f"], [y]),
+        ]
+    return nodes, initializers
+
+
+def _is_transpose(node, perm):
+    """Whether `node` is a Transpose with permutation `perm`."""
+    return (
+        node is not None and node.op_type == "Transpose" and _attributes(node).get("perm") == perm
+    )
+
+
+def _tower_lrn(g, concat):
+    """Match Transpose -> Split(channels) -> Transpose + LRN per tower -> Concat(axis 1).
+
+    Returns (NCHW input, LRN attributes, towers, nodes to remove), or None.
+    """
+    if concat.op_type != "Concat" or _attributes(concat).get("axis") not in (1, -3):
+        return None
+    lrns = [g.producer.get(name) for name in concat.input]
+    if len(lrns) < 2 or any(n is None or n.op_type != "LRN" for n in lrns):
+        return None
+    attrs = _attributes(lrns[0])
+    if any(_attributes(n) != attrs for n in lrns) or any(
+        g.only_consumer(n.output[0]) is not concat for n in lrns
+    ):
+        return None
+    to_nchw = [g.producer.get(n.input[0]) for n in lrns]
+    if not all(_is_transpose(t, [0, 3, 1, 2]) and g.only_consumer(t.output[0]) for t in to_nchw):
+        return None
+    split = g.producer.get(to_nchw[0].input[0])
+    if (
+        split is None
+        or split.op_type != "Split"
+        or _attributes(split).get("axis") not in (3, -1)
+        or list(split.output) != [t.input[0] for t in to_nchw]
+        or any(g.only_consumer(name) is None for name in split.output)
+    ):
+        return None
+    sizes = _attributes(split).get("split")
+    if sizes is None and len(split.input) > 1:
+        sizes = g.constant(split.input[1])
+        if sizes is None:
+            return None
+    if sizes is not None and len(set(np.asarray(sizes).tolist())) != 1:
+        return None  # unequal towers
+    to_nhwc = g.producer.get(split.input[0])
+    if not _is_transpose(to_nhwc, [0, 2, 3, 1]):
+        return None
+    remove = [concat, *lrns, *to_nchw, split]
+    if g.only_consumer(to_nhwc.output[0]) is split:
+        remove.append(to_nhwc)
+    return to_nhwc.input[0], attrs, len(lrns), remove
+
+
 def expand_lrn(model):
-    """Return a copy of `model` with every `LRN` node written as Conv + elementwise ops."""
-    model = onnx.ModelProto.FromString(model.SerializeToString())
+    """Return a copy of `model` with every LRN (per tower too) as a Conv and elementwise ops."""
+    model = _copy(model)
     graph = model.graph
     channels = _channels(model)
-    nodes, initializers = [], []
+    g = _Graph(graph)
+    replaced, new_nodes, initializers = set(), {}, []
     for node in graph.node:
-        if node.op_type != "LRN":
-            nodes.append(node)
+        match = _tower_lrn(g, node)
+        if match is None:
             continue
-        attrs = _attributes(node)
-        size = int(attrs["size"])
-        alpha = float(attrs.get("alpha", 1e-4))
-        beta = float(attrs.get("beta", 0.75))
-        bias = float(attrs.get("bias", 1.0))
-        x, y = node.input[0], node.output[0]
-        if x not in channels:
-            raise ValueError(f"LRN node {node.name!r}: channel count of {x!r} is unknown")
-        c = channels[x]
-        prefix = (node.name or y) + "/expanded"
-        offsets = np.abs(np.arange(c)[:, None] - np.arange(c)[None, :])
-        band = (offsets <= size // 2).astype(np.float32) * np.float32(alpha / size)
-        initializers += [
-            numpy_helper.from_array(band[:, :, None, None], f"{prefix}/band"),
-            numpy_helper.from_array(np.full(c, bias, np.float32), f"{prefix}/bias"),
-        ]
-        nodes += [
-            helper.make_node("Mul", [x, x], [f"{prefix}/square"]),
-            helper.make_node(
-                "Conv",
-                [f"{prefix}/square", f"{prefix}/band", f"{prefix}/bias"],
-                [f"{prefix}/d"],
-                kernel_shape=[1, 1],
-            ),
-        ]
-        if beta == 0.75:
-            nodes += [
-                helper.make_node("Sqrt", [f"{prefix}/d"], [f"{prefix}/sqrt_d"]),
-                helper.make_node("Mul", [f"{prefix}/d", f"{prefix}/sqrt_d"], [f"{prefix}/d15"]),
-                helper.make_node("Sqrt", [f"{prefix}/d15"], [f"{prefix}/d075"]),
-                helper.make_node("Div", [x, f"{prefix}/d075"], [y]),
-            ]
+        x, attrs, towers, remove = match
+        if x not in channels or channels[x] % towers:
+            continue
+        prefix = (node.name or node.output[0]) + "/expanded"
+        nodes, inits = _lrn_nodes(prefix, x, node.output[0], channels[x], attrs, towers)
+        replaced.update(id(n) for n in remove)
+        new_nodes[id(node)] = nodes
+        initializers += inits
+    nodes = []
+    for node in graph.node:
+        if id(node) in new_nodes:
+            nodes += new_nodes[id(node)]
+        elif id(node) in replaced:
+            continue
+        elif node.op_type == "LRN":
+            x, y = node.input[0], node.output[0]
+            if x not in channels:
+                raise ValueError(f"LRN node {node.name!r}: channel count of {x!r} is unknown")
+            prefix = (node.name or y) + "/expanded"
+            expanded, inits = _lrn_nodes(prefix, x, y, channels[x], _attributes(node))
+            nodes += expanded
+            initializers += inits
         else:
-            initializers.append(
-                numpy_helper.from_array(np.array(-beta, np.float32), f"{prefix}/neg_beta")
-            )
-            nodes += [
-                helper.make_node("Pow", [f"{prefix}/d", f"{prefix}/neg_beta"], [f"{prefix}/f"]),
-                helper.make_node("Mul", [x, f"{prefix}/f"], [y]),
-            ]
-    del graph.node[:]
-    graph.node.extend(nodes)
+            nodes.append(node)
     graph.initializer.extend(initializers)
+    del graph.node[:]
+    graph.node.extend(_topological(nodes, graph))
+    return model
+
+
+def _topological(nodes, graph):
+    """`nodes` in an order where every node follows the producers of its inputs."""
+    available = {v.name for v in graph.input} | {t.name for t in graph.initializer}
+    available.add("")
+    pending, ordered = list(nodes), []
+    while pending:
+        ready = [n for n in pending if all(i in available for i in n.input)]
+        if not ready:
+            names = sorted({i for n in pending for i in n.input} - available)[:3]
+            raise ValueError(f"the rewritten graph has unproduced inputs: {names}")
+        for node in ready:
+            ordered.append(node)
+            available.update(node.output)
+        ready_ids = {id(n) for n in ready}
+        pending = [n for n in pending if id(n) not in ready_ids]
+    return ordered
+
+
+def fold_input_normalization(model):
+    """Return a copy of `model` with input Sub(mean) [-> Mul(scale)] folded into an unpadded conv.
+
+    Matches graph input -> Sub(constant per-channel mean, NHWC) -> optional Mul(constant
+    per-channel scale) -> Transpose(NHWC to NCHW) -> Conv with no padding; anything else
+    (e.g. VGG's padded conv1_1, where padded zeros would meet the mean) is left as it is.
+    """
+    model = _copy(model)
+    graph = model.graph
+    g = _Graph(graph)
+    for value in graph.input:
+        sub = g.only_consumer(value.name)
+        if sub is None or sub.op_type != "Sub" or sub.input[0] != value.name:
+            continue
+        mean = g.constant(sub.input[1])
+        node, scale = g.only_consumer(sub.output[0]), None
+        if node is not None and node.op_type == "Mul":
+            scale = g.constant(node.input[1])
+            if scale is None:
+                continue
+            remove = [sub, node]
+            node = g.only_consumer(node.output[0])
+        else:
+            remove = [sub]
+        transpose = node
+        conv = (
+            g.only_consumer(transpose.output[0]) if _is_transpose(transpose, [0, 3, 1, 2]) else None
+        )
+        if mean is None or conv is None or conv.op_type != "Conv":
+            continue
+        attrs = _attributes(conv)
+        if attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", b"VALID") or any(
+            attrs.get("pads", [])
+        ):
+            continue
+        kernel = g.constant(conv.input[1])
+        if kernel is None or (len(conv.input) > 2 and g.constant(conv.input[2]) is None):
+            continue
+        cin = kernel.shape[1] * attrs.get("group", 1)
+        try:
+            mean = np.broadcast_to(mean, (cin,)).astype(np.float64)
+            scale = (
+                np.ones(cin) if scale is None else np.broadcast_to(scale, (cin,)).astype(np.float64)
+            )
+        except ValueError:
+            continue
+        if attrs.get("group", 1) != 1:
+            continue
+        folded = kernel.astype(np.float64) * scale[None, :, None, None]
+        bias = g.constant(conv.input[2]).astype(np.float64) if len(conv.input) > 2 else 0.0
+        bias = bias - np.einsum("oihw,i->o", folded, mean)
+        name = conv.name or conv.output[0]
+        graph.initializer.extend([
+            numpy_helper.from_array(folded.astype(np.float32), f"{name}/folded_W"),
+            numpy_helper.from_array(bias.astype(np.float32), f"{name}/folded_B"),
+        ])  # fmt: skip
+        conv.input[:] = [conv.input[0], f"{name}/folded_W", f"{name}/folded_B"]
+        transpose.input[0] = value.name
+        kept = [n for n in graph.node if all(n is not r for r in remove)]
+        del graph.node[:]
+        graph.node.extend(kept)
+    used = {name for node in graph.node for name in node.input}
+    kept = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
     return model

@@ -153,16 +153,19 @@ def test_evaluate_cli_on_an_onnx_file_alone_uses_its_metadata(exported, tmp_path
     assert "top-1 accuracy" in proc.stdout
 
 
-def test_vgg_export_appends_the_fc_convolutions_and_matches_keras(tmp_path):
+def test_vgg_export_appends_the_fc_layers_as_matmuls_and_matches_keras(tmp_path):
     run, model = make_run(tmp_path / "vgg", name="vgg_a_lrn", size=64, resize=72, steps=0)
     path = tmp_path / "vgg.onnx"
     result = export.export_onnx(run, path, log=lambda *_: None)
     assert result["max_relative_error"] <= 1e-5
     graph = onnx.load(str(path)).graph
     kernels = {i.name: tuple(i.dims) for i in graph.initializer}
-    # fc1 sees block5_pool's 2x2 map of a 64px input: a 2x2 conv; fc2 and predictions 1x1.
-    assert kernels["fc1/W"][2:] == (2, 2)
-    assert kernels["fc2/W"][2:] == kernels["predictions/W"][2:] == (1, 1)
+    # fc1 sees block5_pool's 2x2 map of a 64px input: 4 window slices concatenated, then
+    # every FC layer is one MatMul against its Dense kernel.
+    for name in ("fc1", "fc2", "predictions"):
+        assert kernels[f"{name}/W"] == tuple(model.get_layer(name).kernel.shape)
+    ops = [n.op_type for n in graph.node]
+    assert ops.count("Slice") == 4 and ops.count("MatMul") == 3
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     x = np.random.default_rng(5).uniform(0, 255, (3, 64, 64, 3)).astype("float32")
     expected = model.predict_on_batch(x)
