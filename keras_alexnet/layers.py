@@ -20,15 +20,25 @@ def _conv_padding(padding):
     return padding.upper()
 
 
+def onednn_enabled():
+    """Whether TensorFlow runs its CPU kernels through oneDNN in this process."""
+    try:
+        from tensorflow.python.util import _pywrap_util_port
+    except ImportError:  # a TensorFlow without the (private) query: assume Eigen
+        return False
+    return bool(_pywrap_util_port.IsMklEnabled())
+
+
 def grouped_conv2d(inputs, kernel, strides, padding):
     """`tf.nn.conv2d` with a grouped kernel, differentiable on CPU.
 
-    The forward pass is one grouped `Conv2D` op (one ONNX `Conv` with `group=G`). TF's CPU
-    `Conv2DBackpropFilter` rejects grouped kernels ("filter_size does not have enough
-    elements", tensorflow/tensorflow#50397), so the gradient is computed tower by tower.
+    The forward pass is one grouped `Conv2D` op (one ONNX `Conv` with `group=G`). oneDNN's
+    CPU kernels differentiate it natively; TF's Eigen `Conv2DBackpropFilter` rejects
+    grouped kernels ("filter_size does not have enough elements",
+    tensorflow/tensorflow#50397), so without oneDNN the gradient is computed tower by tower.
     """
     groups = inputs.shape[-1] // kernel.shape[2]
-    if groups == 1:
+    if groups == 1 or onednn_enabled():
         return tf.nn.conv2d(inputs, kernel, strides=strides, padding=padding)
 
     @tf.custom_gradient
@@ -135,11 +145,14 @@ class GroupedConv2D(keras.layers.Layer):
             inputs, kernel, strides=(1, *self.strides, 1), padding=self._tf_padding
         )
         if self.bias is not None:
-            # A plain add, not tf.nn.bias_add: grappler's remapper fuses Conv2D+BiasAdd(+Relu)
-            # into _FusedConv2D, whose CPU kernel rejects grouped convolutions ("Fused conv
-            # implementation does not support grouped convolutions"). onnxruntime folds the
-            # add back into the Conv's bias.
-            outputs = outputs + tf.cast(self.bias, inputs.dtype)
+            bias = tf.cast(self.bias, inputs.dtype)
+            if onednn_enabled():  # fused into oneDNN's grouped conv and its filter gradient
+                outputs = tf.nn.bias_add(outputs, bias)
+            else:
+                # A plain add: grappler fuses Conv2D+BiasAdd(+Relu) into _FusedConv2D, whose
+                # Eigen CPU kernel rejects grouped convolutions ("Fused conv implementation
+                # does not support grouped convolutions"). onnxruntime folds the add back.
+                outputs = outputs + bias
         return self.activation(outputs)
 
     def compute_output_shape(self, input_shape):
