@@ -1,3 +1,8 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import keras
 import numpy as np
 import pytest
@@ -169,3 +174,33 @@ def test_grouped_conv_gradients_equal_those_of_the_split_convolutions():
         grads.append(tape.gradient(loss, [x, kernel]))
     for ours, reference in zip(*grads, strict=True):
         np.testing.assert_allclose(ours, reference, rtol=1e-4, atol=1e-4)
+
+
+def test_onednn_follows_the_environment_variable():
+    from keras_alexnet.layers import onednn_enabled
+
+    # keras_alexnet sets TF_ENABLE_ONEDNN_OPTS=1 unless the user set it.
+    assert onednn_enabled() == (os.environ["TF_ENABLE_ONEDNN_OPTS"] == "1")
+
+
+@pytest.mark.skipif(
+    os.environ.get("TF_ENABLE_ONEDNN_OPTS") == "0", reason="this run already uses Eigen"
+)
+def test_grouped_conv_gradient_and_training_without_onednn():
+    # Without oneDNN the grouped conv takes the per-tower custom gradient and a plain bias
+    # add (Eigen's kernels reject grouped filters): run those tests again in that mode.
+    tests = [
+        f"{__file__}::{name}"
+        for name in (
+            "test_grouped_conv_gradients_equal_those_of_the_split_convolutions",
+            "test_grouped_conv_with_relu_trains_inside_a_compiled_step",
+            "test_onednn_follows_the_environment_variable",
+        )
+    ]
+    env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": "0"}
+    out = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests],
+        capture_output=True, text=True, env=env, cwd=Path(__file__).parents[1],
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout[-3000:]
+    assert "3 passed" in out.stdout
