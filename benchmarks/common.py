@@ -11,6 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
+# keras_alexnet's TensorFlow settings (oneDNN on) take effect only if it is imported before
+# TensorFlow: every benchmark imports this module first.
+import keras_alexnet  # noqa: E402, F401
+
 RESULTS = Path(__file__).with_name("RESULTS.md")
 
 

@@ -350,7 +350,8 @@ def quantize_int8(
     Follows onnxruntime's recipe: `quant_pre_process` (shape inference + graph
     optimisation), then `quantize_static` (signed int8 weights per channel; int8
     activations for QDQ, uint8 for QOperator; MinMax calibration; the expanded LRN stays
-    fp32) calibrated on centre crops of `calibration_images` training images of `data`
+    fp32; QOperator max pools on uint8 in NHWC, `onnx_graph.nhwc_int8_maxpool`) calibrated
+    on centre crops of `calibration_images` training images of `data`
     (None: the bundled demo set).
     The agreement is the fraction of held-out images (the validation split, or training
     images after the calibration ones when there is none) whose top-1 class is the same
@@ -365,6 +366,7 @@ def quantize_int8(
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    from keras_alexnet import onnx_graph
     from keras_alexnet.data import load_source
     from keras_alexnet.runtime import onnx_metadata
 
@@ -406,6 +408,8 @@ def quantize_int8(
             calibrate_method=CalibrationMethod.MinMax,
         )
         proto = onnx.load(str(tmp))
+        if quant_format == "qoperator":
+            proto = onnx_graph.nhwc_int8_maxpool(proto)
         props = {p.key: p.value for p in onnx.load(str(fp32_path), load_external_data=False)
                  .metadata_props}  # fmt: skip
         props["keras_alexnet.quantization"] = f'"int8 {quant_format}"'

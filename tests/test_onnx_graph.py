@@ -135,3 +135,60 @@ def test_input_normalization_is_kept_before_a_padded_conv():
     model = normalized_conv_model(pads=1)
     folded = fold_input_normalization(model)
     assert [n.op_type for n in folded.graph.node] == ["Sub", "Mul", "Transpose", "Conv"]
+
+
+def pooled_int8_model():
+    """x -> MaxPool -> QuantizeLinear -> QLinearConv 1x1 -> MaxPool (uint8) -> Dequantize."""
+    rng = np.random.default_rng(4)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 8, 9, 9])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 8, 1, 1])
+    u8, i8 = np.uint8, np.int8
+    inits = [
+        numpy_helper.from_array(np.array(0.05, np.float32), "s"),
+        numpy_helper.from_array(np.array(128, u8), "z"),
+        numpy_helper.from_array(rng.integers(-60, 60, (8, 8, 1, 1)).astype(i8), "w"),
+        numpy_helper.from_array(np.array(0.01, np.float32), "ws"),
+        numpy_helper.from_array(np.array(0, i8), "wz"),
+        numpy_helper.from_array(np.array(0.2, np.float32), "ys"),
+        numpy_helper.from_array(np.array(100, u8), "yz"),
+    ]
+    pool = {"kernel_shape": [3, 3], "strides": [2, 2]}
+    nodes = [
+        helper.make_node("MaxPool", ["x"], ["p1"], **pool),
+        helper.make_node("QuantizeLinear", ["p1", "s", "z"], ["q1"]),
+        helper.make_node("QLinearConv", ["q1", "s", "z", "w", "ws", "wz", "ys", "yz"], ["c"]),
+        helper.make_node("MaxPool", ["c"], ["p2"], **pool),
+        helper.make_node("DequantizeLinear", ["p2", "ys", "yz"], ["y"]),
+    ]
+    graph = helper.make_graph(nodes, "int8", [x], [y], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+def test_int8_max_pools_run_nhwc_on_8_bit_data_with_identical_results():
+    from keras_alexnet.onnx_graph import nhwc_int8_maxpool
+
+    model = pooled_int8_model()
+    rewritten = nhwc_int8_maxpool(model)
+    onnx.checker.check_model(rewritten)
+    ops = [n.op_type for n in rewritten.graph.node]
+    assert "MaxPool" not in ops and ops.count("NhwcMaxPool") == 2
+    # The float pool is now fed by the quantisation it used to feed.
+    first = ops.index("NhwcMaxPool")
+    assert ops.index("QuantizeLinear") < first
+    x = np.random.default_rng(5).normal(0, 3, (2, 8, 9, 9)).astype("float32")
+    # Independent: quantise, pool, convolve and pool again in NumPy.
+    q = np.clip(np.round(x / 0.05) + 128, 0, 255)
+
+    def pool(a):
+        return np.stack([
+            np.stack([a[:, :, 2 * i : 2 * i + 3, 2 * j : 2 * j + 3].max(axis=(2, 3))
+                      for j in range((a.shape[3] - 3) // 2 + 1)], axis=-1)
+            for i in range((a.shape[2] - 3) // 2 + 1)
+        ], axis=-2)  # fmt: skip
+
+    w = numpy_helper.to_array(model.graph.initializer[2])[:, :, 0, 0].astype(np.float64)
+    acc = np.einsum("nchw,oc->nohw", pool(q) - 128, w) * 0.05 * 0.01
+    conv = np.clip(np.round(acc / 0.2) + 100, 0, 255)
+    expected = (pool(conv) - 100) * 0.2
+    np.testing.assert_array_equal(run(model, x), run(rewritten, x))
+    np.testing.assert_allclose(run(rewritten, x), expected, atol=0.2 + 1e-6)
