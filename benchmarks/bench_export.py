@@ -30,7 +30,10 @@ def get_args_parser():
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--models", default="alexnet,vgg_d", help="(default: %(default)s)")
     p.add_argument(
-        "--epochs", type=int, default=2, help="AlexNet demo epochs (default: %(default)s)"
+        "--epochs",
+        type=int,
+        default=4,
+        help="AlexNet demo epochs; 4 is the README demo command (default: %(default)s)",
     )
     p.add_argument("--calibration-images", type=int, default=64, help="(default: %(default)s)")
     p.add_argument("--agreement-images", type=int, default=364, help="(default: %(default)s)")

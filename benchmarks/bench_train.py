@@ -120,6 +120,12 @@ def get_args_parser():
         "--strategy mirrored) and record its wall time and accuracy (default: off)",
     )
     p.add_argument(
+        "--demo-output",
+        default=None,
+        help="with --demo, keep the trained run in this new directory, e.g. to measure the "
+        "int8 export's agreement on it (default: a temporary directory)",
+    )
+    p.add_argument(
         "--worker", nargs=3, metavar=("RUNTIME", "STRATEGY", "BATCH"), help=argparse.SUPPRESS
     )
     return p
@@ -137,15 +143,22 @@ def run_config(runtime, strategy, batch, steps):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def run_demo(write=True):
-    """Run the demo training command in a fresh run directory; report wall time and history."""
+def run_demo(write=True, output=None):
+    """Run the demo training command in a fresh run directory; report wall time and history.
+
+    The run directory is temporary unless `output` (which must not exist yet) is given.
+    """
+    import contextlib
     import csv
     import tempfile
 
     root = Path(__file__).resolve().parents[1]
     argv = ["scripts/train.py", "--model", "alexnet", "--strategy", "mirrored"]
     load_before = os.getloadavg()[0]
-    with tempfile.TemporaryDirectory() as tmp:
+    if output and Path(output).exists():
+        raise SystemExit(f"--demo-output {output} already exists: give a new directory")
+    keep = contextlib.nullcontext(str(output)) if output else tempfile.TemporaryDirectory()
+    with keep as tmp:
         start = time.perf_counter()
         out = subprocess.run(
             [sys.executable, *argv, "--output", tmp], cwd=root, capture_output=True, text=True
@@ -181,7 +194,7 @@ def run_demo(write=True):
 def main(args):
     """Run every configuration, print the table, and record it in RESULTS.md."""
     if args.demo:
-        run_demo(not args.no_write)
+        run_demo(not args.no_write, args.demo_output)
         return
     if args.worker:
         runtime, strategy, batch = args.worker
