@@ -147,12 +147,15 @@ def main(args):
             f"Machine: {MACHINE}. Date: {datetime.date.today().isoformat()}. "
             f"Command: `python benchmarks/bench_export.py {' '.join(sys.argv[1:])}`.",
             "",
-            "Full-size models (AlexNet 227x227, VGG D 224x224, 10 demo classes). Export time "
+            "AlexNet as the README's demo trains it (the paper's layers on 67x67 crops, so fc6 "
+            "sees a 1x1x256 map; full-size AlexNet speed is in *Inference*) and a full-size VGG "
+            "D (224x224), 10 demo classes. Export time "
             "includes loading the .keras file, conversion, `check_model(full_check=True)` and "
             "the onnxruntime-vs-Keras verification; the error is max |onnx - keras| / "
             "max |keras| over 4 random crops and one larger (dense) image. int8: "
             "`quant_pre_process` + `quantize_static` (per-channel int8 weights; int8 "
-            "activations for QDQ, uint8 for QOperator; MinMax; LRN kept fp32), calibrated on "
+            "activations for QDQ, uint8 for QOperator; MinMax; LRN kept fp32; QOperator max "
+            "pools on uint8 NHWC), calibrated on "
             f"{args.calibration_images} centre crops of "
             "training digits. img/s: onnxruntime CPU, one batch of 8 centre crops, best of 3.",
             "",
