@@ -168,7 +168,8 @@ def main(args):
         + "\n".join(f"- {n}" for n in notes)
         + "\n- The weights are random (AlexNet: paper init; VGG D: Glorot): the 1000 scores "
         "are nearly tied, so the int8 agreement above measures quantisation noise, not "
-        "accuracy; on a trained AlexNet it is in *Export*."
+        "accuracy (an untrained net's top-1 hangs on tiny score differences); on a trained "
+        "AlexNet it is in *Export*."
     )
     if plot(points, PLOT):
         body += f"\n\n![throughput against batch size]({PLOT.name})"
