@@ -101,6 +101,12 @@ def test_int8_export_reports_top1_agreement_measured_independently(exported, tmp
     )
     model = onnx.load(str(int8))
     assert any(n.op_type == "QuantizeLinear" for n in model.graph.node)
+    # conv1 reads the pixels and feeds the fp32 LRN: it stays fp32, the other convs are int8.
+    convs = [n for n in model.graph.node if n.op_type in ("Conv", "QLinearConv")]
+    lrn = [n.op_type for n in convs if "/expanded/" in n.output[0]]
+    assert lrn == ["Conv", "Conv"]  # the two LRN band convolutions, fp32
+    layers = [n.op_type for n in convs if "/expanded/" not in n.output[0]]
+    assert layers == ["Conv"] + ["QLinearConv"] * 4
     assert load_metadata(int8) == load_metadata(exported["onnx"])
     assert result["bytes"] < exported["onnx"].stat().st_size
     assert result["agreement_images"] == 48
