@@ -11,11 +11,12 @@ the SavedModel's `assets/metadata.json`.
 """
 
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 
-from keras_alexnet import fileio
+from keras_alexnet import _quiet, fileio
 from keras_alexnet.metadata import FILENAME as METADATA_FILENAME
 from keras_alexnet.runtime import (
     OUTPUT_NAME,
@@ -30,6 +31,7 @@ INPUT_NAME = "images"
 UINT8_SIGNATURE = "serving_uint8"
 MAX_RELATIVE_ERROR = 1e-5
 QUANT_FORMATS = ("qdq", "qoperator")
+GRAPPLER_INFO = ("] Number of eligible GPUs", "] Starting new session")
 
 
 class ExportError(RuntimeError):
@@ -187,9 +189,13 @@ def _onnx_proto(model, twin, metadata, opset, expand_lrn, work_dir):
     raw = Path(work_dir) / "raw.onnx"
     body, head = _head(model, twin)
     signature = [tf.TensorSpec([None, None, None, 3], tf.float32, name=INPUT_NAME)]
-    body.export(
-        str(raw), format="onnx", input_signature=signature, opset_version=opset, verbose=False
-    )
+    # tf2onnx runs grappler, which logs two INFO lines per call straight to fd 2, and
+    # Keras's tf2onnx shim warns about np.object on import: noise in front of our report.
+    with _quiet.filtered_stderr(GRAPPLER_INFO), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "In the future `np.object`", FutureWarning)
+        body.export(
+            str(raw), format="onnx", input_signature=signature, opset_version=opset, verbose=False
+        )
     proto = onnx.load(str(raw))
     graph = proto.graph
     if len(graph.input) != 1 or len(graph.output) != 1:

@@ -35,7 +35,7 @@ def make_run(path, *, name="alexnet", size=SIZE, resize=RESIZE, steps=30, protoc
     if steps:
         model.compile(keras.optimizers.SGD(0.01, momentum=0.9), "sparse_categorical_crossentropy")
         ds = train_dataset(source, image_size=size, resize=resize, batch_size=32, seed=0)
-        model.fit(ds.take(steps), epochs=1, verbose=0)
+        model.fit(ds.take(steps), epochs=1, verbose=0, shuffle=False)
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     model.save(path / "best.keras")

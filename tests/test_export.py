@@ -176,3 +176,25 @@ def test_vgg_export_appends_the_fc_layers_as_matmuls_and_matches_keras(tmp_path)
     x = np.random.default_rng(5).uniform(0, 255, (3, 64, 64, 3)).astype("float32")
     expected = model.predict_on_batch(x)
     np.testing.assert_allclose(session.run(None, {"images": x})[0], expected, rtol=1e-5, atol=1e-7)
+
+
+def test_export_cli_reports_on_stdout_and_keeps_stderr_free_of_tensorflow_noise(exported, tmp_path):
+    target = tmp_path / "cli.onnx"
+    script = str(ROOT / "scripts" / "export_onnx.py")
+    proc = subprocess.run(
+        [sys.executable, script, "--model", str(exported["run"]), "--output", str(target)],
+        capture_output=True, text=True, cwd=ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    # tf2onnx's grappler INFO lines and Keras's np.object FutureWarning are filtered out.
+    assert proc.stderr == ""
+    assert "max relative error" in proc.stdout and target.exists()
+    missing = subprocess.run(
+        [sys.executable, script, "--model", str(tmp_path / "nope")],
+        capture_output=True, text=True, cwd=ROOT,
+    )  # fmt: skip
+    assert missing.returncode != 0 and "Traceback" not in missing.stderr
+    assert missing.stderr.strip().splitlines() == [
+        f"export_onnx: error: {tmp_path / 'nope'} does not exist: pass a .keras file, a "
+        "training run directory, a SavedModel directory or an .onnx file"
+    ]
