@@ -65,8 +65,8 @@ def get_args_parser():
         "--quant-format",
         choices=QUANT_FORMATS,
         default="qoperator",
-        help="onnxruntime quantisation format; qoperator ran 1.2-2x faster than qdq with the same "
-        "top-1 on CPU (benchmarks/RESULTS.md) (default: %(default)s)",
+        help="onnxruntime quantisation format; qoperator ran 1.1-1.8x faster than qdq with the "
+        "same top-1 on CPU (benchmarks/RESULTS.md) (default: %(default)s)",
     )
     return p
 
