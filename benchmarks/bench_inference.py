@@ -146,7 +146,7 @@ def main(args):
                     ratio = f"{img_s / base:.2f}x" if base else "n/a"
                     points.append((name, runtime, batch, img_s))
                     rows.append((name, batch, runtime, img_s, ratio, flops * img_s / 1e9))
-                    print(rows[-1], flush=True)
+                    print(f"{name} batch {batch} {runtime}: {img_s:.1f} img/s, {ratio}", flush=True)
     peak = max(peak, common.matmul_peak_gflops())
     rows = [
         f"| {name} | {batch} | {runtime} | {img_s:.1f} | {ratio} | "
