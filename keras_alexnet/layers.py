@@ -30,15 +30,16 @@ def onednn_enabled():
 
 
 def grouped_conv2d(inputs, kernel, strides, padding):
-    """`tf.nn.conv2d` with a grouped kernel, differentiable on CPU.
+    """`tf.nn.conv2d` with a grouped kernel, differentiable on CPU in every precision.
 
     The forward pass is one grouped `Conv2D` op (one ONNX `Conv` with `group=G`). oneDNN's
-    CPU kernels differentiate it natively; TF's Eigen `Conv2DBackpropFilter` rejects
-    grouped kernels ("filter_size does not have enough elements",
-    tensorflow/tensorflow#50397), so without oneDNN the gradient is computed tower by tower.
+    CPU kernels differentiate it natively in float32 only; TF's Eigen
+    `Conv2DBackpropFilter` rejects grouped kernels ("filter_size does not have enough
+    elements", tensorflow/tensorflow#50397), and so does oneDNN's in float16 and bfloat16
+    (mixed precision). There the gradient is computed tower by tower.
     """
     groups = inputs.shape[-1] // kernel.shape[2]
-    if groups == 1 or onednn_enabled():
+    if groups == 1 or (onednn_enabled() and inputs.dtype == tf.float32):
         return tf.nn.conv2d(inputs, kernel, strides=strides, padding=padding)
 
     @tf.custom_gradient

@@ -15,7 +15,9 @@ import argparse
 import sys
 
 from keras_alexnet.models import ALIASES, MODEL_NAMES
-from keras_alexnet.train import SCHEDULES, STRATEGIES, TrainConfig
+from keras_alexnet.train import PRECISIONS, SCHEDULES, STRATEGIES, TrainConfig
+
+DEFAULTS = TrainConfig()  # the flags' defaults are the config's, typed once
 
 
 def _resize(text):
@@ -35,7 +37,7 @@ def get_args_parser():
     )
     p.add_argument(
         "--model",
-        default="alexnet",
+        default=DEFAULTS.model,
         choices=[*MODEL_NAMES, *ALIASES],
         help="which published model to train (default: %(default)s)",
     )
@@ -53,7 +55,7 @@ def get_args_parser():
     )
     p.add_argument(
         "--strategy",
-        default="default",
+        default=DEFAULTS.strategy,
         choices=STRATEGIES,
         help="tf.distribute strategy; mirrored uses all GPUs, or --cpu-replicas "
         "logical CPU devices; multi_worker reads TF_CONFIG (default: %(default)s)",
@@ -61,7 +63,7 @@ def get_args_parser():
     p.add_argument(
         "--cpu-replicas",
         type=int,
-        default=2,
+        default=DEFAULTS.cpu_replicas,
         help="replicas of a mirrored run on a CPU-only machine (default: %(default)s)",
     )
     p.add_argument(
@@ -79,25 +81,25 @@ def get_args_parser():
     p.add_argument(
         "--lr",
         type=float,
-        default=0.01,
+        default=DEFAULTS.lr,
         help="initial learning rate, both papers (default: %(default)s)",
     )
     p.add_argument(
         "--momentum",
         type=float,
-        default=0.9,
+        default=DEFAULTS.momentum,
         help="SGD momentum, both papers (default: %(default)s)",
     )
     p.add_argument(
         "--weight-decay",
         type=float,
-        default=5e-4,
+        default=DEFAULTS.weight_decay,
         help="L2 weight decay coupled into the gradient as in the AlexNet paper's "
         "update rule (default: %(default)s)",
     )
     p.add_argument(
         "--lr-schedule",
-        default="plateau",
+        default=DEFAULTS.lr_schedule,
         choices=SCHEDULES,
         help="plateau: /10 when val top-1 stops improving (the papers); step: /10 "
         "every --step-epochs; cosine (default: %(default)s)",
@@ -105,26 +107,37 @@ def get_args_parser():
     p.add_argument(
         "--plateau-patience",
         type=int,
-        default=1,
+        default=DEFAULTS.plateau_patience,
         help="epochs without improvement before a plateau drop (default: %(default)s)",
     )
     p.add_argument(
         "--max-lr-drops",
         type=int,
-        default=3,
+        default=DEFAULTS.max_lr_drops,
         help="at most this many /10 drops, three in both papers (default: %(default)s)",
     )
     p.add_argument(
         "--step-epochs",
         type=int,
-        default=30,
+        default=DEFAULTS.step_epochs,
         help="epochs between drops of the step schedule (default: %(default)s)",
     )
     p.add_argument(
         "--init",
         default=None,
         choices=("paper", "glorot", "he"),
-        help="weight initialisation (default: paper; demo: he)",
+        help="weight initialisation (default: AlexNet paper, its N(0, 0.01); VGG glorot, as "
+        "VGG Section 3.1 notes: 'it is possible to initialise the weights without "
+        "pre-training by using the random initialisation procedure of Glorot & Bengio' (its "
+        "N(0, 1e-2) init overflows the deeper nets); demo: he)",
+    )
+    p.add_argument(
+        "--init-from",
+        default=None,
+        metavar="RUN",
+        help="VGG's own recipe (Section 3.1): start the first four conv layers and the three "
+        "FC layers from a trained VGG A (a run directory or .keras file), the rest from "
+        "--init (default: off)",
     )
     p.add_argument(
         "--scale",
@@ -148,18 +161,27 @@ def get_args_parser():
     p.add_argument(
         "--width",
         type=float,
-        default=1.0,
+        default=DEFAULTS.width,
         help="width multiplier of every layer; 1 is the paper (default: %(default)s)",
     )
     p.add_argument(
+        "--precision",
+        default=DEFAULTS.precision,
+        choices=PRECISIONS,
+        help="float32, mixed_float16 (with loss scaling; GPUs) or mixed_bfloat16 (CPUs with "
+        "AMX/AVX-512 BF16, GPUs) (default: %(default)s)",
+    )
+    p.add_argument(
         "--mixed-precision",
-        action="store_true",
-        help="train in mixed_float16 with loss scaling (GPUs) (default: off)",
+        dest="precision",
+        action="store_const",
+        const="mixed_float16",
+        help="the same as --precision mixed_float16",
     )
     p.add_argument(
         "--seed",
         type=int,
-        default=0,
+        default=DEFAULTS.seed,
         help="seed of init, data order and augmentation (default: %(default)s)",
     )
     p.add_argument(
@@ -182,7 +204,7 @@ def get_args_parser():
     p.add_argument(
         "--checkpoint-every",
         type=int,
-        default=100,
+        default=DEFAULTS.checkpoint_every,
         help="also checkpoint every N steps within an epoch (default: %(default)s)",
     )
     p.add_argument(
@@ -202,7 +224,7 @@ def get_args_parser():
     p.add_argument(
         "--val-fraction",
         type=float,
-        default=0.1,
+        default=DEFAULTS.val_fraction,
         help="validation share of a directory with no val/ tree (default: %(default)s)",
     )
     p.add_argument(
@@ -222,10 +244,13 @@ def main(args):
         result = train(config, argv=sys.argv)
     except (TrainingError, ValueError) as e:
         raise SystemExit(f"error: {e}") from None
+    if result.already_finished:
+        return
+    best = f"; best model {result.best_model}" if result.best_model else ""
     print(
-        f"Finished {result['epoch']} epochs in {result['seconds']:.0f} s on "
-        f"{result['replicas']} replica(s): val top-1 {result['val_top1']:.4f}, "
-        f"top-5 {result['val_top5']:.4f}; best model {result['output']}/best.keras"
+        f"Finished {result.epochs} epochs in {result.seconds:.0f} s on "
+        f"{result.replicas} replica(s): val top-1 {result.val_top1:.4f}, "
+        f"top-5 {result.val_top5:.4f}{best}"
     )
 
 
