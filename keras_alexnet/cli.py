@@ -1,0 +1,91 @@
+"""What every script in scripts/ shares: one-line errors and validated argument types.
+
+A script ends with::
+
+    if __name__ == "__main__":
+        cli.run(main, get_args_parser(), name="evaluate")
+
+`run` parses the arguments, calls `main(args)` and turns what a user can cause (an
+OSError, a ValueError, any exception class defined in keras_alexnet such as
+TrainingError, ExportError, ModelPathError, EvaluationError) into one line on stderr,
+`evaluate: error: cannot write /x/y: Permission denied`, with exit status 1; Ctrl-C
+exits with 130 and no traceback. Anything else is a bug and keeps its traceback.
+
+The `type=` validators (`positive_int`, `non_negative_int`, `positive_float`,
+`non_negative_float`, `fraction`) make argparse reject bad numbers, nan and inf in its own
+format: `evaluate.py: error: argument --batch-size: must be an integer >= 1. Received: '0'`.
+"""
+
+import argparse
+import math
+import os
+import sys
+
+PACKAGE = __name__.partition(".")[0]
+INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a Ctrl-C
+
+
+def run(main, parser, argv=None, *, name=None):
+    """Parse `argv` (default sys.argv[1:]) with `parser`, call `main(args)`, exit on errors.
+
+    `name` prefixes the error line (`name: error: ...`; None: `error: ...`). Returns what
+    `main` returns.
+    """
+    args = parser.parse_args(argv)
+    prefix = f"{name}: error: " if name else "error: "
+    try:
+        return main(args)
+    except KeyboardInterrupt:
+        _exit(prefix + "interrupted", INTERRUPTED)
+    except Exception as e:
+        if not is_user_error(e):
+            raise
+        _exit(prefix + describe(e), 1)
+
+
+def _exit(line, status):
+    """Print `line` on stderr and exit with `status`, without the exception's context."""
+    print(line, file=sys.stderr, flush=True)
+    raise SystemExit(status) from None
+
+
+def is_user_error(error):
+    """Whether `error` is one a user causes and can fix (bad path, bad value, full disk)."""
+    return isinstance(error, OSError | ValueError) or any(
+        cls.__module__.partition(".")[0] == PACKAGE for cls in type(error).__mro__
+    )
+
+
+def describe(error):
+    """One line for `error`; an OSError as `PATH: CAUSE` (`cannot write PATH: CAUSE`)."""
+    if isinstance(error, OSError) and type(error).__str__ is OSError.__str__:
+        if error.filename is not None and error.strerror:
+            names = [os.fsdecode(n) for n in (error.filename, error.filename2) if n is not None]
+            return f"{' -> '.join(names)}: {error.strerror}"
+        if error.strerror:
+            return error.strerror
+    text = " ".join(str(error).split())  # one line, even for a multi-line message
+    return text or type(error).__name__
+
+
+def _number(convert, accept, requirement):
+    """An argparse `type=` function: `convert(text)` must be finite and pass `accept`."""
+
+    def parse(text):
+        try:
+            value = convert(text)
+        except ValueError:
+            value = None
+        if value is None or not math.isfinite(value) or not accept(value):
+            raise argparse.ArgumentTypeError(f"must be {requirement}. Received: {text!r}")
+        return value
+
+    parse.__doc__ = f"Parse a command-line value that must be {requirement}."
+    return parse
+
+
+positive_int = _number(int, lambda v: v >= 1, "an integer >= 1")
+non_negative_int = _number(int, lambda v: v >= 0, "an integer >= 0")
+positive_float = _number(float, lambda v: v > 0, "a finite number > 0")
+non_negative_float = _number(float, lambda v: v >= 0, "a finite number >= 0")
+fraction = _number(float, lambda v: 0 < v < 1, "a number between 0 and 1, both excluded")
