@@ -17,6 +17,7 @@ import time
 import numpy as np
 
 from keras_alexnet import fileio
+from keras_alexnet.progress import Progress
 from keras_alexnet.runtime import ModelPathError, Runtime, load
 
 PROTOCOLS = ("center", "ten_crop", "dense", "multi_scale")
@@ -152,6 +153,7 @@ def evaluate(
     resize=None,
     batch_size=32,
     threads=None,
+    provider="auto",
     verbose=True,
     return_scores=False,
 ):
@@ -164,11 +166,11 @@ def evaluate(
     class within 1e-5), protocol, runtime, images_per_second, seconds, model, data, split,
     input_size, resize, scales; with `return_scores` also scores and labels (NumPy).
     """
-    import keras
-
     from keras_alexnet.data import load_source
 
-    runtime = model if isinstance(model, Runtime) else load(model, threads=threads)
+    runtime = (
+        model if isinstance(model, Runtime) else load(model, threads=threads, provider=provider)
+    )
     metadata = runtime.metadata
     protocol = protocol or metadata.protocol
     image_size = int(image_size or metadata.input_size)
@@ -181,17 +183,14 @@ def evaluate(
     except (ValueError, FileNotFoundError, OSError) as e:
         raise EvaluationError(f"cannot open the data {data!r}: {e}") from e
     _check(runtime, source, split, protocol, image_size, resize, scales)
-    total = source.sizes[split]
-    progress = keras.utils.Progbar(total, unit_name="image") if verbose else None
     all_scores, all_labels = [], []
     start = time.perf_counter()
-    for scores, labels in _views(
-        source, runtime, protocol, split, image_size, resize, scales, batch_size
-    ):
-        all_scores.append(np.asarray(scores, np.float32))
-        all_labels.append(np.asarray(labels))
-        if progress is not None:
-            progress.add(len(labels))
+    views = _views(source, runtime, protocol, split, image_size, resize, scales, batch_size)
+    with Progress(source.sizes[split], "images", "img", enabled=verbose) as bar:
+        for scores, labels in views:
+            all_scores.append(np.asarray(scores, np.float32))
+            all_labels.append(np.asarray(labels))
+            bar.add(len(labels))
     seconds = time.perf_counter() - start
     if not all_labels:
         raise EvaluationError(f"split {split!r} of {source.name!r} yielded no images")

@@ -6,21 +6,27 @@ NumPy as the server does it (`keras_alexnet.serving.images`).
 """
 
 import os
+import stat
 from pathlib import Path
 
 import numpy as np
 
 from keras_alexnet import runtime
+from keras_alexnet.progress import Progress
 from keras_alexnet.serving import images
 from keras_alexnet.serving.model import top_k
 
+# A file larger than this is refused unread: the server's default request limit
+# (ServeConfig.max_body_mb, 64 MiB); no image a model of this package classifies comes near.
+MAX_FILE_BYTES = 64 * 2**20
 
-def load_predictor(path, threads=None):
+
+def load_predictor(path, threads=None, provider=runtime.AUTO):
     """Open any saved model (see `keras_alexnet.runtime`): return (predict, Metadata).
 
     Raises `keras_alexnet.runtime.ModelPathError` with a one-line reason for a bad path.
     """
-    loaded = runtime.load(path, threads=threads)
+    loaded = runtime.load(path, threads=threads, provider=provider)
     return loaded.predict, loaded.metadata
 
 
@@ -37,10 +43,25 @@ def image_paths(inputs):
     return paths
 
 
-def predict_files(predict_fn, metadata, paths, *, batch_size=32, k=5, progress=True):
-    """Classify each file; return one dict per path: {"file", "top5"} or {"file", "error"}."""
-    from tqdm import tqdm
+def read_image_file(path, max_bytes=MAX_FILE_BYTES):
+    """The bytes of a regular file of at most `max_bytes`; OSError/ValueError saying why not."""
+    # Opening a FIFO waits for a writer, and a device such as /dev/zero never ends.
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        raise ValueError("not a regular file")
+    # O_NONBLOCK: should a FIFO replace the file after the check, opening it must not hang.
+    with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as f:
+        data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise ValueError(f"larger than {max_bytes / 2**20:g} MiB")
+    return data
 
+
+def predict_files(predict_fn, metadata, paths, *, batch_size=32, k=5, progress=True):
+    """Classify each file; return one dict per path: {"file", "top5"} or {"file", "error"}.
+
+    Only regular files are read (a FIFO, socket or device is an error "not a regular
+    file"), and none larger than MAX_FILE_BYTES.
+    """
     results, batch = [], []
 
     def flush():
@@ -50,22 +71,26 @@ def predict_files(predict_fn, metadata, paths, *, batch_size=32, k=5, progress=T
                 results[index]["top5"] = top_k(p, metadata.class_names, k)
             batch.clear()
 
-    for path in tqdm(paths, desc="images", unit="img", disable=not progress or None):
-        results.append({"file": str(path)})
-        try:
-            data = Path(path).read_bytes()
-            batch.append((len(results) - 1, images.preprocess(data, metadata)))
-        except (OSError, ValueError) as e:
-            results[-1]["error"] = str(e)
-        if len(batch) == batch_size:
-            flush()
-    flush()
+    with Progress(len(paths), "images", "img", enabled=progress) as bar:
+        for path in paths:
+            results.append({"file": str(path)})
+            try:
+                data = read_image_file(path)
+                batch.append((len(results) - 1, images.preprocess(data, metadata)))
+            except (OSError, ValueError) as e:
+                results[-1]["error"] = str(e)
+            if len(batch) == batch_size:
+                flush()
+            bar.add()
+        flush()
     return results
 
 
-def predict(model_path, inputs, *, batch_size=32, k=5, progress=False, threads=None):
+def predict(
+    model_path, inputs, *, batch_size=32, k=5, progress=False, threads=None, provider=runtime.AUTO
+):
     """Top-`k` classes of every image in `inputs` (files, folders) with any saved model."""
-    predict_fn, metadata = load_predictor(model_path, threads)
+    predict_fn, metadata = load_predictor(model_path, threads, provider)
     paths = image_paths(inputs)
     return predict_files(predict_fn, metadata, paths, batch_size=batch_size, k=k, progress=progress)
 
