@@ -2,7 +2,8 @@
 
 import argparse
 import json
-import sys
+
+from keras_alexnet import cli
 
 
 def get_args_parser():
@@ -26,13 +27,13 @@ def get_args_parser():
     )
     parser.add_argument(
         "--val-fraction",
-        type=float,
+        type=cli.fraction,
         default=0.1,
         help="validation share of a folder without train/ and val/ (default: %(default)s)",
     )
     parser.add_argument(
         "--seed",
-        type=int,
+        type=cli.non_negative_int,
         default=0,
         help="seed of that validation split (default: %(default)s)",
     )
@@ -47,21 +48,21 @@ def get_args_parser():
 
 def main(args):
     """Compute, write and print the statistics."""
+    from keras_alexnet import fileio
     from keras_alexnet.data import source_stats
 
-    try:
-        result = source_stats(
-            args.data,
-            args.data_dir,
-            output=args.output,
-            val_fraction=args.val_fraction,
-            seed=args.seed,
-            cache=args.cache_dir,
-        )
-    except ValueError as e:
-        sys.exit(f"compute_stats: {e}")
+    if args.output:
+        fileio.check_writable(args.output)  # before the pass over the data, not after it
+    result = source_stats(
+        args.data,
+        args.data_dir,
+        output=args.output,
+        val_fraction=args.val_fraction,
+        seed=args.seed,
+        cache=args.cache_dir,
+    )
     print(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    cli.run(main, get_args_parser(), name="compute_stats")

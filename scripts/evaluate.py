@@ -6,9 +6,10 @@ trained on, as recorded in its metadata, so `--model export/alexnet.onnx` works 
 """
 
 import argparse
-import sys
 
+from keras_alexnet import cli
 from keras_alexnet.evaluate import DEFAULT_SCALES, PROTOCOLS
+from keras_alexnet.runtime import AUTO, provider_help
 
 
 def get_args_parser():
@@ -47,25 +48,29 @@ def get_args_parser():
     )
     p.add_argument(
         "--resize",
-        type=int,
+        type=cli.positive_int,
         default=None,
         help="shorter side Q before cropping / dense; none: the metadata's (default: %(default)s)",
     )
     p.add_argument(
         "--image-size",
-        type=int,
+        type=cli.positive_int,
         default=None,
         help="crop size; none: the model's input size (default: %(default)s)",
     )
     p.add_argument(
-        "--batch-size", type=int, default=32, help="images per batch (default: %(default)s)"
+        "--batch-size",
+        type=cli.positive_int,
+        default=32,
+        help="images per batch (default: %(default)s)",
     )
     p.add_argument(
         "--threads",
-        type=int,
+        type=cli.non_negative_int,
         default=None,
         help="onnxruntime intra-op threads; none: all cores (default: %(default)s)",
     )
+    p.add_argument("--provider", default=AUTO, help=provider_help())
     p.add_argument(
         "--output-json",
         default=None,
@@ -77,33 +82,24 @@ def get_args_parser():
 
 def main(args):
     """Evaluate, print the table, and write the JSON."""
-    from keras_alexnet.evaluate import (
-        EvaluationError,
-        ModelPathError,
-        evaluate,
-        format_table,
-        parse_scales,
-        write_results,
-    )
+    from keras_alexnet import fileio
+    from keras_alexnet.evaluate import evaluate, format_table, parse_scales, write_results
 
-    if args.batch_size < 1:
-        sys.exit("evaluate: error: --batch-size must be at least 1")
-    try:
-        results = evaluate(
-            args.model,
-            data=args.data,
-            data_dir=args.data_dir,
-            split=args.split,
-            protocol=args.protocol,
-            scales=parse_scales(args.scales),
-            image_size=args.image_size,
-            resize=args.resize,
-            batch_size=args.batch_size,
-            threads=args.threads,
-            verbose=not args.quiet,
-        )
-    except (EvaluationError, ModelPathError) as e:
-        sys.exit(f"evaluate: error: {e}")
+    if args.output_json:
+        fileio.check_writable(args.output_json)  # before the pass, not after it
+    results = evaluate(
+        args.model,
+        data=args.data,
+        data_dir=args.data_dir,
+        split=args.split,
+        protocol=args.protocol,
+        scales=parse_scales(args.scales),
+        image_size=args.image_size,
+        resize=args.resize,
+        batch_size=args.batch_size,
+        threads=args.threads,
+        verbose=not args.quiet,
+    )
     print(format_table(results))
     if args.output_json:
         write_results(args.output_json, results)
@@ -111,4 +107,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    cli.run(main, get_args_parser(), name="evaluate")

@@ -7,8 +7,8 @@ larger whole images give the VGG paper's dense evaluation.
 """
 
 import argparse
-import sys
 
+from keras_alexnet import cli
 from keras_alexnet.export import QUANT_FORMATS
 
 
@@ -24,7 +24,10 @@ def get_args_parser():
         help="the .onnx file; none: export/<model>.onnx (default: %(default)s)",
     )
     p.add_argument(
-        "--opset", type=int, default=None, help="ONNX opset; none: tf2onnx's (default: %(default)s)"
+        "--opset",
+        type=cli.positive_int,
+        default=None,
+        help="ONNX opset; none: tf2onnx's (default: %(default)s)",
     )
     p.add_argument(
         "--keep-lrn",
@@ -51,13 +54,13 @@ def get_args_parser():
     )
     p.add_argument(
         "--calibration-images",
-        type=int,
+        type=cli.positive_int,
         default=64,
         help="training images to calibrate on (default: %(default)s)",
     )
     p.add_argument(
         "--agreement-images",
-        type=int,
+        type=cli.positive_int,
         default=256,
         help="held-out images to measure int8 vs fp32 top-1 agreement on (default: %(default)s)",
     )
@@ -73,25 +76,24 @@ def get_args_parser():
 
 def main(args):
     """Export, verify, and report."""
-    from keras_alexnet.export import ExportError, export_onnx
-    from keras_alexnet.runtime import ModelPathError
+    from keras_alexnet import fileio
+    from keras_alexnet.export import export_onnx
 
-    try:
-        export_onnx(
-            args.model,
-            args.output,
-            opset=args.opset,
-            expand_lrn=not args.keep_lrn,
-            quantize=args.quantize,
-            calibration_data=args.calibration_data,
-            calibration_data_dir=args.calibration_data_dir,
-            calibration_images=args.calibration_images,
-            agreement_images=args.agreement_images,
-            quant_format=args.quant_format,
-        )
-    except (ExportError, ModelPathError, ValueError) as e:
-        sys.exit(f"export_onnx: error: {e}")
+    if args.output:
+        fileio.check_writable(args.output)  # before the conversion, not after it
+    export_onnx(
+        args.model,
+        args.output,
+        opset=args.opset,
+        expand_lrn=not args.keep_lrn,
+        quantize=args.quantize,
+        calibration_data=args.calibration_data,
+        calibration_data_dir=args.calibration_data_dir,
+        calibration_images=args.calibration_images,
+        agreement_images=args.agreement_images,
+        quant_format=args.quant_format,
+    )
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    cli.run(main, get_args_parser(), name="export_onnx")

@@ -5,7 +5,8 @@ Signatures: serving_default (float32) and serving_uint8 (uint8), both [N, H, W, 
 """
 
 import argparse
-import sys
+
+from keras_alexnet import cli
 
 
 def get_args_parser():
@@ -22,14 +23,13 @@ def get_args_parser():
 
 def main(args):
     """Export, verify, and report."""
-    from keras_alexnet.export import ExportError, export_savedmodel
-    from keras_alexnet.runtime import ModelPathError
+    from keras_alexnet import fileio
+    from keras_alexnet.export import export_savedmodel
 
-    try:
-        export_savedmodel(args.model, args.output)
-    except (ExportError, ModelPathError, ValueError) as e:
-        sys.exit(f"export_savedmodel: error: {e}")
+    if args.output:
+        fileio.check_writable(args.output)  # before the export, not after it
+    export_savedmodel(args.model, args.output)
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    cli.run(main, get_args_parser(), name="export_savedmodel")

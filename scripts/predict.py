@@ -11,9 +11,13 @@ import argparse
 import json
 import sys
 
+from keras_alexnet import cli
+
 
 def get_args_parser():
     """Return the argument parser of this script."""
+    from keras_alexnet.runtime import AUTO, provider_help
+
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument(
         "--model",
@@ -24,10 +28,16 @@ def get_args_parser():
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files or folders")
     p.add_argument("--json", action="store_true", help="print JSON (default: text)")
     p.add_argument(
-        "--top", type=int, default=5, help="classes shown per image (default: %(default)s)"
+        "--top",
+        type=cli.positive_int,
+        default=5,
+        help="classes shown per image (default: %(default)s)",
     )
     p.add_argument(
-        "--batch-size", type=int, default=32, help="images per model call (default: %(default)s)"
+        "--batch-size",
+        type=cli.positive_int,
+        default=32,
+        help="images per model call (default: %(default)s)",
     )
     return p
 
@@ -35,20 +45,10 @@ def get_args_parser():
 def main(args):
     """Load the model, classify every image, print the results."""
     from keras_alexnet.predict import format_text, predict
-    from keras_alexnet.runtime import ModelPathError
 
-    if args.top < 1 or args.batch_size < 1:
-        raise SystemExit("error: --top and --batch-size must be positive")
-    try:
-        results = predict(
-            args.model,
-            args.inputs,
-            batch_size=args.batch_size,
-            k=args.top,
-            progress=sys.stderr.isatty(),
-        )
-    except ModelPathError as e:
-        raise SystemExit(f"error: {e}") from None
+    results = predict(
+        args.model, args.inputs, batch_size=args.batch_size, k=args.top, progress=True
+    )
     for r in results:
         if "error" in r:
             print(f"skipped {r['file']}: {r['error']}", file=sys.stderr)
@@ -58,4 +58,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    cli.run(main, get_args_parser())

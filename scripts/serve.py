@@ -9,6 +9,7 @@ field `file` -> top-5 classes). NAME is the ONNX file's stem unless --model-name
 
 import argparse
 
+from keras_alexnet import cli
 from keras_alexnet.serving.app import ServeConfig
 
 
@@ -90,4 +91,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    cli.run(main, get_args_parser())

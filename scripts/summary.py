@@ -2,6 +2,7 @@
 
 import argparse
 
+from keras_alexnet import cli
 from keras_alexnet.models import ALIASES, MODEL_NAMES
 
 
@@ -15,11 +16,14 @@ def get_args_parser():
         help="which published model to build (default: %(default)s)",
     )
     parser.add_argument(
-        "--classes", type=int, default=1000, help="number of classes (default: %(default)s)"
+        "--classes",
+        type=cli.positive_int,
+        default=1000,
+        help="number of classes (default: %(default)s)",
     )
     parser.add_argument(
         "--towers",
-        type=int,
+        type=cli.positive_int,
         default=None,
         help="AlexNet only: number of towers; 2 is the paper's, 1 one ungrouped tower (default: 2)",
     )
@@ -31,7 +35,7 @@ def main(args):
     from keras_alexnet.models import build_model, get_spec
 
     if args.towers is not None and get_spec(args.model).family != "alexnet":
-        raise SystemExit(f"error: --towers applies to alexnet only, not {args.model}")
+        raise ValueError(f"--towers applies to alexnet only, not {args.model}")
     kwargs = {} if args.towers is None else {"towers": args.towers}
     model = build_model(args.model, classes=args.classes, **kwargs)
     model.summary()
@@ -39,4 +43,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    cli.run(main, get_args_parser())
