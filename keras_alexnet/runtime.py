@@ -23,12 +23,29 @@ RUNTIMES = ("keras", "savedmodel", "onnxruntime")
 KERAS_BEST = "best.keras"
 SAVEDMODEL_METADATA = Path("assets") / METADATA_FILENAME
 SERVING_SIGNATURE = "serving_default"
+ONNX_SOURCE = "the ONNX file's metadata properties"
 OUTPUT_NAME = "probabilities"
 ACCEPTED = "a .keras file, a training run directory, a SavedModel directory or an .onnx file"
+AUTO = "auto"
+CPU_PROVIDER = "CPUExecutionProvider"
+# What "auto" picks from, best first: the GPU providers, then CPU. TensorRT, OpenVINO and
+# CoreML compile the graph for each input shape (whole images vary: dense evaluation) and
+# Azure runs remotely, so they are used only when named.
+AUTO_PROVIDERS = (
+    "CUDAExecutionProvider",
+    "ROCMExecutionProvider",
+    "MIGraphXExecutionProvider",
+    "DmlExecutionProvider",
+    CPU_PROVIDER,
+)
 
 
 class ModelPathError(ValueError):
     """A model path that does not exist, is not a model, or lacks its metadata."""
+
+
+class ProviderError(ValueError):
+    """An onnxruntime execution provider this installation does not offer."""
 
 
 @dataclasses.dataclass
@@ -86,6 +103,20 @@ def _read_metadata(metadata_path, model_path):
         raise ModelPathError(f"{metadata_path} is not a valid {METADATA_FILENAME}: {e}") from e
 
 
+def check_class_count(classes, metadata, model_path, source):
+    """Refuse a model whose output size is not its metadata's number of class names.
+
+    `classes` is the model's output size (None or -1 when the graph leaves it free) and
+    `source` names where the metadata came from, for the message.
+    """
+    names = len(metadata.class_names)
+    if classes not in (None, -1, names):
+        raise ModelPathError(
+            f"{model_path} outputs {classes} classes but its metadata ({source}) has {names} "
+            f"class names: give the model its own training run's {METADATA_FILENAME}"
+        )
+
+
 def _first_line(error):
     """The first non-empty line of an exception's message."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
@@ -106,6 +137,7 @@ def load_keras_model(path):
         model = keras.saving.load_model(model_path, compile=False)
     except Exception as e:  # a corrupt or foreign file: say so in one line
         raise ModelPathError(f"{model_path} is not a readable Keras model: {_first_line(e)}") from e
+    check_class_count(model.output_shape[-1], metadata, model_path, metadata_path)
     return model, metadata
 
 
@@ -157,6 +189,9 @@ def _load_savedmodel(path):
     spec = signature.structured_input_signature[1][input_name]
     size = spec.shape[1:3].as_list()
     input_size = size[0] if None not in size else None
+    outputs = signature.structured_outputs
+    output = outputs[OUTPUT_NAME] if OUTPUT_NAME in outputs else next(iter(outputs.values()))
+    check_class_count(output.shape[-1], metadata, model_path, metadata_path)
 
     def predict(images):
         images = tf.convert_to_tensor(np.asarray(images, np.float32))
@@ -172,16 +207,69 @@ def _load_savedmodel(path):
     return Runtime("savedmodel", model_path, metadata, predict, input_size)
 
 
-def onnx_session(path, threads=None):
-    """An onnxruntime CPU InferenceSession of `path` (`threads`: intra-op threads)."""
+def available_providers():
+    """The execution providers this onnxruntime installation offers, in its own order."""
     import onnxruntime as ort
 
+    return ort.get_available_providers()
+
+
+def provider_choices():
+    """What `--provider` accepts: "auto" and each available provider."""
+    return [AUTO, *available_providers()]
+
+
+def provider_help():
+    """The `--provider` help text shared by the scripts, listing this machine's providers."""
+    return (
+        "onnxruntime execution provider for .onnx models: auto (the best available, GPU "
+        f"before CPU) or one of {', '.join(available_providers())}, in full or short "
+        "('cuda') (default: %(default)s)"
+    )
+
+
+def choose_providers(provider=AUTO):
+    """The providers list for a session: `provider`, or the best available for "auto", then CPU.
+
+    A provider is named in full (`CUDAExecutionProvider`) or short (`cuda`, any case); CPU
+    stays last as the fallback for operators the chosen one lacks.
+    """
+    available = available_providers()
+    if provider in (None, AUTO):
+        chosen = next((p for p in AUTO_PROVIDERS if p in available), CPU_PROVIDER)
+    else:
+        chosen = next(
+            (p for p in available if provider.lower() in (p.lower(), _short_name(p))), None
+        )
+        if chosen is None:
+            raise ProviderError(
+                f"onnxruntime here has no execution provider {provider!r}; choose from "
+                f"{', '.join(provider_choices())} (CUDA needs the onnxruntime-gpu package)"
+            )
+    return [chosen] + [CPU_PROVIDER] * (chosen != CPU_PROVIDER and CPU_PROVIDER in available)
+
+
+def _short_name(provider):
+    """`CUDAExecutionProvider` -> `cuda`."""
+    return provider.removesuffix("ExecutionProvider").lower()
+
+
+def onnx_session(path, threads=None, provider=AUTO):
+    """The one maker of onnxruntime sessions: `threads` intra-op threads, `provider` (see above).
+
+    `threads` 0 or None lets onnxruntime choose (one per core).
+    """
+    import onnxruntime as ort
+
+    providers = choose_providers(provider)
     options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = int(threads)
+    options.intra_op_num_threads = int(threads or 0)
+    # Operators run one after another (sequential mode); parallelism is inside each one.
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     try:
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    except Exception as e:
+        return ort.InferenceSession(str(path), options, providers=providers)
+    except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph types
         raise ModelPathError(f"{path} is not a readable ONNX model: {_first_line(e)}") from e
 
 
@@ -197,12 +285,12 @@ def onnx_metadata(session, path):
         ) from e
 
 
-def _load_onnx(path, threads=None):
-    """Runtime of an ONNX file, run with onnxruntime on the CPU."""
+def _load_onnx(path, threads=None, provider=AUTO):
+    """Runtime of an ONNX file, run with onnxruntime (see `onnx_session`)."""
     import numpy as np
 
     _, model_path, _ = resolve(path)
-    session = onnx_session(model_path, threads)
+    session = onnx_session(model_path, threads, provider)
     metadata = onnx_metadata(session, model_path)
     inputs, outputs = session.get_inputs(), session.get_outputs()
     if len(inputs) != 1 or len(inputs[0].shape) != 4:
@@ -210,6 +298,10 @@ def _load_onnx(path, threads=None):
     input_name = inputs[0].name
     output_names = [o.name for o in outputs]
     output = OUTPUT_NAME if OUTPUT_NAME in output_names else output_names[0]
+    classes = outputs[output_names.index(output)].shape[-1]
+    check_class_count(
+        classes if isinstance(classes, int) else None, metadata, model_path, ONNX_SOURCE
+    )
     h, w = inputs[0].shape[1:3]
     input_size = h if isinstance(h, int) and isinstance(w, int) else None
 
@@ -221,11 +313,14 @@ def _load_onnx(path, threads=None):
     return Runtime("onnxruntime", model_path, metadata, predict, input_size)
 
 
-def load(path, *, threads=None):
-    """Open the model at `path` (see the module docstring) as a Runtime."""
+def load(path, *, threads=None, provider=AUTO):
+    """Open the model at `path` (see the module docstring) as a Runtime.
+
+    `threads` and `provider` (see `onnx_session`) apply to ONNX files only.
+    """
     kind = resolve(path)[0]
     if kind == "onnxruntime":
-        return _load_onnx(path, threads)
+        return _load_onnx(path, threads, provider)
     if kind == "savedmodel":
         return _load_savedmodel(path)
     return _load_keras(path)

@@ -98,6 +98,7 @@ def main(args):
         resize=args.resize,
         batch_size=args.batch_size,
         threads=args.threads,
+        provider=args.provider,
         verbose=not args.quiet,
     )
     print(format_table(results))

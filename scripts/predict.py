@@ -39,6 +39,7 @@ def get_args_parser():
         default=32,
         help="images per model call (default: %(default)s)",
     )
+    p.add_argument("--provider", default=AUTO, help=provider_help())
     return p
 
 
@@ -47,7 +48,12 @@ def main(args):
     from keras_alexnet.predict import format_text, predict
 
     results = predict(
-        args.model, args.inputs, batch_size=args.batch_size, k=args.top, progress=True
+        args.model,
+        args.inputs,
+        batch_size=args.batch_size,
+        k=args.top,
+        progress=True,
+        provider=args.provider,
     )
     for r in results:
         if "error" in r:

@@ -192,3 +192,26 @@ def test_cli_errors_are_one_line_without_traceback(tmp_path):
     assert "Traceback" not in proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.startswith("evaluate:")]
     assert len(lines) == 1 and "does not exist" in lines[0]
+
+
+def test_a_class_count_differing_from_the_metadata_is_refused_before_the_pass(
+    run, tmp_path, monkeypatch
+):
+    import dataclasses
+    import shutil
+
+    import keras_alexnet.data
+
+    path, _ = run
+    shutil.copy(path / "best.keras", tmp_path / "best.keras")
+    metadata = Metadata.load(path / "metadata.json")
+    nine = dataclasses.replace(metadata, class_names=metadata.class_names[:9])
+    nine.save(tmp_path / "metadata.json")
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("the data was opened before the model was checked")
+
+    monkeypatch.setattr(keras_alexnet.data, "load_source", no_data)
+    message = f"outputs 10 classes but its metadata \\({tmp_path}/metadata.json\\) has 9 class"
+    with pytest.raises(ModelPathError, match=message):
+        evaluate(tmp_path, verbose=False)

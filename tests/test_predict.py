@@ -1,5 +1,6 @@
 """scripts/predict.py: top-5 per image with a run directory, .keras, SavedModel or ONNX."""
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -102,3 +103,65 @@ def test_predict_script_end_to_end_with_onnx(setup):
     )
     [result] = json.loads(out.stdout)
     assert_top5(result["top5"], want["b.png"])
+
+
+def mismatched_copies(setup, directory):
+    """Each kind of artifact of the 10-class model, paired with metadata of 3 classes."""
+    import onnx
+
+    from keras_alexnet.export import _set_properties
+    from keras_alexnet.metadata import Metadata
+
+    run, onnx_path, _, _ = setup
+    wrong = dataclasses.replace(Metadata.load(run / "metadata.json"), class_names=("a", "b", "c"))
+    (directory / "run").mkdir()
+    shutil.copy(run / "best.keras", directory / "run" / "best.keras")
+    wrong.save(directory / "run" / "metadata.json")
+    shutil.copytree(run / "savedmodel", directory / "savedmodel")
+    wrong.save(directory / "savedmodel" / "assets" / "metadata.json")
+    proto = onnx.load(onnx_path)
+    _set_properties(proto, wrong.to_properties())
+    onnx.save(proto, directory / "wrong.onnx")
+    return {
+        "run_dir": (directory / "run", directory / "run" / "metadata.json"),
+        "keras_file": (directory / "run" / "best.keras", directory / "run" / "metadata.json"),
+        "savedmodel": (directory / "savedmodel", directory / "savedmodel/assets/metadata.json"),
+        "onnx": (directory / "wrong.onnx", "the ONNX file's metadata properties"),
+    }
+
+
+@pytest.mark.parametrize("kind", ["onnx", "run_dir", "keras_file", "savedmodel"])
+def test_class_count_differing_from_the_metadata_is_refused_at_load(setup, tmp_path, kind):
+    from keras_alexnet.runtime import ModelPathError, load
+
+    path, source = mismatched_copies(setup, tmp_path)[kind]
+    with pytest.raises(ModelPathError) as info:
+        load(path)
+    [line] = str(info.value).splitlines()
+    assert f"outputs 10 classes but its metadata ({source}) has 3 class names" in line
+
+
+def test_server_and_predict_refuse_a_class_count_differing_from_the_metadata(setup, tmp_path):
+    from keras_alexnet.runtime import ModelPathError
+    from keras_alexnet.serving.model import OnnxModel
+
+    path, _ = mismatched_copies(setup, tmp_path)["onnx"]
+    with pytest.raises(ModelPathError, match="outputs 10 classes but its metadata"):
+        OnnxModel(path)
+    photo = setup[2] / "a.png"
+    cmd = [sys.executable, "scripts/predict.py", "--model", str(path), str(photo)]
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 1 and out.stdout == ""
+    assert out.stderr.strip().splitlines() == [
+        f"error: {path} outputs 10 classes but its metadata (the ONNX file's metadata "
+        "properties) has 3 class names: give the model its own training run's metadata.json"
+    ]
+
+
+def test_predict_provider_flag_refuses_an_unavailable_provider_in_one_line(setup):
+    _, onnx_path, photos, _ = setup
+    cmd = [sys.executable, "scripts/predict.py", "--model", str(onnx_path), str(photos)]
+    out = subprocess.run([*cmd, "--provider", "nosuch"], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 1
+    [line] = out.stderr.strip().splitlines()
+    assert line.startswith("error: onnxruntime here has no execution provider 'nosuch'")

@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from keras_alexnet.metadata import Metadata
+from keras_alexnet.runtime import AUTO, ONNX_SOURCE, OUTPUT_NAME, check_class_count, onnx_session
 
 # onnxruntime element type -> (protocol datatype, NumPy dtype)
 DATATYPES = {
@@ -50,32 +51,14 @@ def _spec(node):
     return TensorSpec(node.name, DATATYPES[node.type][0], shape)
 
 
-def session_options(threads=0):
-    """Session options for onnxruntime: `threads` intra-op threads (0: onnxruntime's choice)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return options
-
-
 class OnnxModel:
     """An onnxruntime session with its tensor specs and keras_alexnet Metadata (if any)."""
 
-    def __init__(self, path, *, name=None, threads=0):
-        import onnxruntime as ort
-
+    def __init__(self, path, *, name=None, threads=0, provider=AUTO):
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"no ONNX model at {path}")
-        try:
-            self.session = ort.InferenceSession(
-                str(path), session_options(threads), providers=["CPUExecutionProvider"]
-            )
-        except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph types
-            raise ValueError(f"onnxruntime cannot load {path}: {e}") from None
+        self.session = onnx_session(path, threads, provider)
         self.path = path
         self.name = name or path.stem
         self.inputs = [_spec(n) for n in self.session.get_inputs()]
@@ -90,7 +73,10 @@ class OnnxModel:
         self.batchable = all(spec.shape and spec.shape[0] == -1 for spec in self.inputs)
         names = [o.name for o in self.outputs]
         # keras_alexnet.export names the softmax output; other exports: the first output.
-        self.probabilities = "probabilities" if "probabilities" in names else names[0]
+        self.probabilities = OUTPUT_NAME if OUTPUT_NAME in names else names[0]
+        if self.metadata is not None:
+            classes = self.outputs[names.index(self.probabilities)].shape[-1]
+            check_class_count(classes, self.metadata, path, ONNX_SOURCE)
 
     def too_small(self, spec, shape):
         """Why an image of `shape` is below the model's crop size, or None if it is not.
