@@ -86,7 +86,8 @@ def atomic_path(path):
             yield tmp_dir / path.name
             _replace(tmp_dir / path.name, path, tmp_dir)
         except OSError as e:
-            if isinstance(e, WriteError) or not _is_write_failure(e, path, tmp_dir):
+            # Also a nested atomic write's WriteError (a file inside a directory being written).
+            if not _is_write_failure(e, path, tmp_dir):
                 raise
             raise _write_error(e, path) from e
 

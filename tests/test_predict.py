@@ -2,12 +2,15 @@
 
 import dataclasses
 import json
+import os
 import shutil
 import subprocess
 import sys
 
 import pytest
 from test_serve import ROOT, assert_top5, build_artifacts, reference_probabilities, sample_images
+
+from keras_alexnet.predict import MAX_FILE_BYTES
 
 sys.path.insert(0, str(ROOT / "scripts"))
 import predict as predict_script  # noqa: E402
@@ -165,3 +168,39 @@ def test_predict_provider_flag_refuses_an_unavailable_provider_in_one_line(setup
     assert out.returncode == 1
     [line] = out.stderr.strip().splitlines()
     assert line.startswith("error: onnxruntime here has no execution provider 'nosuch'")
+
+
+def test_a_fifo_in_a_folder_is_skipped_not_waited_for(setup, tmp_path):
+    _, onnx_path, photos, want = setup
+    shutil.copy(photos / "a.png", tmp_path / "a.png")
+    os.mkfifo(tmp_path / "pipe.png")  # reading it would wait for a writer forever
+    cmd = [sys.executable, "scripts/predict.py", "--model", str(onnx_path), "--json"]
+    out = subprocess.run(
+        [*cmd, str(tmp_path)], capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    image, pipe = json.loads(out.stdout)
+    assert_top5(image["top5"], want["a.png"])
+    assert pipe == {"file": str(tmp_path / "pipe.png"), "error": "not a regular file"}
+    assert f"skipped {tmp_path / 'pipe.png'}: not a regular file" in out.stderr
+    # Progress in a non-terminal stderr: plain lines, no carriage returns or ANSI codes.
+    assert "images: 2/2 (100 %)" in out.stderr
+    assert "\r" not in out.stderr and "\x1b" not in out.stderr
+
+
+def test_devices_and_oversized_files_are_reported_without_reading_them(setup, capsys, tmp_path):
+    _, onnx_path, photos, want = setup
+    big = tmp_path / "big.png"
+    with open(big, "wb") as f:
+        f.truncate(MAX_FILE_BYTES + 1)  # sparse: costs no disk
+    out, err = run_main(
+        capsys, "--model", str(onnx_path), "/dev/zero", str(big), str(photos / "b.png"), "--json"
+    )
+    zero, oversized, image = json.loads(out)
+    assert zero["error"] == "not a regular file"
+    assert oversized["error"] == f"larger than {MAX_FILE_BYTES / 2**20:g} MiB"
+    assert_top5(image["top5"], want["b.png"])
+    assert "skipped /dev/zero: not a regular file" in err
+    with pytest.raises(SystemExit) as exit_info:  # nothing classified: exit status 1
+        run_main(capsys, "--model", str(onnx_path), "/dev/zero")
+    assert exit_info.value.code == 1
