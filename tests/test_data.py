@@ -1,4 +1,5 @@
 import dataclasses
+import hashlib
 import io
 import json
 import os
@@ -259,6 +260,8 @@ def test_demo_set_is_real_digits_with_a_fixed_split(tmp_path):
     assert len(listing(first)) == 1797
     source = load_source(None, cache=tmp_path / "one")
     assert (source.num_train, source.num_val) == (1433, 364)
+    first_batch = {int(y) for _, y in source.encoded("val").take(32)}
+    assert len(first_batch) > 5  # validation mixes the digits: --val-steps sees them all
     assert source.class_names == [str(d) for d in range(10)]
     labels = np.repeat(np.arange(10), 20)
     assert demo_split(labels).sum() == 40  # every 5th of each class
@@ -305,6 +308,7 @@ def test_training_crops_are_crops_of_the_image_and_half_are_mirrored(tmp_path):
     for c in ("a", "b"):
         for i in range(20):
             save(tmp_path / "t" / "train" / c / f"{i}.png", Image.fromarray(image), "PNG")
+        save(tmp_path / "t" / "val" / c / "0.png", Image.fromarray(image), "PNG")
     source = directory_source(tmp_path / "t")
     ds = train_dataset(source, image_size=12, resize=20, batch_size=40, seed=0, pca_lighting=False)
     crops = np.concatenate([x.numpy() for _ in range(3) for x, _ in ds])
@@ -326,6 +330,7 @@ def test_shards_are_disjoint_and_cover_the_data(tmp_path):
     for i, colour in enumerate(colours):
         path = tmp_path / "s" / "train" / str(i % 2) / f"{i}.png"
         save(path, Image.new("RGB", (9, 9), colour), "PNG")
+        save(tmp_path / "s" / "val" / str(i % 2) / "0.png", Image.new("RGB", (9, 9)), "PNG")
     source = directory_source(tmp_path / "s")
     seen = []
     for index in range(2):
@@ -420,3 +425,173 @@ def test_compute_stats_script_writes_the_source_statistics(tree, tmp_path):
     source = directory_source(tree, val_fraction=0.25, seed=0)
     assert DatasetStats.from_json(written["stats"]) == source.stats
     assert written["num_train"] == source.num_train
+
+
+# ------------------------------------------------------- sharding: disjoint, complete
+
+SHARD_EXAMPLES = 63  # odd: the two shards differ in size
+
+
+def shard_colour(i):
+    return (i, 2 * i, 3 * i)
+
+
+def _tfds_on_disk(root):
+    """A prepared TFDS set of constant 4x4 images of colour shard_colour(i), in 4 files."""
+    tfds = pytest.importorskip("tensorflow_datasets")
+
+    class KerasAlexnetShardProbe(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+        VERSION = tfds.core.Version("1.0.0")
+
+        def _info(self):
+            features = {
+                "image": tfds.features.Image(shape=(4, 4, 3)),
+                "label": tfds.features.ClassLabel(num_classes=3),
+            }
+            return tfds.core.DatasetInfo(
+                builder=self, features=tfds.features.FeaturesDict(features)
+            )
+
+        def _split_generators(self, dl_manager):
+            return {
+                "train": self._generate_examples(SHARD_EXAMPLES),
+                "validation": self._generate_examples(4),
+            }
+
+        def _generate_examples(self, n):
+            for i in range(n):
+                yield i, {"image": np.full((4, 4, 3), shard_colour(i), np.uint8), "label": i % 3}
+
+    KerasAlexnetShardProbe(data_dir=str(root)).download_and_prepare(
+        download_config=tfds.download.DownloadConfig(num_shards=4)
+    )
+    return load_source("keras_alexnet_shard_probe", data_dir=str(root))
+
+
+@pytest.fixture(params=["folders", "tfds_files", "tfds_mock"])
+def sharded_source(request, tmp_path):
+    """A 63-example training split, as folders, a prepared TFDS set and TFDS mock data."""
+    if request.param == "folders":
+        for i in range(SHARD_EXAMPLES):
+            image = Image.new("RGB", (4, 4), shard_colour(i))
+            save(tmp_path / "f" / "train" / str(i % 3) / f"{i}.png", image, "PNG")
+        for c in range(3):
+            save(tmp_path / "f" / "val" / str(c) / "0.png", Image.new("RGB", (4, 4)), "PNG")
+        yield directory_source(tmp_path / "f")
+    elif request.param == "tfds_files":
+        yield _tfds_on_disk(tmp_path / "tfds")
+    else:
+        tfds = pytest.importorskip("tensorflow_datasets")
+        with tfds.testing.mock_data(num_examples=SHARD_EXAMPLES):
+            yield load_source("imagenet2012")
+
+
+def digests(ds):
+    return [hashlib.sha1(contents.numpy()).hexdigest() for contents, _ in ds]
+
+
+def test_shuffled_shards_are_disjoint_and_hold_every_example_once(sharded_source):
+    everything = digests(sharded_source.encoded("train"))
+    assert len(set(everything)) == SHARD_EXAMPLES
+    shards = []
+    for index in range(2):
+        # Each input pipeline shuffles with its own seed, as train_dataset does.
+        ds = sharded_source.encoded(
+            "train", shuffle_seed=7 + index, shuffle_buffer=8, shard=(2, index)
+        )
+        first, second = digests(ds), digests(ds)
+        assert sorted(first) == sorted(second)  # every pass reads the same shard
+        shards.append(first)
+    assert not set(shards[0]) & set(shards[1])
+    assert sorted(shards[0] + shards[1]) == sorted(everything)
+
+
+@pytest.mark.parametrize("cache", [False, True])
+def test_training_pipelines_together_see_every_example_once(sharded_source, cache):
+    if sharded_source.name == "imagenet2012":
+        pytest.skip("mock images are random: crops cannot be traced back to examples")
+    seen = []
+    for index in range(2):
+        ctx = tf.distribute.InputContext(
+            num_input_pipelines=2, input_pipeline_id=index, num_replicas_in_sync=2
+        )
+        ds = train_dataset(
+            sharded_source, image_size=4, resize=4, batch_size=2, seed=0, pca_lighting=False,
+            cache=cache, input_context=ctx,
+        )  # fmt: skip
+        seen += [tuple(int(v) for v in x[0, 0]) for b, _ in ds for x in b.numpy()]
+    assert sorted(seen) == sorted(shard_colour(i) for i in range(SHARD_EXAMPLES))
+
+
+# ------------------------------------------------ splits: hold-out, order, degenerate trees
+
+
+def class_tree(root, classes, n, size=(6, 5)):
+    rng = np.random.default_rng(len(classes) * n)
+    for c in classes:
+        for i in range(n):
+            save(root / c / f"{i:02d}.png", random_rgb(rng, *size), "PNG")
+    return root
+
+
+def test_train_tree_without_val_holds_out_a_seeded_fraction_like_a_single_tree(tmp_path):
+    class_tree(tmp_path / "nested" / "train", ["a", "b"], 10)
+    class_tree(tmp_path / "flat", ["a", "b"], 10)  # the same files, no train/ level
+    nested = directory_source(tmp_path / "nested", val_fraction=0.2, seed=3)
+    flat = directory_source(tmp_path / "flat", val_fraction=0.2, seed=3)
+    assert (nested.num_train, nested.num_val) == (16, 4)
+
+    def names(source, split):
+        return sorted(
+            (int(y), hashlib.sha1(c.numpy()).hexdigest()) for c, y in source.encoded(split)
+        )
+
+    assert names(nested, "val") == names(flat, "val")
+    assert [y for y, _ in names(nested, "val")] == [0, 0, 1, 1]  # 20 % of each class
+    assert not set(names(nested, "val")) & set(names(nested, "train"))
+    assert (
+        directory_source(tmp_path / "nested", val_fraction=0.2, seed=4).encoded("val") is not None
+    )
+    with pytest.raises(ValueError, match="val_fraction must be in"):
+        directory_source(tmp_path / "nested", val_fraction=0)
+
+
+def test_validation_order_mixes_the_classes_so_a_prefix_is_a_fair_sample(tmp_path):
+    class_tree(tmp_path / "t" / "train", ["a", "b", "c"], 4)
+    class_tree(tmp_path / "t" / "val", ["a", "b", "c"], 8)
+    source = directory_source(tmp_path / "t")
+    _, labels = next(
+        iter(eval_dataset(source, protocol="center", image_size=4, resize=5, batch_size=6))
+    )
+    assert len(set(labels.numpy())) > 1
+    order = [int(y) for _, y in source.encoded("val")]
+    assert sorted(order) == [0] * 8 + [1] * 8 + [2] * 8
+    assert order == [int(y) for _, y in directory_source(tmp_path / "t").encoded("val")]
+    held_out = directory_source(tmp_path / "t" / "train", val_fraction=0.5)
+    assert len({int(y) for _, y in held_out.encoded("val").take(3)}) > 1
+
+
+def test_a_class_without_usable_images_is_one_clear_error(tmp_path):
+    class_tree(tmp_path / "t", ["cat", "dog"], 3)
+    for name in ("dog/00.png", "dog/01.png", "dog/02.png"):
+        (tmp_path / "t" / name).write_bytes(b"not an image")
+    with pytest.raises(ValueError, match=r"t/dog: no training images: all 3 files are unusable"):
+        directory_source(tmp_path / "t")
+
+
+def test_a_one_class_tree_is_one_clear_error(tmp_path):
+    class_tree(tmp_path / "t" / "train", ["cat"], 3)
+    with pytest.raises(ValueError, match=r"t/train: one class folder \(cat\).*at least 2 classes"):
+        directory_source(tmp_path / "t")
+
+
+def test_scan_skips_extremely_elongated_images_with_the_reason(tmp_path):
+    class_tree(tmp_path / "t", ["a", "b"], 3)
+    save(tmp_path / "t" / "a" / "strip.png", Image.new("RGB", (20_000, 1)), "PNG")
+    save(tmp_path / "t" / "b" / "pole.jpg", Image.new("RGB", (2, 300)), "JPEG")
+    save(tmp_path / "t" / "b" / "wide.png", Image.new("RGB", (200, 10)), "PNG")  # 20:1 is fine
+    source = directory_source(tmp_path / "t")
+    reasons = {Path(p).name: r for p, r in source.skipped}
+    assert sorted(reasons) == ["pole.jpg", "strip.png"]
+    assert reasons["strip.png"].startswith("too elongated: 20000x1 pixels")
+    assert source.num_train + source.num_val == 7

@@ -10,13 +10,12 @@ import dataclasses
 import hashlib
 import os
 import re
-import struct
 from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 
-from keras_alexnet import fileio
+from keras_alexnet import fileio, imageinfo
 from keras_alexnet.data import transforms
 from keras_alexnet.data.stats import (
     IMAGENET_STATS,
@@ -31,6 +30,7 @@ IMAGENET_MANUAL_FILES = ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar")
 # TFDS builders made from the ILSVRC-2012 archives: the published statistics apply.
 IMAGENET_BUILDERS = ("imagenet2012", "imagenet2012_subset")
 REPORTED = 5  # how many skipped file names a report shows
+_VAL_ORDER = 1  # the validation order's seed stream, apart from the hold-out's
 _TFDS_NAME = re.compile(r"^[a-z][a-z0-9_]*(/[\w.-]+)?(:[\d.*]+)?$")
 
 
@@ -69,7 +69,9 @@ class Source:
     def encoded(self, split, *, shuffle_seed=None, shuffle_buffer=10_000, shard=None):
         """Return a Dataset of (encoded image bytes, int32 label) for `split`.
 
-        `shard=(num_shards, index)` keeps every num_shards-th example, before shuffling.
+        `shard=(num_shards, index)` keeps a disjoint 1/num_shards of the examples, chosen
+        before any shuffling, so the shards together hold every example once: every
+        num_shards-th file (folders) or an even subsplit (TFDS).
         With `shuffle_seed` (an int, or -1 for an unseeded shuffle) the order is shuffled,
         anew on every iteration: a whole file list at once, TFDS records through their
         shuffled files and a `shuffle_buffer`-long buffer.
@@ -92,30 +94,6 @@ def _shuffle(ds, buffer, seed):
 # ----------------------------------------------------------------------------- folders
 
 
-def _header_size(head):
-    """Return (width, height) from a JPEG/PNG/GIF/BMP header, or None if unrecognised."""
-    if head[:8] == b"\x89PNG\r\n\x1a\n" and len(head) >= 24:
-        return struct.unpack(">II", head[16:24])
-    if head[:6] in (b"GIF87a", b"GIF89a") and len(head) >= 10:
-        return struct.unpack("<HH", head[6:10])
-    if head[:2] == b"BM" and len(head) >= 26:
-        w, h = struct.unpack("<ii", head[18:26])
-        return abs(w), abs(h)
-    if head[:2] == b"\xff\xd8":
-        i = 2
-        while i + 9 < len(head):
-            if head[i] != 0xFF:
-                return None
-            marker = head[i + 1]
-            length = struct.unpack(">H", head[i + 2 : i + 4])[0]
-            if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-                h, w = struct.unpack(">HH", head[i + 5 : i + 9])
-                return w, h
-            i += 2 + length
-        return (-1, -1)  # frame header beyond the bytes read: let the decoder decide
-    return None
-
-
 def scan_image(path):
     """Decode one file as the pipeline will; return (reason or None, pixel moments or None).
 
@@ -129,17 +107,21 @@ def scan_image(path):
         return f"unreadable ({e.strerror})", None
     if not data:
         return "empty file", None
-    size = _header_size(data[:65536])
+    size = imageinfo.header_size(data[:65536])
     if size is None:
         return "not a JPEG, PNG, GIF or BMP image", None
-    if size[0] * size[1] > MAX_PIXELS:
-        return f"too large ({size[0]}x{size[1]} pixels; the limit is {MAX_PIXELS:,})", None
+    problem = imageinfo.shape_problem(*size, MAX_PIXELS)
+    if problem:  # refused before decoding
+        return problem, None
     try:
         image = transforms.decode(data).numpy()
     except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as e:
         return "cannot be decoded: " + str(e).splitlines()[0][:120], None
     if image.shape[0] < 1 or image.shape[1] < 1:
         return "has no pixels", None
+    problem = imageinfo.shape_problem(image.shape[1], image.shape[0], MAX_PIXELS)
+    if problem:  # a JPEG whose frame header the header read did not reach
+        return problem, None
     x = image.reshape(-1, 3).astype(np.float64)
     outer = (x.T @ x)[np.triu_indices(3)]
     return None, np.concatenate([[len(x)], x.sum(axis=0), outer])
@@ -253,48 +235,49 @@ def report_skipped(skipped):
 def directory_source(root, *, val_fraction=0.1, seed=0, cache=None, name=None):
     """A class-folder tree: root/train/<class>/*, root/val/<class>/*, or root/<class>/*.
 
-    Class names are the sub-folder names in sorted order. With a single tree, a seeded
-    `val_fraction` of each class is held out for validation. Every file is decoded once
-    when first listed (cached by path, size and mtime): files that do not decode
-    (truncated, not an image, too large) are skipped, counted and reported, and the
-    training statistics come from the same pass.
+    Class names are the sub-folder names in sorted order. Without a val/ tree, a seeded
+    `val_fraction` of each class's usable images is held out for validation. Every file is
+    decoded once when first listed (cached by path, size and mtime): files that do not
+    decode (truncated, not an image, too large or elongated) are skipped, counted and
+    reported, and the training statistics come from the same pass. The validation order is
+    a fixed seeded mix of the classes, so its first batches are a fair sample. Raises
+    ValueError for fewer than 2 classes or a class left without training images.
     """
     root = Path(root).expanduser()
     if not root.is_dir():
         raise ValueError(f"{root}: no such directory")
     cache = cache_dir(cache)
-    if (root / "train").is_dir():
-        class_names, train = _list_tree(root / "train")
-        val = []
-        if (root / "val").is_dir():
-            val_classes, val = _list_tree(root / "val")
-            if val_classes != class_names:
-                raise ValueError(
-                    f"{root}: train/ and val/ have different classes "
-                    f"({len(class_names)} vs {len(val_classes)})"
-                )
-    else:
-        class_names, files = _list_tree(root)
-        if not 0 < val_fraction < 1:
-            raise ValueError(f"val_fraction must be in (0, 1). Received: {val_fraction}")
-        rng = np.random.default_rng(seed)
-        train, val = [], []
-        for name_ in class_names:
-            members = [f for f in files if f[1] == name_]
-            order = rng.permutation(len(members))
-            n_val = int(round(len(members) * val_fraction))
-            val += [members[i] for i in sorted(order[:n_val])]
-            train += [members[i] for i in sorted(order[n_val:])]
-    scanned = _scan([p for p, _ in train + val], cache)
+    folder = root / "train" if (root / "train").is_dir() else root
+    class_names, listed = _list_tree(folder)
+    if len(class_names) < 2:
+        raise ValueError(
+            f"{folder}: one class folder ({class_names[0]}); a classifier needs at least 2 classes"
+        )
+    val = None
+    if folder != root and (root / "val").is_dir():
+        val_classes, val = _list_tree(root / "val")
+        if val_classes != class_names:
+            raise ValueError(
+                f"{root}: train/ and val/ have different classes "
+                f"({len(class_names)} vs {len(val_classes)})"
+            )
+    if val is None and not 0 < val_fraction < 1:
+        raise ValueError(f"val_fraction must be in (0, 1). Received: {val_fraction}")
+    scanned = _scan([p for p, _ in listed + (val or [])], cache)
     skipped = sorted((p, r) for p, (r, _) in scanned.items() if r)
     report_skipped(skipped)
+    train = [f for f in listed if not scanned[f[0]][0]]
+    if val is None:
+        train, val = _hold_out(train, class_names, val_fraction, seed)
+    val = [f for f in val if not scanned[f[0]][0]]
+    _check_every_class_trains(folder, class_names, listed, train, scanned)
+    # Class-sorted, the first N batches (--val-steps) would hold only the first classes.
+    val = [val[i] for i in np.random.default_rng([seed, _VAL_ORDER]).permutation(len(val))]
     index = {c: i for i, c in enumerate(class_names)}
-    splits = {}
-    for split, files in (("train", train), ("val", val)):
-        good = [(p, index[c]) for p, c in files if not scanned[p][0]]
-        splits[split] = ([p for p, _ in good], [y for _, y in good])
-    if not splits["train"][0]:
-        raise ValueError(f"{root}: no usable training images")
+    splits = {
+        s: ([p for p, _ in f], [index[c] for _, c in f])
+        for s, f in (("train", train), ("val", val))
+    }
     stats = _stats_from_moments([scanned[p][1] for p in splits["train"][0]])
     return Source(
         name=name or str(root),
@@ -304,6 +287,33 @@ def directory_source(root, *, val_fraction=0.1, seed=0, cache=None, name=None):
         skipped=skipped,
         _factories={s: _files_factory(*v) for s, v in splits.items()},
     )
+
+
+def _hold_out(files, class_names, val_fraction, seed):
+    """Split [(path, class)] into (train, val), a seeded `val_fraction` of each class to val."""
+    rng = np.random.default_rng(seed)
+    train, val = [], []
+    for name in class_names:
+        members = [f for f in files if f[1] == name]
+        order = rng.permutation(len(members))
+        n_val = int(round(len(members) * val_fraction))
+        val += [members[i] for i in sorted(order[:n_val])]
+        train += [members[i] for i in sorted(order[n_val:])]
+    return train, val
+
+
+def _check_every_class_trains(folder, class_names, listed, train, scanned):
+    """Raise for a class with no training image: it would be a label the model never sees."""
+    trained = {c for _, c in train}
+    for name in class_names:
+        if name in trained:
+            continue
+        reasons = [scanned[p][0] for p, c in listed if c == name and scanned[p][0]]
+        total = sum(c == name for _, c in listed)
+        why = f"all {total} files are unusable (first: {reasons[0]})"
+        if len(reasons) < total:
+            why = f"{len(reasons)} of {total} files are unusable and the rest went to validation"
+        raise ValueError(f"{folder / name}: no training images: {why}")
 
 
 # ------------------------------------------------------------------------------- tfds
@@ -351,17 +361,25 @@ def tfds_source(name, data_dir=None, *, cache=None):
         def make(shuffle_seed, shuffle_buffer, shard):
             shuffled = shuffle_seed is not None
             seed = None if shuffle_seed in (None, -1) else shuffle_seed
+            # Files shuffled with a per-pipeline seed and then sharded would overlap between
+            # pipelines; shard first. A prepared split has known sizes: each pipeline reads
+            # only its even subsplit (sizes differ by at most one) and shuffles its files.
+            # Otherwise (mock data) every pipeline reads the files in order and keeps every
+            # num_shards-th example.
+            split, by_subsplit = tfds_split, shard is not None and tfds_split in info.splits
+            if by_subsplit:
+                split = tfds.even_splits(tfds_split, shard[0])[shard[1]]
             read_config = tfds.ReadConfig(
                 shuffle_seed=seed, shuffle_reshuffle_each_iteration=shuffled
             )
             ds = builder.as_dataset(
-                split=tfds_split,
-                shuffle_files=shuffled,
+                split=split,
+                shuffle_files=shuffled and (shard is None or by_subsplit),
                 decoders={image_key: tfds.decode.SkipDecoding()},
                 read_config=read_config,
             )
             ds = ds.map(lambda ex: (ex[image_key], tf.cast(ex[label_key], tf.int32)))
-            if shard is not None:
+            if shard is not None and not by_subsplit:
                 ds = ds.shard(*shard)
             if shuffled:
                 ds = _shuffle(ds, shuffle_buffer, shuffle_seed)

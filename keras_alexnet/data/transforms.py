@@ -4,16 +4,47 @@ Images are float32 RGB on the 0-255 scale. Random transforms are stateless and t
 explicit `seed` (a shape-[2] int tensor), so a pipeline is reproducible from one seed.
 """
 
+import numpy as np
 import tensorflow as tf
+
+from keras_alexnet import imageinfo
 
 PCA_STD = 0.1  # AlexNet Section 4.1: alpha_i ~ N(0, 0.1)
 
 
 def decode(contents):
-    """Decode JPEG/PNG/GIF/BMP bytes to uint8 RGB (grayscale -> RGB, alpha dropped)."""
+    """Decode JPEG/PNG/GIF/BMP bytes to upright uint8 RGB (grayscale -> RGB, alpha dropped).
+
+    TensorFlow's decoders ignore EXIF orientation; it is applied here as the Pillow decoder
+    of predict and the server applies it. 16-bit PNG samples become their high byte.
+    """
     image = tf.io.decode_image(contents, channels=3, expand_animations=False)
     image.set_shape([None, None, 3])
-    return image
+    return upright(image, exif_orientation(contents))
+
+
+def _orientation_of(head):
+    """imageinfo.exif_orientation for a numpy_function argument (bytes, or a 0-d array)."""
+    return np.int32(imageinfo.exif_orientation(np.asarray(head).item()))
+
+
+def exif_orientation(contents):
+    """The EXIF orientation (1-8) of encoded bytes as an int32 scalar tensor; 1 when absent."""
+    # No TensorFlow op reads EXIF: the pure-Python parser shared with the Pillow decoder
+    # reads the first bytes, so both decoders agree by construction.
+    head = tf.strings.substr(contents, 0, imageinfo.EXIF_HEAD)
+    orientation = tf.numpy_function(_orientation_of, [head], tf.int32, stateful=False)
+    return tf.ensure_shape(orientation, [])
+
+
+def upright(image, orientation):
+    """Turn an [H, W, C] image stored with EXIF `orientation` upright (imageinfo's table)."""
+    transpose, flip_rows, flip_cols = tf.unstack(
+        tf.gather(tf.constant(imageinfo.ORIENTATIONS), orientation)
+    )
+    image = tf.cond(transpose, lambda: tf.transpose(image, [1, 0, 2]), lambda: image)
+    image = tf.cond(flip_rows, lambda: tf.reverse(image, axis=[0]), lambda: image)
+    return tf.cond(flip_cols, lambda: tf.reverse(image, axis=[1]), lambda: image)
 
 
 def shorter_side_shape(shape, size):
