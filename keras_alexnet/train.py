@@ -22,6 +22,7 @@ import numpy as np
 from keras_alexnet import __version__, fileio
 from keras_alexnet.metadata import FILENAME as METADATA_FILENAME
 from keras_alexnet.metadata import Metadata
+from keras_alexnet.progress import Progress
 
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker")
 SCHEDULES = ("plateau", "step", "cosine")
@@ -692,8 +693,7 @@ def train_one_epoch(state, strategy, step_fn, source, config, steps_per_epoch):
         )  # fmt: skip
         return ds.take(steps_per_epoch * per_step).skip(skip * per_step)
 
-    bar = _progress_bar(steps_per_epoch)
-    bar.update(skip)
+    bar = Progress(steps_per_epoch, "step", "step", initial=skip, stream=sys.stdout)
     for images, labels in strategy.distribute_datasets_from_function(dataset_fn):
         loss, hits = (float(v) for v in step_fn(images, labels))
         if not math.isfinite(loss):
@@ -701,18 +701,12 @@ def train_one_epoch(state, strategy, step_fn, source, config, steps_per_epoch):
         state.epoch_sums.assign_add([loss, hits, config.batch_size])
         state.step.assign_add(1)
         loss_sum, hits_sum, seen = state.epoch_sums.numpy()
-        bar.update(int(state.step.numpy()), [("loss", loss_sum / seen), ("top1", hits_sum / seen)])
+        bar.update(int(state.step.numpy()), {"loss": loss_sum / seen, "top1": hits_sum / seen})
         if int(state.step.numpy()) % config.checkpoint_every == 0:
             state.manager.save()
+    bar.close()
     loss_sum, hits_sum, seen = state.epoch_sums.numpy()
     return (loss_sum / seen, hits_sum / seen) if seen else (float("nan"), float("nan"))
-
-
-def _progress_bar(steps):
-    """A progress bar over an epoch's steps."""
-    import keras
-
-    return keras.utils.Progbar(steps, stateful_metrics=["loss", "top1"])
 
 
 def _nan_message(loss, epoch, step, manager):

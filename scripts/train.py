@@ -14,6 +14,7 @@ validation accuracy stops improving (at most three times), PCA lighting and refl
 import argparse
 import sys
 
+from keras_alexnet import cli
 from keras_alexnet.models import ALIASES, MODEL_NAMES
 from keras_alexnet.train import PRECISIONS, SCHEDULES, STRATEGIES, TrainConfig
 
@@ -62,37 +63,37 @@ def get_args_parser():
     )
     p.add_argument(
         "--cpu-replicas",
-        type=int,
+        type=cli.positive_int,
         default=DEFAULTS.cpu_replicas,
         help="replicas of a mirrored run on a CPU-only machine (default: %(default)s)",
     )
     p.add_argument(
         "--epochs",
-        type=int,
+        type=cli.positive_int,
         default=None,
         help="epochs (default: AlexNet paper 90, VGG paper 74, demo 4)",
     )
     p.add_argument(
         "--batch-size",
-        type=int,
+        type=cli.positive_int,
         default=None,
         help="global batch size (default: AlexNet paper 128, VGG paper 256, demo 32)",
     )
     p.add_argument(
         "--lr",
-        type=float,
+        type=cli.positive_float,
         default=DEFAULTS.lr,
         help="initial learning rate, both papers (default: %(default)s)",
     )
     p.add_argument(
         "--momentum",
-        type=float,
+        type=cli.non_negative_float,
         default=DEFAULTS.momentum,
         help="SGD momentum, both papers (default: %(default)s)",
     )
     p.add_argument(
         "--weight-decay",
-        type=float,
+        type=cli.non_negative_float,
         default=DEFAULTS.weight_decay,
         help="L2 weight decay coupled into the gradient as in the AlexNet paper's "
         "update rule (default: %(default)s)",
@@ -106,19 +107,19 @@ def get_args_parser():
     )
     p.add_argument(
         "--plateau-patience",
-        type=int,
+        type=cli.positive_int,
         default=DEFAULTS.plateau_patience,
         help="epochs without improvement before a plateau drop (default: %(default)s)",
     )
     p.add_argument(
         "--max-lr-drops",
-        type=int,
+        type=cli.non_negative_int,
         default=DEFAULTS.max_lr_drops,
         help="at most this many /10 drops, three in both papers (default: %(default)s)",
     )
     p.add_argument(
         "--step-epochs",
-        type=int,
+        type=cli.positive_int,
         default=DEFAULTS.step_epochs,
         help="epochs between drops of the step schedule (default: %(default)s)",
     )
@@ -141,7 +142,7 @@ def get_args_parser():
     )
     p.add_argument(
         "--scale",
-        type=float,
+        type=cli.positive_float,
         default=None,
         help="multiplier after in-graph mean subtraction (default: 1, the papers; demo: 1/127.5)",
     )
@@ -154,13 +155,13 @@ def get_args_parser():
     )
     p.add_argument(
         "--image-size",
-        type=int,
+        type=cli.positive_int,
         default=None,
         help="crop size (default: AlexNet 227, VGG 224; demo: AlexNet 67, VGG 32)",
     )
     p.add_argument(
         "--width",
-        type=float,
+        type=cli.positive_float,
         default=DEFAULTS.width,
         help="width multiplier of every layer; 1 is the paper (default: %(default)s)",
     )
@@ -180,7 +181,7 @@ def get_args_parser():
     )
     p.add_argument(
         "--seed",
-        type=int,
+        type=cli.non_negative_int,
         default=DEFAULTS.seed,
         help="seed of init, data order and augmentation (default: %(default)s)",
     )
@@ -191,19 +192,19 @@ def get_args_parser():
     )
     p.add_argument(
         "--steps-per-epoch",
-        type=int,
+        type=cli.positive_int,
         default=None,
         help="cap the steps of each epoch (default: the whole training set)",
     )
     p.add_argument(
         "--val-steps",
-        type=int,
+        type=cli.positive_int,
         default=None,
         help="cap the validation batches (default: the whole validation split)",
     )
     p.add_argument(
         "--checkpoint-every",
-        type=int,
+        type=cli.positive_int,
         default=DEFAULTS.checkpoint_every,
         help="also checkpoint every N steps within an epoch (default: %(default)s)",
     )
@@ -223,9 +224,10 @@ def get_args_parser():
     )
     p.add_argument(
         "--val-fraction",
-        type=float,
+        type=cli.fraction,
         default=DEFAULTS.val_fraction,
-        help="validation share of a directory with no val/ tree (default: %(default)s)",
+        help="validation share held out of each class of a directory with no val/ tree "
+        "(root/<class>/ or root/train/<class>/) (default: %(default)s)",
     )
     p.add_argument(
         "--output",
@@ -237,13 +239,9 @@ def get_args_parser():
 
 def main(args):
     """Run training and print where the results are."""
-    from keras_alexnet.train import TrainingError, train
+    from keras_alexnet.train import train
 
-    config = TrainConfig(**vars(args))
-    try:
-        result = train(config, argv=sys.argv)
-    except (TrainingError, ValueError) as e:
-        raise SystemExit(f"error: {e}") from None
+    result = train(TrainConfig(**vars(args)), argv=sys.argv)
     if result.already_finished:
         return
     best = f"; best model {result.best_model}" if result.best_model else ""
@@ -255,4 +253,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    cli.run(main, get_args_parser())

@@ -1,4 +1,5 @@
 import csv
+import dataclasses
 import json
 import os
 import signal
@@ -16,7 +17,15 @@ from PIL import Image
 from keras_alexnet import layers  # noqa: F401  (registers the custom layers for load_model)
 from keras_alexnet.metadata import Metadata
 from keras_alexnet.serving.local import free_port
-from keras_alexnet.train import coupled_weight_decay, make_train_step
+from keras_alexnet.train import (
+    RunLock,
+    TrainConfig,
+    TrainingError,
+    coupled_weight_decay,
+    init_from_net_a,
+    make_train_step,
+    train,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--model", "vgg_a", "--width", "0.0625", "--image-size", "32", "--resize", "36",
@@ -304,6 +313,17 @@ def test_the_demo_command_trains_alexnet_mirrored_on_the_digits(tmp_path):
     best = keras.saving.load_model(run / "best.keras")
     probs = best.predict_on_batch(np.full((1, 67, 67, 3), 128.0, "float32"))
     np.testing.assert_allclose(probs.sum(), 1.0, rtol=1e-5)  # softmax output
+    # The same command a second time: the run is finished, which it says, exit 0.
+    again = run_train(
+        ["--model", "alexnet", "--strategy", "mirrored", "--epochs", "1",
+         "--steps-per-epoch", "2", "--val-steps", "1", "--output", str(run)],
+        cache=tmp_path / "cache", timeout=600,
+    )  # fmt: skip
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"{run} has already finished 1 epochs; its best model is {run / 'best.keras'}" in (
+        again.stdout
+    )
+    assert "Traceback" not in again.stderr and history_epochs(run) == [1]
 
 
 def test_bad_arguments_are_one_line_errors(tmp_path):
@@ -314,3 +334,114 @@ def test_bad_arguments_are_one_line_errors(tmp_path):
                      "--output", str(tmp_path / "r")], cache=tmp_path / "c")  # fmt: skip
     assert odd.returncode != 0 and "does not split evenly over 2 replicas" in odd.stderr
     assert "Traceback" not in odd.stderr
+
+
+def tiny_config(data, output, **changes):
+    """A tiny VGG A run on `data` through the Python API."""
+    base = dict(model="vgg_a", data=str(data), width=0.0625, image_size=32, resize=(36, 36),
+                batch_size=8, init="he", scale=0.0078, output=str(output),
+                cache=str(Path(output).parent / "cache"), epochs=1)  # fmt: skip
+    return TrainConfig(**{**base, **changes})
+
+
+def test_a_finished_run_says_so_and_a_larger_epochs_continues_it(tiny_data, tmp_path):
+    config = tiny_config(tiny_data, tmp_path / "run")
+    first = train(config, log=lambda *a: None)
+    assert first.epochs == 1 and not first.already_finished
+    assert first.best_model == tmp_path / "run" / "best.keras" and first.best_model.exists()
+    lines = []
+    again = train(config, log=lines.append)
+    assert again.already_finished and again.epochs == 1 and again.best_model == first.best_model
+    assert again.val_top1 == pytest.approx(first.val_top1, abs=1e-6)
+    assert lines == [
+        f"{tmp_path / 'run'} has already finished 1 epochs; its best model is "
+        f"{first.best_model}. Pass a larger --epochs to continue it."
+    ]
+    more = train(dataclasses.replace(config, epochs=2), log=lambda *a: None)
+    assert more.epochs == 2 and not more.already_finished
+    assert history_epochs(tmp_path / "run") == [1, 2]
+    # Trained with reflections (the default for real data): the paper's protocol.
+    assert Metadata.load(tmp_path / "run" / "metadata.json").protocol == "dense"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [({"model": "vgg_b"}, "--model vgg_a, not vgg_b"),
+     ({"width": 0.125}, "--width 0.0625, not 0.125"),
+     ({"precision": "mixed_bfloat16"}, "--precision float32, not mixed_bfloat16")],
+)  # fmt: skip
+def test_a_run_directory_of_another_config_is_one_line(tiny_data, tmp_path, change, message):
+    config = tiny_config(tiny_data, tmp_path / "run")
+    train(config, log=lambda *a: None)
+    with pytest.raises(TrainingError, match=message) as error:
+        train(dataclasses.replace(config, epochs=2, **change), log=lambda *a: None)
+    assert "\n" not in str(error.value)
+
+
+def test_a_second_training_into_the_same_run_directory_is_refused(tiny_data, tmp_path):
+    config = tiny_config(tiny_data, tmp_path / "run")
+    with RunLock(tmp_path / "run"):  # another training holds the directory
+        with pytest.raises(TrainingError, match="in use by another training"):
+            train(config, log=lambda *a: None)
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    assert train(config, log=lambda *a: None).epochs == 1  # free again
+
+
+def test_an_epoch_resumed_mid_way_reports_the_whole_epoch(tiny_data, tmp_path, monkeypatch):
+    config = tiny_config(tiny_data, tmp_path / "whole", deterministic=True, checkpoint_every=1)
+    train(config, log=lambda *a: None)
+    saves = []
+    original = tf.train.CheckpointManager.save
+
+    def save_then_die(self, *args, **kwargs):  # killed right after the step-2 checkpoint
+        path = original(self, *args, **kwargs)
+        saves.append(path)
+        if len(saves) == 2:
+            raise KeyboardInterrupt
+        return path
+
+    cut = dataclasses.replace(config, output=str(tmp_path / "cut"))
+    monkeypatch.setattr(tf.train.CheckpointManager, "save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train(cut, log=lambda *a: None)
+    monkeypatch.setattr(tf.train.CheckpointManager, "save", original)
+    lines = []
+    train(cut, log=lines.append)
+    assert lines[0].startswith("Resumed from") and "step 2 of 4" in lines[0]
+    whole, resumed = (list(csv.DictReader(open(tmp_path / d / "history.csv"))) for d in
+                      ("whole", "cut"))  # fmt: skip
+    for key in ("loss", "top1", "val_top1"):
+        assert float(resumed[0][key]) == pytest.approx(float(whole[0][key]), rel=1e-5), key
+
+
+def test_init_from_copies_net_as_first_four_convs_and_fc_layers(tiny_data, tmp_path):
+    from keras_alexnet.models import build_model
+    from keras_alexnet.runtime import load_keras_model
+
+    train(tiny_config(tiny_data, tmp_path / "a"), log=lambda *a: None)
+    net_a, _ = load_keras_model(tmp_path / "a")
+    net_d = build_model("vgg_d", classes=2, input_shape=(32, 32, 3), width=0.0625, seed=1)
+    before = {layer.name: layer.get_weights() for layer in net_d.layers}
+    copied = init_from_net_a(net_d, tmp_path / "a", log=lambda *a: None)
+    expected = ["block1_conv1", "block2_conv1", "block3_conv1", "block3_conv2",
+                "fc1", "fc2", "predictions"]  # fmt: skip
+    assert copied == expected
+    for layer in net_d.layers:
+        weights = layer.get_weights()
+        if layer.name in expected:
+            theirs_all = net_a.get_layer(layer.name).get_weights()
+            for ours, theirs in zip(weights, theirs_all, strict=True):
+                np.testing.assert_array_equal(ours, theirs)
+        elif weights:  # every other layer keeps its own initialisation
+            for now, then in zip(weights, before[layer.name], strict=True):
+                np.testing.assert_array_equal(now, then)
+    # Through training: the run starts from net A and records where from.
+    config = tiny_config(tiny_data, tmp_path / "d", model="vgg_d", init_from=str(tmp_path / "a"))
+    lines = []
+    assert train(config, log=lines.append).epochs == 1
+    assert any(line.startswith("Initialised block1_conv1") for line in lines)
+    recorded = json.loads((tmp_path / "d" / "command.json").read_text())["config"]
+    assert recorded["init_from"] == str(tmp_path / "a")
+    wrong = tiny_config(tiny_data, tmp_path / "e", model="vgg_b", init_from=str(tmp_path / "d"))
+    with pytest.raises(TrainingError, match="needs a trained VGG A; .* is vgg_d"):
+        train(wrong, log=lambda *a: None)
