@@ -10,6 +10,7 @@ field `file` -> top-5 classes). NAME is the ONNX file's stem unless --model-name
 import argparse
 
 from keras_alexnet import cli
+from keras_alexnet.runtime import provider_help
 from keras_alexnet.serving.app import ServeConfig
 
 
@@ -68,6 +69,20 @@ def get_args_parser():
         help="a request not answered in this time gets a 503 (default: %(default)s)",
     )
     p.add_argument(
+        "--read-timeout-s",
+        type=float,
+        default=d.read_timeout_s,
+        help="a client gets this long for a request's headers (else its connection is "
+        "closed), then as long for its body (else a 408) (default: %(default)s)",
+    )
+    p.add_argument(
+        "--keep-alive-s",
+        type=float,
+        default=d.keep_alive_s,
+        help="an idle connection is closed after this (default: %(default)s)",
+    )
+    p.add_argument("--provider", default=d.provider, help=provider_help())
+    p.add_argument(
         "--log-level",
         default=d.log_level,
         choices=["critical", "error", "warning", "info", "debug"],
@@ -77,17 +92,10 @@ def get_args_parser():
 
 
 def main(args):
-    """Validate the options and serve until interrupted."""
+    """Validate the options (ServeConfig checks every number) and serve until interrupted."""
     from keras_alexnet.serving.app import serve
 
-    if args.max_batch_size < 1 or args.max_pixels < 1 or args.threads < 0:
-        raise SystemExit("error: --max-batch-size and --max-pixels must be >= 1, --threads >= 0")
-    if args.max_latency_ms < 0 or args.max_body_mb <= 0 or args.timeout_s <= 0:
-        raise SystemExit("error: --max-latency-ms must be >= 0, --max-body-mb and --timeout-s > 0")
-    try:
-        serve(ServeConfig(**vars(args)))
-    except (FileNotFoundError, ValueError) as e:
-        raise SystemExit(f"error: {e}") from None
+    serve(ServeConfig(**vars(args)))
 
 
 if __name__ == "__main__":

@@ -406,6 +406,13 @@ BAD_REQUESTS = {
     "unknown version": ("POST", "/v2/models/tiny/versions/2/infer", {"json": {}}, 404, "version"),
     "unknown route": ("GET", "/v3/nothing", {}, 404, "Not Found"),
     "wrong method": ("GET", INFER, {}, 405, "Method Not Allowed"),
+    "JSON nested 5,000 deep": (
+        "POST", INFER, {"content": b"[" * 5000 + b"]" * 5000}, 400, "nested too deeply",
+    ),
+    "JSON data nested 5,000 deep": (
+        "POST", INFER, {"content": b'{"inputs": [{"data": ' + b"[" * 5000 + b"]" * 5000 + b"}]}"},
+        400, "nested too deeply",
+    ),
     "body not JSON": ("POST", INFER, {"content": b"{inputs"}, 400, "not JSON"),
     "body a JSON list": ("POST", INFER, {"json": [1]}, 400, "JSON object"),
     "no inputs": ("POST", INFER, {"json": {"id": "x"}}, 400, "'inputs'"),
@@ -485,7 +492,7 @@ BAD_REQUESTS = {
     ),
     "classify too many pixels": (
         "POST", CLASSIFY, image_file("big.png", _png((1001, 1000))), 413,
-        "larger than the limit of 1000000 pixels",
+        "1000x1001 pixels (the limit is 1,000,000)",
     ),
     "classify too many files": (
         "POST", CLASSIFY,
@@ -566,3 +573,210 @@ def test_a_request_the_model_does_not_answer_in_time_gets_a_503(tmp_path):
         assert response.status_code == 503
         assert response.json()["error"] == "no answer from the model within 0.0001 s"
         assert httpx.get(url + "/v2/health/live").status_code == 200
+
+
+def test_wrong_method_answer_names_the_allowed_methods(server):
+    response = httpx.get(server + INFER)
+    assert response.status_code == 405 and response.headers["allow"] == "POST"
+    assert response.json() == {"error": "Method Not Allowed"}
+    response = httpx.post(server + "/v2/health/live")
+    assert response.status_code == 405 and response.headers["allow"] == "GET"
+
+
+def test_openapi_describes_the_request_bodies_and_their_errors(server):
+    paths = httpx.get(server + "/openapi.json").json()["paths"]
+    for path in ("/v2/models/{name}/infer", "/v2/models/{name}/versions/{version}/infer"):
+        infer = paths[path]["post"]
+        schema = infer["requestBody"]["content"]["application/json"]["schema"]
+        assert schema["required"] == ["inputs"]
+        tensor = schema["properties"]["inputs"]["items"]
+        # Every key a valid request sends is described, and the required ones are there.
+        entry = infer_body(ZEROS)["inputs"][0]
+        assert set(tensor["required"]) <= set(entry) <= set(tensor["properties"])
+        assert "FP32" in tensor["properties"]["datatype"]["enum"]
+        assert {"400", "404", "408", "413", "500", "503"} <= set(infer["responses"])
+        error = infer["responses"]["400"]["content"]["application/json"]["schema"]
+        assert error == {"$ref": "#/components/schemas/ErrorBody"}
+    classify = paths["/v2/models/{name}/classify"]["post"]
+    form = classify["requestBody"]["content"]["multipart/form-data"]["schema"]
+    assert form["required"] == ["file"] and form["properties"]["file"]["type"] == "array"
+    assert {"400", "413", "415"} <= set(classify["responses"])
+
+
+def metric_samples(url):
+    """{(sample name, sorted labels): value} of the server's /metrics, parsed by the client."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    response = httpx.get(url + "/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain; version=")
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(response.text)
+        for s in family.samples
+    }
+
+
+def test_metrics_count_requests_by_route_and_status_and_batch_sizes(server):
+    route = "/v2/models/{name}/infer"
+
+    def count(samples, status):
+        key = (("method", "POST"), ("route", route), ("status", status))
+        return samples.get(("keras_alexnet_requests_total", key), 0)
+
+    before = metric_samples(server)
+    two = np.zeros((2, 32, 32, 3), np.float32)
+    for _ in range(3):
+        assert post_json(server + INFER, infer_body(two)).status_code == 200
+    assert post_json(server + "/v2/models/alexnet/infer", infer_body(two)).status_code == 404
+    too_big = httpx.post(server + INFER, content=b" " * (1024 * 1024 + 1))
+    assert too_big.status_code == 413  # answered by the body limit, before routing
+    assert httpx.get(server + "/v3/nothing").status_code == 404
+    after = metric_samples(server)
+
+    def delta(name, labels=()):
+        return after.get((name, labels), 0) - before.get((name, labels), 0)
+
+    assert count(after, "200") - count(before, "200") == 3
+    assert count(after, "404") - count(before, "404") == 1
+    assert count(after, "413") - count(before, "413") == 1
+    unmatched = (("method", "GET"), ("route", "unmatched"), ("status", "404"))
+    assert delta("keras_alexnet_requests_total", unmatched) == 1
+    latency = "keras_alexnet_request_duration_seconds_count"
+    assert delta(latency, (("route", route),)) == 5
+    # One run of 2 rows per successful request: they came one after another.
+    assert delta("keras_alexnet_batch_size_count") == 3
+    assert delta("keras_alexnet_batch_size_sum") == 6
+    assert delta("keras_alexnet_batch_size_bucket", (("le", "2.0"),)) == 3
+    assert delta("keras_alexnet_batch_size_bucket", (("le", "1.0"),)) == 0
+    assert delta("keras_alexnet_model_run_seconds_count") == 3
+    assert after[("keras_alexnet_queue_depth", ())] == 0
+
+
+def test_apps_in_one_process_keep_their_own_metrics_and_unexpected_errors_are_json(
+    artifacts, monkeypatch
+):
+    from fastapi.testclient import TestClient
+
+    from keras_alexnet.serving import app as app_module
+
+    first = app_module.create_app(app_module.ServeConfig(model=str(artifacts[1])))
+    second = app_module.create_app(app_module.ServeConfig(model=str(artifacts[1])))
+
+    def broken(*args):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(app_module, "parse_infer_request", broken)
+    with TestClient(first, raise_server_exceptions=False) as a, TestClient(second) as b:
+        response = a.post(INFER, json=infer_body(ZEROS))
+        assert response.status_code == 500
+        assert response.headers["content-type"] == "application/json"
+        assert response.json() == {"error": "internal server error (RuntimeError)"}
+        assert a.get("/v2/health/live").status_code == 200
+        assert 'route="/v2/models/{name}/infer",status="500"} 1.0' in a.get("/metrics").text
+        assert "/v2/models/{name}/infer" not in b.get("/metrics").text
+
+
+@pytest.mark.parametrize(
+    "field,value,requirement",
+    [
+        ("port", 70000, "a TCP port from 0 to 65535"),
+        ("port", -1, "a TCP port from 0 to 65535"),
+        ("max_batch_size", 0, "an integer >= 1"),
+        ("max_pixels", 0, "an integer >= 1"),
+        ("threads", -1, "an integer >= 0"),
+        ("max_latency_ms", -0.5, "a finite number >= 0"),
+        ("max_latency_ms", float("inf"), "a finite number >= 0"),
+        ("max_body_mb", 0, "a finite number > 0"),
+        ("timeout_s", float("nan"), "a finite number > 0"),
+        ("read_timeout_s", 0, "a finite number > 0"),
+        ("keep_alive_s", -1, "a finite number > 0"),
+    ],
+)
+def test_out_of_range_settings_are_refused_naming_the_flag(field, value, requirement):
+    from keras_alexnet.serving import ServeConfig
+
+    flag = "--" + field.replace("_", "-")
+    with pytest.raises(ValueError) as info:
+        ServeConfig(model="m.onnx", **{field: value})
+    assert str(info.value) == f"{flag} must be {requirement}. Received: {value}"
+
+
+@pytest.mark.parametrize(
+    "flags,line",
+    [
+        (["--port", "70000"], "error: --port must be a TCP port from 0 to 65535. Received: 70000"),
+        (["--provider", "nosuch"], "error: onnxruntime here has no execution provider 'nosuch'"),
+    ],
+)
+def test_serve_script_bad_settings_are_one_line_errors(artifacts, flags, line):
+    cmd = [sys.executable, "scripts/serve.py", "--model", str(artifacts[1]), *flags]
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert out.returncode == 1
+    [got] = out.stderr.strip().splitlines()
+    assert got.startswith(line)
+
+
+async def _seconds_until_closed(host, port, send, limit):
+    """Open a connection, run `send(writer)`, return (seconds until the server closed it,
+    the bytes it answered); `limit` seconds at most."""
+    start = time.monotonic()
+    reader, writer = await asyncio.open_connection(host, port)
+    dripping = asyncio.create_task(send(writer))
+    answer = b""
+    try:
+        async with asyncio.timeout(limit):
+            while chunk := await reader.read(4096):
+                answer += chunk
+    except (ConnectionError, TimeoutError):
+        pass
+    finally:
+        dripping.cancel()
+        writer.close()
+    return time.monotonic() - start, answer
+
+
+def test_slow_or_idle_connections_are_closed_within_the_read_timeout(artifacts, tmp_path):
+    timeout, limit = 1.0, 8.0
+    flags = ("--read-timeout-s", str(timeout), "--keep-alive-s", str(timeout))
+
+    async def nothing(writer):
+        await asyncio.sleep(limit)
+
+    async def slowloris(writer):  # a header line every 0.2 s, never the blank line
+        writer.write(b"POST /v2/models/tiny/infer HTTP/1.1\r\nHost: x\r\n")
+        for i in range(100):
+            await asyncio.sleep(0.2)
+            writer.write(b"X-%d: y\r\n" % i)
+            await writer.drain()
+
+    async def slow_body(writer):  # headers at once, then 10 of the 100 bytes announced
+        writer.write(b"POST /v2/models/tiny/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n")
+        writer.write(b'Content-Type: application/json\r\n\r\n{"inputs":')
+        for _ in range(100):
+            await asyncio.sleep(0.2)
+            writer.write(b" ")
+            await writer.drain()
+
+    async def idle_after_a_request(writer):
+        writer.write(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+        await asyncio.sleep(limit)
+
+    async def attack(url):
+        host, port = url.removeprefix("http://").split(":")
+        clients = [nothing, slowloris, slow_body, idle_after_a_request] * 2
+        return await asyncio.gather(
+            *[_seconds_until_closed(host, int(port), c, limit) for c in clients]
+        )
+
+    with running_server(artifacts[1], *flags, log_dir=tmp_path) as url:
+        results = asyncio.run(attack(url))
+        assert httpx.get(url + "/v2/health/live").status_code == 200  # still serving
+    for seconds, _ in results:
+        assert timeout * 0.9 < seconds < timeout + 2.5
+    for _, answer in results[2::4]:  # slow bodies: a JSON 408 and then closed
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 408") and b"connection: close" in head.lower()
+        assert json.loads(body) == {"error": "the request body did not arrive within 1 s"}
+    for _, answer in results[3::4]:
+        assert answer.startswith(b"HTTP/1.1 200")

@@ -11,32 +11,52 @@ Endpoints (`{name}` is the served model's name, the ONNX file's stem by default)
     POST /v2/models/{name}/infer          tensors in the protocol's JSON form (or its binary
                                           data extension: Inference-Header-Content-Length)
     POST /v2/models/{name}/classify       multipart images in the field `file` -> top-5
+    GET  /metrics                         Prometheus metrics (see `serving.metrics`)
 
 `/v2/models/{name}/versions/1` and `/v2/models/{name}/versions/1/infer` work too. Every
-error is JSON `{"error": ...}`: 4xx for a bad request, 5xx for a failure on our side.
+error is JSON `{"error": ...}`: 4xx for a bad request, 5xx for a failure on our side. A
+client must send a request's headers and its body within `read_timeout_s` each, or its
+connection is closed (the body's lateness answered with a 408).
 """
 
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import json
 import math
 
 import numpy as np
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
 from keras_alexnet import __version__
+from keras_alexnet.runtime import AUTO
 from keras_alexnet.serving import images
 from keras_alexnet.serving.batching import DynamicBatcher, ModelError, RequestTimeout
+from keras_alexnet.serving.metrics import Metrics, RequestMetrics
 from keras_alexnet.serving.model import OnnxModel, top_k
+from keras_alexnet.serving.openapi import CLASSIFY_BODY, CLASSIFY_ERRORS, INFER_BODY, INFER_ERRORS
+
+# ServeConfig field: (test, what the value must be); checked whenever a config is made.
+LIMITS = {
+    "port": (lambda v: 0 <= v <= 65535, "a TCP port from 0 to 65535"),
+    "max_batch_size": (lambda v: v >= 1, "an integer >= 1"),
+    "max_pixels": (lambda v: v >= 1, "an integer >= 1"),
+    "threads": (lambda v: v >= 0, "an integer >= 0"),
+    "max_latency_ms": (lambda v: v >= 0, "a finite number >= 0"),
+    "max_body_mb": (lambda v: v > 0, "a finite number > 0"),
+    "timeout_s": (lambda v: v > 0, "a finite number > 0"),
+    "read_timeout_s": (lambda v: v > 0, "a finite number > 0"),
+    "keep_alive_s": (lambda v: v > 0, "a finite number > 0"),
+}
 
 
 @dataclasses.dataclass(frozen=True)
 class ServeConfig:
-    """What `scripts/serve.py` configures."""
+    """What `scripts/serve.py` configures; a value out of range is a one-line ValueError."""
 
     model: str
     host: str = "127.0.0.1"
@@ -49,7 +69,18 @@ class ServeConfig:
     max_body_mb: float = 64.0
     max_pixels: int = images.MAX_PIXELS
     timeout_s: float = 30.0
+    provider: str = AUTO
+    read_timeout_s: float = 30.0  # for a request's headers, and then for its body
+    keep_alive_s: float = 5.0  # an idle connection is closed after this
     log_level: str = "warning"
+
+    def __post_init__(self):
+        """Refuse values no server can run with, naming the flag that sets them."""
+        for name, (accept, requirement) in LIMITS.items():
+            value = getattr(self, name)
+            if not (math.isfinite(value) and accept(value)):
+                flag = "--" + name.replace("_", "-")
+                raise ValueError(f"{flag} must be {requirement}. Received: {value}")
 
 
 class ApiError(Exception):
@@ -60,20 +91,22 @@ class ApiError(Exception):
         self.status = status
 
 
-def _error(status, message):
+def _error(status, message, headers=None):
     """The JSON error response."""
-    return JSONResponse({"error": message}, status_code=status)
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
 class BodyLimit:
-    """ASGI middleware: refuse request bodies over `max_bytes` with 413, before parsing.
+    """ASGI middleware: a body over `max_bytes` gets 413, one slower than `timeout_s` 408.
 
-    The body is read here (counted, whatever Content-Length claims) and replayed to the app.
+    The body is read here, before parsing (counted, whatever Content-Length claims), and
+    replayed to the app. A 408 closes the connection: the client is too slow to keep.
     """
 
-    def __init__(self, app, max_bytes):
+    def __init__(self, app, max_bytes, timeout_s):
         self.app = app
         self.max_bytes = max_bytes
+        self.timeout_s = timeout_s
 
     async def __call__(self, scope, receive, send):
         """Handle one ASGI connection."""
@@ -86,9 +119,19 @@ class BodyLimit:
                 return await _error(400, "invalid Content-Length header")(scope, receive, send)
             if int(length) > self.max_bytes:
                 return await too_large(scope, receive, send)
+        too_slow = _error(
+            408,
+            f"the request body did not arrive within {self.timeout_s:g} s",
+            {"Connection": "close"},
+        )
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout_s
         chunks, size = [], 0
         while True:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), deadline - loop.time())
+            except TimeoutError:
+                return await too_slow(scope, receive, send)
             if message["type"] == "http.disconnect":
                 return None
             chunks.append(message.get("body", b""))
@@ -206,6 +249,8 @@ def parse_infer_request(content, header_length, model, max_rows):
         body = json.loads(header)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ApiError(f"the request body is not JSON ({e})") from None
+    except RecursionError:
+        raise ApiError("the request body's JSON is nested too deeply") from None
     if not isinstance(body, dict):
         raise ApiError("the request body must be a JSON object")
     entries = body.get("inputs")
@@ -284,7 +329,10 @@ def infer_response(model, request, result):
 
 def create_app(config):
     """Build the FastAPI application serving `config.model` (loaded now, warmed at startup)."""
-    model = OnnxModel(config.model, name=config.model_name, threads=config.threads)
+    model = OnnxModel(
+        config.model, name=config.model_name, threads=config.threads, provider=config.provider
+    )
+    metrics = Metrics(config.max_batch_size)
     state = {"model": None, "batcher": None, "ready": False}
 
     @contextlib.asynccontextmanager
@@ -295,7 +343,9 @@ def create_app(config):
             max_latency_ms=config.max_latency_ms,
             batching=config.batching and model.batchable,
             timeout_s=config.timeout_s,
+            on_run=metrics.observe_run,
         )
+        metrics.watch_queue(batcher.queue_depth)
         await batcher.start()
         state.update(model=model, batcher=batcher)
         warm = {s.name: np.zeros(model.example_shape(s), s.dtype) for s in model.inputs}
@@ -312,11 +362,23 @@ def create_app(config):
         lifespan=lifespan,
         description="KServe v2 / Open Inference Protocol REST over onnxruntime.",
     )
-    app.add_middleware(BodyLimit, max_bytes=int(config.max_body_mb * 1024 * 1024))
+    app.add_middleware(
+        BodyLimit,
+        max_bytes=int(config.max_body_mb * 1024 * 1024),
+        timeout_s=config.read_timeout_s,
+    )
+    # Added last, so outermost: it also counts what BodyLimit answers.
+    app.add_middleware(RequestMetrics, metrics=metrics)
 
     @app.exception_handler(HTTPException)
     async def http_error(request, exc):
-        return _error(exc.status_code, str(exc.detail))
+        # exc.headers carries Allow on a 405.
+        return _error(exc.status_code, str(exc.detail), exc.headers)
+
+    @app.exception_handler(Exception)
+    async def unexpected_error(request, exc):
+        # A bug, not the request's fault: still JSON, as every error; the log has the trace.
+        return _error(500, f"internal server error ({type(exc).__name__})")
 
     @app.exception_handler(ApiError)
     async def bad_request(request, exc):
@@ -354,6 +416,12 @@ def create_app(config):
         if not state["ready"]:
             return JSONResponse({"ready": False}, status_code=503)
         return {"ready": True}
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    async def prometheus_metrics():
+        """Prometheus metrics: requests by route and status, latency, batch sizes, queue."""
+        body, content_type = metrics.exposition()
+        return Response(body, media_type=content_type)
 
     @app.get("/v2/models/{name}")
     async def model_metadata(name: str):
@@ -397,18 +465,22 @@ def create_app(config):
         except RequestTimeout as e:
             raise ApiError(str(e), 503) from None
 
-    @app.post("/v2/models/{name}/infer")
+    @app.post("/v2/models/{name}/infer", openapi_extra=INFER_BODY, responses=INFER_ERRORS)
     async def infer_route(name: str, request: Request):
         """Inference on tensors in the protocol's JSON form."""
         return await infer(name, request)
 
-    @app.post("/v2/models/{name}/versions/{version}/infer")
+    @app.post(
+        "/v2/models/{name}/versions/{version}/infer",
+        openapi_extra=INFER_BODY,
+        responses=INFER_ERRORS,
+    )
     async def infer_version_route(name: str, version: str, request: Request):
         """Inference on an explicit version."""
         check_version(version)
         return await infer(name, request)
 
-    @app.post("/v2/models/{name}/classify")
+    @app.post("/v2/models/{name}/classify", openapi_extra=CLASSIFY_BODY, responses=CLASSIFY_ERRORS)
     async def classify(name: str, request: Request):
         """Top-5 classes of uploaded images (multipart field `file`, repeatable)."""
         model = get_model(name)
@@ -477,6 +549,8 @@ def serve(config):
     """Load the model and serve HTTP until interrupted."""
     import uvicorn
 
+    from keras_alexnet.serving.protocol import DeadlineH11Protocol
+
     app = create_app(config)
     uvicorn.run(
         app,
@@ -485,4 +559,6 @@ def serve(config):
         log_level=config.log_level,
         access_log=config.log_level in ("debug", "info"),
         timeout_graceful_shutdown=5,
+        http=functools.partial(DeadlineH11Protocol, read_timeout_s=config.read_timeout_s),
+        timeout_keep_alive=config.keep_alive_s,
     )

@@ -39,12 +39,21 @@ class DynamicBatcher:
     The first queued request waits at most `max_latency_ms` for others to join it; with
     `batching=False` every request is its own run. Runs happen one at a time in a worker
     thread (onnxruntime parallelises inside a run), so the event loop keeps accepting.
+    `on_run(rows, seconds)`, if given, is told of every run (metrics).
     """
 
     def __init__(
-        self, run, *, max_batch_size=32, max_latency_ms=5.0, batching=True, timeout_s=30.0
+        self,
+        run,
+        *,
+        max_batch_size=32,
+        max_latency_ms=5.0,
+        batching=True,
+        timeout_s=30.0,
+        on_run=None,
     ):
         self._run = run
+        self._on_run = on_run
         self.max_batch_size = max_batch_size
         self.max_latency_s = max_latency_ms / 1000
         self.batching = batching
@@ -84,6 +93,10 @@ class DynamicBatcher:
             return await asyncio.wait_for(future, self.timeout_s)
         except TimeoutError:
             raise RequestTimeout(f"no answer from the model within {self.timeout_s:g} s") from None
+
+    def queue_depth(self):
+        """Requests waiting for a run (not those being run, nor those that timed out)."""
+        return sum(not item.future.done() for item in self._queue)
 
     def _take(self):
         """Remove and return the requests of the next run (compatible, within the limit)."""
@@ -139,15 +152,15 @@ class DynamicBatcher:
                 else batch[0].feeds[name]
                 for name in batch[0].feeds
             }
+            rows = sum(item.rows for item in batch)
             start = time.perf_counter()
             try:
                 outputs = await loop.run_in_executor(self._executor, self._run, feeds)
-                total = sum(item.rows for item in batch)
                 for name, value in outputs.items():
-                    if len(batch) > 1 and (value.ndim == 0 or value.shape[0] != total):
+                    if len(batch) > 1 and (value.ndim == 0 or value.shape[0] != rows):
                         raise RuntimeError(
                             f"output {name!r} has shape {list(value.shape)}, not one row per "
-                            f"input row ({total}); cannot split it between requests"
+                            f"input row ({rows}); cannot split it between requests"
                         )
             except Exception as e:  # any failure inside the model fails this run's requests
                 self.stats.failure_count += len(batch)
@@ -156,9 +169,12 @@ class DynamicBatcher:
                         item.future.set_exception(ModelError(str(e).strip()))
                 continue
             finally:
+                seconds = time.perf_counter() - start
                 self.stats.execution_count += 1
                 self.stats.request_count += len(batch)
-                self.stats.run_seconds += time.perf_counter() - start
+                self.stats.run_seconds += seconds
+                if self._on_run is not None:
+                    self._on_run(rows, seconds)
             offset = 0
             for item in batch:
                 self.stats.inference_count += item.rows
