@@ -393,6 +393,7 @@ class TrainState:
 
     model: object
     inference: object  # the softmax twin: validation and best.keras
+    predict: object  # tf.function of the twin, traced once for every validation
     optimizer: object
     epoch: object  # tf.Variable: completed epochs
     step: object  # tf.Variable: completed steps of the current epoch
@@ -494,7 +495,7 @@ def _train_locked(config, spec, strategy, run, argv, log):
         log(f"Epoch {epoch + 1}/{config.epochs} (lr {float(state.lr.numpy()):.3g})")
         loss, top1 = train_one_epoch(state, strategy, step_fn, source, config, steps_per_epoch)
         state.inference.set_weights(state.model.get_weights())
-        val_top1, val_top5 = validate(state.inference, source, config)
+        val_top1, val_top5 = validate(state.predict, source, config)
         log(f"  loss {loss:.4f}  val top-1 {val_top1:.4f}  val top-5 {val_top5:.4f}")
         if val_top1 > best_top1 and run.is_chief:
             best_top1 = val_top1
@@ -581,9 +582,11 @@ def _build_state(config, spec, strategy, run, metadata):
     manager = tf.train.CheckpointManager(
         checkpoint, str(run.checkpoints), max_to_keep=config.keep_checkpoints
     )
+    predict = tf.function(lambda x: inference(x, training=False))
     return TrainState(
-        model, inference, optimizer, epoch, step, base_lr, plateau, sums, checkpoint, manager
-    )
+        model, inference, predict, optimizer, epoch, step, base_lr, plateau, sums, checkpoint,
+        manager,
+    )  # fmt: skip
 
 
 def _restore_or_start(state, config, run, metadata, steps_per_epoch, argv, log):
@@ -745,8 +748,8 @@ def _lr(optimizer):
     return inner.learning_rate
 
 
-def validate(model, source, config):
-    """Top-1 and top-5 accuracy on the validation split (centre crops)."""
+def validate(predict, source, config):
+    """Top-1 and top-5 accuracy of `predict` (images -> probabilities) on centre crops of val."""
     import tensorflow as tf
 
     from keras_alexnet.data import eval_dataset
@@ -757,9 +760,8 @@ def validate(model, source, config):
     )  # fmt: skip
     if config.val_steps:
         ds = ds.take(config.val_steps)
-    predict = tf.function(lambda x: model(x, training=False))
     top1 = top5 = count = 0
-    k = min(5, model.output_shape[-1])
+    k = min(5, len(source.class_names))
     for images, labels in ds:
         probs = predict(images)
         top1 += int(tf.reduce_sum(tf.cast(tf.math.in_top_k(labels, probs, 1), tf.int32)))
