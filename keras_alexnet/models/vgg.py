@@ -66,9 +66,10 @@ def vgg(
     """Build VGG configuration `config` (one of CONFIGS' keys) as in the paper's Table 1.
 
     Layer names follow Keras Applications (`block{i}_conv{j}`, `block{i}_pool`, `fc1`,
-    `fc2`, `predictions`) so its VGG16/VGG19 weights load into D/E by name; A-LRN's
-    LRN is `block1_lrn`. Initialisation "paper" is N(0, variance 1e-2) weights with zero
-    biases (Section 3.1); "glorot" (which the paper notes also works) or "he".
+    `fc2`, `predictions`; its weight files expect BGR caffe-mode inputs, so loading them
+    by name is not enough); A-LRN's LRN is `block1_lrn`. Initialisation "paper" is
+    N(0, variance 1e-2) weights with zero biases (Section 3.1; it overflows in float32,
+    which is why training defaults to "glorot", which the paper notes also works) or "he".
 
     Args:
         config: "A", "A-LRN", "B", "C", "D" or "E".
