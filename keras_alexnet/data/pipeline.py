@@ -45,8 +45,9 @@ def train_dataset(
     unless `subtract_mean`. One pass over the dataset is one epoch; every new pass is a
     new presentation (new order, crops, flips and lighting). With `seed` the passes are
     reproducible: pass k of a dataset built with (seed, epoch) is the same in every run.
-    With `input_context` the data is sharded per input pipeline and `batch_size` (the
-    global batch) becomes the per-replica batch. `shuffle_buffer` bounds the shuffle of
+    With `input_context` each input pipeline reads a disjoint shard, chosen before any
+    shuffling (the pipelines together read every example once per pass), and `batch_size`
+    (the global batch) becomes the per-replica batch. `shuffle_buffer` bounds the shuffle of
     TFDS records and of cached images; a folder's file list is shuffled whole.
     """
     lo, hi = (int(v) for v in np.broadcast_to(resize, [2]))
