@@ -190,17 +190,12 @@ def _load_savedmodel(path):
     size = spec.shape[1:3].as_list()
     input_size = size[0] if None not in size else None
     outputs = signature.structured_outputs
-    output = outputs[OUTPUT_NAME] if OUTPUT_NAME in outputs else next(iter(outputs.values()))
-    check_class_count(output.shape[-1], metadata, model_path, metadata_path)
+    output = OUTPUT_NAME if OUTPUT_NAME in outputs else next(iter(outputs))
+    check_class_count(outputs[output].shape[-1], metadata, model_path, metadata_path)
 
     def predict(images):
         images = tf.convert_to_tensor(np.asarray(images, np.float32))
-        outputs = signature(**{input_name: images})
-        return (
-            outputs[OUTPUT_NAME].numpy()
-            if OUTPUT_NAME in outputs
-            else next(iter(outputs.values())).numpy()
-        )
+        return signature(**{input_name: images})[output].numpy()
 
     # `loaded` must stay alive while the signature is used.
     predict.saved_model = loaded
@@ -246,7 +241,8 @@ def choose_providers(provider=AUTO):
                 f"onnxruntime here has no execution provider {provider!r}; choose from "
                 f"{', '.join(provider_choices())} (CUDA needs the onnxruntime-gpu package)"
             )
-    return [chosen] + [CPU_PROVIDER] * (chosen != CPU_PROVIDER and CPU_PROVIDER in available)
+    fallback = [CPU_PROVIDER] if chosen != CPU_PROVIDER and CPU_PROVIDER in available else []
+    return [chosen, *fallback]
 
 
 def _short_name(provider):
