@@ -51,7 +51,7 @@ def make_run(name, work, epochs):
     if name == "alexnet":
         if not (run / "best.keras").exists():
             result = train(TrainConfig(model="alexnet", output=str(run), epochs=epochs))
-            print(f"trained alexnet: val top-1 {result['val_top1']:.4f}", flush=True)
+            print(f"trained alexnet: val top-1 {result.val_top1:.4f}", flush=True)
         return run, f"trained {epochs} epochs on the demo digits (training stage, demo settings)"
     from keras_alexnet.data import load_source
     from keras_alexnet.metadata import Metadata
