@@ -33,7 +33,7 @@ class ImageError(ValueError):
 
 
 class ImageTooLarge(ImageError):
-    """An image with more pixels than allowed."""
+    """An image too large, or too elongated, to decode and resize in bounded memory."""
 
 
 def decode(data, max_pixels=MAX_PIXELS):
