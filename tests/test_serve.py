@@ -4,6 +4,7 @@ import asyncio
 import contextlib
 import io
 import json
+import socket
 import subprocess
 import sys
 import time
@@ -780,3 +781,15 @@ def test_slow_or_idle_connections_are_closed_within_the_read_timeout(artifacts, 
         assert json.loads(body) == {"error": "the request body did not arrive within 1 s"}
     for _, answer in results[3::4]:
         assert answer.startswith(b"HTTP/1.1 200")
+
+
+def test_a_request_that_is_not_http_gets_a_json_400(server):
+    host, port = server.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as connection:
+        connection.sendall(b"NOT HTTP AT ALL\r\n\r\n")
+        answer = b""
+        while chunk := connection.recv(4096):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400") and b"content-type: application/json" in head
+    assert json.loads(body) == {"error": "Invalid HTTP request received."}

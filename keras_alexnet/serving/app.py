@@ -549,7 +549,7 @@ def serve(config):
     """Load the model and serve HTTP until interrupted."""
     import uvicorn
 
-    from keras_alexnet.serving.protocol import DeadlineH11Protocol
+    from keras_alexnet.serving.protocol import StrictH11Protocol
 
     app = create_app(config)
     uvicorn.run(
@@ -559,6 +559,6 @@ def serve(config):
         log_level=config.log_level,
         access_log=config.log_level in ("debug", "info"),
         timeout_graceful_shutdown=5,
-        http=functools.partial(DeadlineH11Protocol, read_timeout_s=config.read_timeout_s),
+        http=functools.partial(StrictH11Protocol, read_timeout_s=config.read_timeout_s),
         timeout_keep_alive=config.keep_alive_s,
     )

@@ -1,17 +1,21 @@
-"""uvicorn's HTTP/1.1 (h11) protocol with a deadline for each request's headers.
+"""uvicorn's HTTP/1.1 (h11) protocol with a deadline for request headers, and JSON 400s.
 
-uvicorn times out only idle keep-alive connections, after an answer: a client that connects
-and sends nothing, or sends its headers a byte at a time (slowloris), holds a connection
-for ever. Here a client must have sent each request's headers within `read_timeout_s` of
-connecting or of the previous answer, or the connection is closed. The body's deadline,
-answered with a JSON 408, is the app's (`keras_alexnet.serving.app.BodyLimit`).
+uvicorn answers a request it cannot parse in plain text; here in JSON, as every error of
+the server. And uvicorn times out only idle keep-alive connections, after an answer: a
+client that connects and sends nothing, or sends its headers a byte at a time
+(slowloris), holds a connection for ever. Here a client must have sent each request's
+headers within `read_timeout_s` of connecting or of the previous answer, or the
+connection is closed. The body's deadline, answered with a JSON 408, is the app's
+(`keras_alexnet.serving.app.BodyLimit`).
 """
+
+import json
 
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 
-class DeadlineH11Protocol(H11Protocol):
+class StrictH11Protocol(H11Protocol):
     """H11Protocol that closes a connection whose client is too slow to send a request."""
 
     def __init__(self, *args, read_timeout_s, **kwargs):
@@ -33,6 +37,18 @@ class DeadlineH11Protocol(H11Protocol):
         """Drop the deadline with the connection."""
         self._disarm()
         super().connection_lost(exc)
+
+    def send_400_response(self, msg):
+        """Answer a request h11 cannot parse with a JSON 400, then close."""
+        body = json.dumps({"error": msg}).encode()
+        headers = [(b"content-type", b"application/json"), (b"connection", b"close")]
+        for event in (
+            h11.Response(status_code=400, headers=headers, reason=b"Bad Request"),
+            h11.Data(data=body),
+            h11.EndOfMessage(),
+        ):
+            self.transport.write(self.conn.send(event))
+        self.transport.close()
 
     def _arm(self):
         self._disarm()
