@@ -445,3 +445,16 @@ def test_init_from_copies_net_as_first_four_convs_and_fc_layers(tiny_data, tmp_p
     wrong = tiny_config(tiny_data, tmp_path / "e", model="vgg_b", init_from=str(tmp_path / "d"))
     with pytest.raises(TrainingError, match="needs a trained VGG A; .* is vgg_d"):
         train(wrong, log=lambda *a: None)
+
+
+def test_a_train_tree_without_val_holds_out_a_validation_split(tiny_data, tmp_path):
+    import shutil
+
+    shutil.copytree(tiny_data / "train", tmp_path / "data" / "train")  # no val/
+    lines = []
+    result = train(tiny_config(tmp_path / "data", tmp_path / "run"), log=lines.append)
+    val = [line for line in lines if "val top-1" in line]
+    assert val and "nan" not in val[0]
+    assert result.best_model is not None and result.best_model.exists()
+    rows = list(csv.DictReader(open(tmp_path / "run" / "history.csv")))
+    assert float(rows[0]["val_top1"]) >= 0 and rows[0]["lr"] == "0.01"

@@ -42,9 +42,21 @@ def upright(image, orientation):
     transpose, flip_rows, flip_cols = tf.unstack(
         tf.gather(tf.constant(imageinfo.ORIENTATIONS), orientation)
     )
-    image = tf.cond(transpose, lambda: tf.transpose(image, [1, 0, 2]), lambda: image)
+    image = tf.cond(transpose, lambda: _transpose(image), lambda: image)
     image = tf.cond(flip_rows, lambda: tf.reverse(image, axis=[0]), lambda: image)
     return tf.cond(flip_cols, lambda: tf.reverse(image, axis=[1]), lambda: image)
+
+
+def _transpose(image):
+    """Swap an image's rows and columns by a gather.
+
+    Not `tf.transpose`: oneDNN's uint8 Transpose logs an error line on CPUs without
+    AVX-512 whenever the op is built, rotated image or not (and grappler moves a transpose
+    in int32 back to uint8).
+    """
+    shape = tf.shape(image)
+    rows, cols = tf.meshgrid(tf.range(shape[0]), tf.range(shape[1]))  # [W, H] each
+    return tf.gather_nd(image, tf.stack([rows, cols], axis=-1))
 
 
 def shorter_side_shape(shape, size):
