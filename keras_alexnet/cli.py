@@ -22,15 +22,20 @@ import os
 import sys
 
 PACKAGE = __name__.partition(".")[0]
+ARGPARSE_ERROR = 2  # argparse's own exit status for a bad command line
 INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a Ctrl-C
 
 
 def run(main, parser, argv=None, *, name=None):
     """Parse `argv` (default sys.argv[1:]) with `parser`, call `main(args)`, exit on errors.
 
-    `name` prefixes the error line (`name: error: ...`; None: `error: ...`). Returns what
-    `main` returns.
+    `name` prefixes the error line (`name: error: ...`; None: `error: ...`). A bad flag is
+    one line too (argparse's message, with `--help` named instead of the whole usage).
+    Returns what `main` returns.
     """
+    parser.error = lambda message: _exit(
+        f"{parser.prog}: error: {message} (see --help)", ARGPARSE_ERROR
+    )
     args = parser.parse_args(argv)
     prefix = f"{name}: error: " if name else "error: "
     try:

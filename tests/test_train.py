@@ -458,3 +458,27 @@ def test_a_train_tree_without_val_holds_out_a_validation_split(tiny_data, tmp_pa
     assert result.best_model is not None and result.best_model.exists()
     rows = list(csv.DictReader(open(tmp_path / "run" / "history.csv")))
     assert float(rows[0]["val_top1"]) >= 0 and rows[0]["lr"] == "0.01"
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [["--lr", "nan"], ["--lr", "inf"], ["--width", "0"], ["--width", "-1"],
+     ["--weight-decay", "-1"], ["--plateau-patience", "0"], ["--max-lr-drops", "-1"],
+     ["--step-epochs", "0"], ["--steps-per-epoch", "-1"], ["--val-fraction", "1"],
+     ["--precision", "float8"]],
+)  # fmt: skip
+def test_bad_flag_values_are_one_line_errors(flags, capsys):
+    from keras_alexnet import cli
+    from scripts import train as train_script
+
+    with pytest.raises(SystemExit) as exit_:
+        cli.run(train_script.main, train_script.get_args_parser(), flags)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"argument {flags[0]}" in err, err
+
+
+def test_flag_checks_hold_for_the_python_api_too(tiny_data, tmp_path):
+    for change in ({"lr": float("nan")}, {"step_epochs": 0}, {"momentum": 1.0}):
+        with pytest.raises(TrainingError, match="must be"):
+            train(tiny_config(tiny_data, tmp_path / "run", **change), log=lambda *a: None)
