@@ -12,7 +12,6 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from PIL import Image
 
 from keras_alexnet import layers  # noqa: F401  (registers the custom layers for load_model)
 from keras_alexnet.metadata import Metadata
@@ -30,21 +29,6 @@ from keras_alexnet.train import (
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--model", "vgg_a", "--width", "0.0625", "--image-size", "32", "--resize", "36",
         "--batch-size", "8", "--lr", "0.01", "--init", "he", "--scale", "0.0078"]  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    """Two classes of 16 train / 4 val 40x40 PNGs: dark blobs vs bright blobs."""
-    root = tmp_path_factory.mktemp("tiny")
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 16), ("val", 4)):
-        for label, level in (("dark", 60), ("bright", 190)):
-            folder = root / split / label
-            folder.mkdir(parents=True)
-            for i in range(n):
-                pixels = np.clip(rng.normal(level, 30, (40, 40, 3)), 0, 255).astype(np.uint8)
-                Image.fromarray(pixels).save(folder / f"{i}.png")
-    return root
 
 
 def run_train(args, env=None, **kwargs):
@@ -295,11 +279,9 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(tiny_data,
 def test_the_demo_command_trains_alexnet_mirrored_on_the_digits(tmp_path):
     # The README's first command, cut to 2 steps of 1 epoch and one validation batch.
     run = tmp_path / "run"
-    out = run_train(
-        ["--model", "alexnet", "--strategy", "mirrored", "--epochs", "1",
-         "--steps-per-epoch", "2", "--val-steps", "1", "--output", str(run)],
-        cache=tmp_path / "cache", timeout=600,
-    )  # fmt: skip
+    args = ["--model", "alexnet", "--strategy", "mirrored", "--epochs", "1",
+            "--steps-per-epoch", "2", "--val-steps", "1", "--output", str(run)]  # fmt: skip
+    out = run_train(args, cache=tmp_path / "cache", timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "on 2 replica(s)" in out.stdout
     assert history_epochs(run) == [1]
@@ -314,11 +296,7 @@ def test_the_demo_command_trains_alexnet_mirrored_on_the_digits(tmp_path):
     probs = best.predict_on_batch(np.full((1, 67, 67, 3), 128.0, "float32"))
     np.testing.assert_allclose(probs.sum(), 1.0, rtol=1e-5)  # softmax output
     # The same command a second time: the run is finished, which it says, exit 0.
-    again = run_train(
-        ["--model", "alexnet", "--strategy", "mirrored", "--epochs", "1",
-         "--steps-per-epoch", "2", "--val-steps", "1", "--output", str(run)],
-        cache=tmp_path / "cache", timeout=600,
-    )  # fmt: skip
+    again = run_train(args, cache=tmp_path / "cache", timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"{run} has already finished 1 epochs; its best model is {run / 'best.keras'}" in (
         again.stdout

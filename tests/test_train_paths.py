@@ -12,9 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from keras_alexnet.models import MODEL_NAMES
 
@@ -80,22 +78,7 @@ CASES = [
 
 
 @pytest.fixture(scope="module")
-def blobs(tmp_path_factory):
-    """Two classes of 16 train / 4 val 40x40 PNGs: dark blobs vs bright blobs."""
-    root = tmp_path_factory.mktemp("blobs")
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 16), ("val", 4)):
-        for label, level in (("dark", 60), ("bright", 190)):
-            folder = root / split / label
-            folder.mkdir(parents=True)
-            for i in range(n):
-                pixels = np.clip(rng.normal(level, 30, (40, 40, 3)), 0, 255).astype(np.uint8)
-                Image.fromarray(pixels).save(folder / f"{i}.png")
-    return root
-
-
-@pytest.fixture(scope="module")
-def matrix(blobs, tmp_path_factory):
+def matrix(tiny_data, tmp_path_factory):
     """Run every case once; return {case name: its history rows}.
 
     Each mirrored run gets its own process, as from the command line: two MirroredStrategy
@@ -106,7 +89,7 @@ def matrix(blobs, tmp_path_factory):
     groups = [single, *([c] for c in CASES if c["strategy"] != "default")]
     for group in groups:
         proc = subprocess.run(
-            [sys.executable, "-c", MATRIX_SCRIPT, str(blobs), str(out), json.dumps(group)],
+            [sys.executable, "-c", MATRIX_SCRIPT, str(tiny_data), str(out), json.dumps(group)],
             capture_output=True, text=True, timeout=900, cwd=ROOT,
         )  # fmt: skip
         assert proc.returncode == 0, proc.stderr[-4000:]
