@@ -525,6 +525,11 @@ def readme(tmp_path_factory):
     runner.close()
 
 
+def short_id(command):
+    """A test id: the command less `python scripts/` (pytest numbers ids over 100 characters)."""
+    return command.removeprefix("python scripts/")
+
+
 def test_every_readme_command_has_a_row_in_the_table():
     commands = readme_commands()
     assert len(commands) == len(set(commands))
@@ -534,10 +539,12 @@ def test_every_readme_command_has_a_row_in_the_table():
     assert not stale, f"rows of TINY no longer in README.md: {stale}"
     for command, tiny in TINY.items():
         assert all(need in TINY for need in tiny.needs), command
+        if command in TRAINING:
+            assert tiny.extra[-2] == "--output", command  # the second run's message names it
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("command", list(TINY))
+@pytest.mark.parametrize("command", list(TINY), ids=short_id)
 def test_the_readme_command_runs(readme, command):
     outcome = readme.run(command)
     assert outcome.returncode == 0, outcome.stderr[-4000:]
@@ -546,14 +553,16 @@ def test_the_readme_command_runs(readme, command):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("command", TRAINING)
+@pytest.mark.parametrize("command", TRAINING, ids=short_id)
 def test_a_training_command_run_again_says_the_run_has_finished(readme, command):
     first = readme.run(command)
     assert first.returncode == 0, first.stderr[-4000:]
     again = readme.execute(command)
     assert again.returncode == 0, again.stderr[-4000:]
     assert "Traceback" not in again.stderr, again.stderr[-4000:]
-    assert "has already finished 1 epochs; its best model is" in again.stdout, again.stdout
+    run = Path(readme.argv(command)[-1])  # every training row ends with --output RUN
+    finished_line = f"{run} has already finished 1 epochs; its best model is {run / 'best.keras'}"
+    assert finished_line in again.stdout, again.stdout
     assert "Finished" not in again.stdout  # nothing trained
 
 
