@@ -380,25 +380,12 @@ import runpy, sys
 from pathlib import Path
 
 import keras_alexnet  # before TensorFlow, as the scripts do
-import tensorflow as tf
-import tensorflow_datasets as tfds
+from tests.tfds_tree import mock_tfds_from_tree
 
 data = Path(sys.argv.pop(1))
 sys.argv = sys.argv[1:]  # the script and its arguments
-SPLITS = {"train": "train", "validation": "val"}
 
-
-def as_dataset(self, split, decoders=None, read_config=None, **kwargs):
-    # The builder's own features (imagenet2012: 1,000 classes), filled with the tree's PNGs.
-    files = [(p.read_bytes(), label)
-             for label, name in enumerate(("dark", "bright"))
-             for p in sorted((data / SPLITS[str(split)] / name).iterdir())]
-    return tf.data.Dataset.from_tensor_slices({
-        "image": [f for f, _ in files], "label": tf.constant([y for _, y in files], tf.int64),
-    })
-
-
-with tfds.testing.mock_data(as_dataset_fn=as_dataset):
+with mock_tfds_from_tree(data):
     runpy.run_path(sys.argv[0], run_name="__main__")
 """
 

@@ -23,25 +23,11 @@ MATRIX_SCRIPT = r"""
 import json, sys
 from pathlib import Path
 
-import tensorflow as tf
-import tensorflow_datasets as tfds
-
 from keras_alexnet.train import TrainConfig, configure_devices, train
+from tests.tfds_tree import mock_tfds_from_tree
 
 configure_devices("mirrored", 2)
 data, out, cases = Path(sys.argv[1]), Path(sys.argv[2]), json.loads(sys.argv[3])
-TFDS_SPLITS = {"train": "train", "validation": "val"}
-
-
-def as_dataset(self, split, decoders=None, read_config=None, **kwargs):
-    # cats_vs_dogs' features, filled with the folder tree's PNGs: dark = cat, bright = dog.
-    files = [(p.read_bytes(), label)
-             for label, name in enumerate(("dark", "bright"))
-             for p in sorted((data / TFDS_SPLITS[str(split)] / name).iterdir())]
-    return tf.data.Dataset.from_tensor_slices({
-        "image": [f for f, _ in files], "label": tf.constant([y for _, y in files], tf.int64),
-    })
-
 
 for case in cases:
     size = (67, 76) if case["model"] == "alexnet" else (32, 36)
@@ -52,7 +38,7 @@ for case in cases:
         output=str(out / case["name"]), cache=str(out / "cache"),
     )
     if case["source"] == "tfds":
-        with tfds.testing.mock_data(as_dataset_fn=as_dataset):
+        with mock_tfds_from_tree(data):
             train(config, log=lambda *a: None)
     else:
         train(config, log=lambda *a: None)
