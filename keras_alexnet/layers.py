@@ -187,6 +187,15 @@ class GroupedConv2D(keras.layers.Layer):
         return config
 
 
+# AlexNet Section 3.3 (k=2, n=5, alpha=1e-4, beta=0.75) in
+# tf.nn.local_response_normalization's terms: depth_radius = n // 2, bias = k, and alpha
+# NOT divided by n (Caffe, PyTorch and ONNX divide it: the same layer there reads alpha 5e-4).
+PAPER_LRN = {"depth_radius": 2, "bias": 2.0, "alpha": 1e-4, "beta": 0.75}
+# Caffe's bvlc_alexnet (local_size 5, alpha 1e-4 in Caffe's alpha/n convention, k=1) in the
+# same terms; Caffe also normalises across both towers.
+CAFFE_LRN = {"depth_radius": 2, "bias": 1.0, "alpha": 2e-5, "beta": 0.75}
+
+
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class LocalResponseNormalization(keras.layers.Layer):
     """Local response normalisation across channels, within each of `groups` towers.
@@ -199,7 +208,15 @@ class LocalResponseNormalization(keras.layers.Layer):
     C/2 - 1 never sees channel C/2 (one LRN over all channels would let them interact).
     """
 
-    def __init__(self, depth_radius=2, bias=2.0, alpha=1e-4, beta=0.75, groups=1, **kwargs):
+    def __init__(
+        self,
+        depth_radius=PAPER_LRN["depth_radius"],
+        bias=PAPER_LRN["bias"],
+        alpha=PAPER_LRN["alpha"],
+        beta=PAPER_LRN["beta"],
+        groups=1,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.depth_radius = int(depth_radius)
         self.bias = float(bias)

@@ -9,7 +9,7 @@ from keras_alexnet.models.alexnet import CAFFE_LRN, PAPER_LRN, alexnet
 from keras_alexnet.models.vgg import CONFIGS, vgg
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class ModelSpec:
     """What the data, training and evaluation stages need to know about a model."""
 
@@ -29,13 +29,23 @@ class ModelSpec:
 def _vgg_spec(name, config):
     """Spec of a VGG configuration with the paper's recipe (Section 3.1)."""
     builder = functools.partial(vgg, config, name=name)
-    return ModelSpec(name, "vgg", _vgg.INPUT_SIZE, 256, 256, 74, "dense", builder, "glorot")
+    return ModelSpec(
+        name=name, family="vgg", input_size=_vgg.INPUT_SIZE, resize=256, batch_size=256,
+        epochs=74, protocol="dense", builder=builder, train_init="glorot",
+    )  # fmt: skip
 
 
 MODELS = {
     "alexnet": ModelSpec(
-        "alexnet", "alexnet", _alexnet.INPUT_SIZE, 256, 128, 90, "ten_crop", alexnet
-    ),
+        name="alexnet",
+        family="alexnet",
+        input_size=_alexnet.INPUT_SIZE,
+        resize=256,
+        batch_size=128,
+        epochs=90,
+        protocol="ten_crop",
+        builder=alexnet,
+    ),  # fmt: skip
     "vgg_a": _vgg_spec("vgg_a", "A"),
     "vgg_a_lrn": _vgg_spec("vgg_a_lrn", "A-LRN"),
     "vgg_b": _vgg_spec("vgg_b", "B"),

@@ -1,27 +1,45 @@
 """AlexNet as the NIPS 2012 paper built it: two towers, grouped convolutions, per-tower LRN."""
 
+import typing
+
 import keras
 
-from keras_alexnet.layers import GroupedConv2D, LocalResponseNormalization
+from keras_alexnet.layers import CAFFE_LRN, PAPER_LRN, GroupedConv2D, LocalResponseNormalization
 from keras_alexnet.models import common
 
-# (name, filters, kernel, stride, tower-local?, paper bias, then) per the paper's Figure 2
-# and Section 3.5: conv2, conv4 and conv5 see only their own tower's maps; conv3 and the
-# FC layers connect across towers. Biases are 1 in conv2, conv4, conv5 (Section 5).
+
+class ConvLayer(typing.NamedTuple):
+    """One row of AlexNet's convolutional stack (Figure 2, Sections 3.3-3.5 and 5)."""
+
+    name: str
+    filters: int  # both towers together
+    kernel: int
+    stride: int
+    tower_local: bool  # sees only its own tower's maps (a grouped convolution)
+    paper_bias: float  # Section 5: biases 1 in conv2, conv4 and conv5, else 0
+    lrn: bool  # followed by local response normalisation
+    pool: bool  # followed by the overlapping max-pool 3/2
+
+
+# conv2, conv4 and conv5 see only their own tower's maps; conv3 and the FC layers connect
+# across towers (Section 3.5).
 CONV_LAYERS = (
-    ("conv1", 96, 11, 4, False, 0.0, ("lrn", "pool")),
-    ("conv2", 256, 5, 1, True, 1.0, ("lrn", "pool")),
-    ("conv3", 384, 3, 1, False, 0.0, ()),
-    ("conv4", 384, 3, 1, True, 1.0, ()),
-    ("conv5", 256, 3, 1, True, 1.0, ("pool",)),
-)
+    ConvLayer("conv1", filters=96, kernel=11, stride=4, tower_local=False, paper_bias=0.0,
+              lrn=True, pool=True),
+    ConvLayer("conv2", filters=256, kernel=5, stride=1, tower_local=True, paper_bias=1.0,
+              lrn=True, pool=True),
+    ConvLayer("conv3", filters=384, kernel=3, stride=1, tower_local=False, paper_bias=0.0,
+              lrn=False, pool=False),
+    ConvLayer("conv4", filters=384, kernel=3, stride=1, tower_local=True, paper_bias=1.0,
+              lrn=False, pool=False),
+    ConvLayer("conv5", filters=256, kernel=3, stride=1, tower_local=True, paper_bias=1.0,
+              lrn=False, pool=True),
+)  # fmt: skip
 FC_UNITS = 4096
 FC_PAPER_BIASES = (1.0, 1.0, 0.0)  # fc6, fc7 = 1; fc8 = 0
-PAPER_LRN = {"depth_radius": 2, "bias": 2.0, "alpha": 1e-4, "beta": 0.75}
-# Caffe's bvlc_alexnet (local_size 5, alpha 1e-4 in Caffe's alpha/n convention, k=1) in
-# tf.nn.local_response_normalization's terms; Caffe also normalises across both towers.
-CAFFE_LRN = {"depth_radius": 2, "bias": 1.0, "alpha": 2e-5, "beta": 0.75}
+PAPER_STDDEV = 0.01  # Section 5: every weight from N(0, 0.01)
 INPUT_SIZE = 227  # (227 - 11) / 4 + 1 = 55, the paper's 55x55 conv1 maps; 224 gives 54.
+__all__ = ["CAFFE_LRN", "CONV_LAYERS", "PAPER_LRN", "ConvLayer", "alexnet"]
 
 
 def alexnet(
@@ -80,44 +98,10 @@ def alexnet(
     if unknown:
         raise ValueError(f"lrn takes keys {sorted(PAPER_LRN)}. Received: lrn={lrn}")
     input_shape = common.resolve_input_shape(input_shape, INPUT_SIZE)
-
-    def seed_of(i):
-        return None if seed is None else seed + i
-
     inputs, x = common.stem(input_shape, mean, scale)
-    for i, (layer_name, filters, kernel, stride, local, paper_bias, then) in enumerate(
-        CONV_LAYERS, start=1
-    ):
-        groups = towers if local else 1
-        kwargs = {
-            "strides": stride,
-            "padding": "valid" if i == 1 else "same",
-            "activation": "relu",
-            "kernel_initializer": common.kernel_initializer(init, 0.01, seed_of(i)),
-            "bias_initializer": common.bias_initializer(init, paper_bias),
-            "name": layer_name,
-        }
-        filters = common.scaled(filters, width, towers)
-        if i == 1:
-            common.check_window_fits(x, kernel, layer_name, input_shape)
-        if groups > 1:
-            x = GroupedConv2D(filters, kernel, groups=groups, **kwargs)(x)
-        else:
-            x = keras.layers.Conv2D(filters, kernel, **kwargs)(x)
-        if "lrn" in then:
-            x = LocalResponseNormalization(
-                **lrn, groups=towers if lrn_per_tower else 1, name=f"norm{i}"
-            )(x)
-        if "pool" in then:
-            common.check_window_fits(x, 3, f"pool{i}", input_shape)
-            x = keras.layers.MaxPooling2D(pool_size=3, strides=2, name=f"pool{i}")(x)
-
-    def fc_init(i):
-        return (
-            common.kernel_initializer(init, 0.01, seed_of(6 + i)),
-            common.bias_initializer(init, FC_PAPER_BIASES[i]),
-        )
-
+    lrn_groups = towers if lrn_per_tower else 1
+    for i, layer in enumerate(CONV_LAYERS, start=1):
+        x = _conv_stage(x, layer, i, towers, lrn, lrn_groups, init, width, seed, input_shape)
     outputs = common.head(
         x,
         fc_units=common.scaled(FC_UNITS, width),
@@ -127,6 +111,39 @@ def alexnet(
         include_top=include_top,
         pooling=pooling,
         activation=classifier_activation,
-        init_fn=fc_init,
+        init_fn=lambda i: (
+            common.kernel_initializer(init, PAPER_STDDEV, _seed(seed, 6 + i)),
+            common.bias_initializer(init, FC_PAPER_BIASES[i]),
+        ),
     )
     return keras.Model(inputs, outputs, name=name)
+
+
+def _seed(seed, index):
+    """The initialiser seed of layer `index` (None: random)."""
+    return None if seed is None else seed + index
+
+
+def _conv_stage(x, layer, index, towers, lrn, lrn_groups, init, width, seed, input_shape):
+    """One ConvLayer row: the (grouped) convolution with ReLU, then its LRN and pool."""
+    kwargs = {
+        "strides": layer.stride,
+        "padding": "valid" if index == 1 else "same",
+        "activation": "relu",
+        "kernel_initializer": common.kernel_initializer(init, PAPER_STDDEV, _seed(seed, index)),
+        "bias_initializer": common.bias_initializer(init, layer.paper_bias),
+        "name": layer.name,
+    }
+    filters = common.scaled(layer.filters, width, towers)
+    if index == 1:
+        common.check_window_fits(x, layer.kernel, layer.name, input_shape)
+    if layer.tower_local and towers > 1:
+        x = GroupedConv2D(filters, layer.kernel, groups=towers, **kwargs)(x)
+    else:
+        x = keras.layers.Conv2D(filters, layer.kernel, **kwargs)(x)
+    if layer.lrn:
+        x = LocalResponseNormalization(**lrn, groups=lrn_groups, name=f"norm{index}")(x)
+    if layer.pool:
+        common.check_window_fits(x, 3, f"pool{index}", input_shape)
+        x = keras.layers.MaxPooling2D(pool_size=3, strides=2, name=f"pool{index}")(x)
+    return x

@@ -2,7 +2,7 @@
 
 import keras
 
-from keras_alexnet.layers import LocalResponseNormalization
+from keras_alexnet.layers import PAPER_LRN, LocalResponseNormalization
 from keras_alexnet.models import common
 
 # Simonyan & Zisserman, ICLR 2015, Table 1, one row per configuration, read left to right:
@@ -40,9 +40,9 @@ CONFIGS = {
 # fmt: on
 FC_UNITS = 4096
 INPUT_SIZE = 224
-# The paper gives no LRN constants for A-LRN beyond "the one of Krizhevsky et al."; use
-# AlexNet's (k=2, n=5, alpha=1e-4, beta=0.75) over all 64 channels (VGG has one tower).
-LRN = {"depth_radius": 2, "bias": 2.0, "alpha": 1e-4, "beta": 0.75}
+# The paper gives no LRN constants for A-LRN beyond "the one of Krizhevsky et al.": AlexNet's,
+# over all 64 channels (VGG has one tower).
+LRN = PAPER_LRN
 # Section 3.1: weights from a zero-mean normal with variance 10^-2, i.e. stddev 0.1.
 PAPER_STDDEV = 0.1
 
@@ -91,20 +91,35 @@ def vgg(
     common.check_common_args(classes, include_top, pooling, classifier_activation)
     input_shape = common.resolve_input_shape(input_shape, INPUT_SIZE)
     name = name or "vgg_" + config.lower().replace("-", "_")
-    layer_index = 0
+    seeds = iter(range(1, 1000)) if seed is not None else None
 
-    def init_pair():
-        nonlocal layer_index
-        layer_index += 1
-        layer_seed = None if seed is None else seed + layer_index
+    def init_pair(_=None):
+        layer_seed = None if seeds is None else seed + next(seeds)
         return (
             common.kernel_initializer(init, PAPER_STDDEV, layer_seed),
             common.bias_initializer(init, 0.0),
         )
 
     inputs, x = common.stem(input_shape, mean, scale)
+    x = _features(x, CONFIGS[config], width, init_pair, input_shape)
+    outputs = common.head(
+        x,
+        fc_units=common.scaled(FC_UNITS, width),
+        names=("fc1", "fc2", "predictions"),
+        dropout=dropout,
+        classes=classes,
+        include_top=include_top,
+        pooling=pooling,
+        activation=classifier_activation,
+        init_fn=init_pair,
+    )
+    return keras.Model(inputs, outputs, name=name)
+
+
+def _features(x, cells, width, init_pair, input_shape):
+    """The convolutional body of one Table 1 row; `init_pair()` gives each conv's initialisers."""
     block, conv_in_block = 1, 0
-    for cell in CONFIGS[config]:
+    for cell in cells:
         if cell == "M":
             common.check_window_fits(x, 2, f"block{block}_pool", input_shape)
             x = keras.layers.MaxPooling2D(2, strides=2, name=f"block{block}_pool")(x)
@@ -124,15 +139,4 @@ def vgg(
                 bias_initializer=bias_init,
                 name=f"block{block}_conv{conv_in_block}",
             )(x)
-    outputs = common.head(
-        x,
-        fc_units=common.scaled(FC_UNITS, width),
-        names=("fc1", "fc2", "predictions"),
-        dropout=dropout,
-        classes=classes,
-        include_top=include_top,
-        pooling=pooling,
-        activation=classifier_activation,
-        init_fn=lambda i: init_pair(),
-    )
-    return keras.Model(inputs, outputs, name=name)
+    return x
