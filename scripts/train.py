@@ -1,14 +1,15 @@
 """Train AlexNet or a VGG configuration with the papers' recipe; re-run to resume.
 
-With no --data it trains on the bundled demo set (1,797 real UCI handwritten digits shipped
-with scikit-learn, 8x8 pixels) with demo settings, because the paper's do not fit it: He
+With no --data it trains on the bundled demo set (1,797 real UCI handwritten digits, 8x8
+pixels) with demo settings, because the paper's do not fit it: He
 init and inputs scaled to about [-1, 1] (the paper's N(0, 0.01) init on 0-255 pixels stays
 at chance on it), 67x67 crops of 76x76 images (VGG: 32 of 36; 8x8 digits gain nothing from
 227 and full size would not finish in minutes on a CPU), no reflections (a mirrored digit is
 often no digit), 4 epochs of batch 32. With --data the defaults are the papers': AlexNet
 227 crops of 256, batch 128, 90 epochs; VGG 224 crops of 256, batch 256, 74 epochs; SGD
 momentum 0.9, weight decay 5e-4 coupled into the gradient, lr 0.01 divided by 10 when the
-validation accuracy stops improving (at most three times), PCA lighting and reflections.
+validation accuracy stops improving (at most three times), PCA lighting and reflections;
+AlexNet's N(0, 0.01) init, VGG's Glorot init (VGG Section 3.1; --init-from for its own).
 """
 
 import argparse
@@ -36,12 +37,62 @@ def get_args_parser():
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    for add in (_model_args, _data_args, _optimisation_args, _run_args):
+        add(p)
+    return p
+
+
+def _model_args(parser):
+    """Add the flags of the model and its precision."""
+    p = parser.add_argument_group("the model and its precision")
     p.add_argument(
         "--model",
         default=DEFAULTS.model,
         choices=[*MODEL_NAMES, *ALIASES],
         help="which published model to train (default: %(default)s)",
     )
+    p.add_argument(
+        "--init",
+        default=None,
+        choices=("paper", "glorot", "he"),
+        help="weight initialisation (default: AlexNet paper, its N(0, 0.01); VGG glorot, as "
+        "VGG Section 3.1 notes: 'it is possible to initialise the weights without "
+        "pre-training by using the random initialisation procedure of Glorot & Bengio' (its "
+        "N(0, 1e-2) init overflows the deeper nets); demo: he)",
+    )
+    p.add_argument(
+        "--init-from",
+        default=None,
+        metavar="RUN",
+        help="VGG's own recipe (Section 3.1): start the first four conv layers and the three "
+        "FC layers from a trained VGG A (a run directory or .keras file), the rest from "
+        "--init (default: off)",
+    )
+    p.add_argument(
+        "--width",
+        type=cli.positive_float,
+        default=DEFAULTS.width,
+        help="width multiplier of every layer; 1 is the paper (default: %(default)s)",
+    )
+    p.add_argument(
+        "--precision",
+        default=DEFAULTS.precision,
+        choices=PRECISIONS,
+        help="float32, mixed_float16 (with loss scaling; GPUs) or mixed_bfloat16 (CPUs with "
+        "AMX/AVX-512 BF16, GPUs) (default: %(default)s)",
+    )
+    p.add_argument(
+        "--mixed-precision",
+        dest="precision",
+        action="store_const",
+        const="mixed_float16",
+        help="the same as --precision mixed_float16",
+    )
+
+
+def _data_args(parser):
+    """Add the flags of data and augmentation (AlexNet Section 4, VGG Section 3.1)."""
+    p = parser.add_argument_group("data and augmentation (AlexNet Section 4, VGG Section 3.1)")
     p.add_argument(
         "--data",
         default=None,
@@ -55,18 +106,50 @@ def get_args_parser():
         "DATA_DIR/downloads/manual/) (default: TFDS's own)",
     )
     p.add_argument(
-        "--strategy",
-        default=DEFAULTS.strategy,
-        choices=STRATEGIES,
-        help="tf.distribute strategy; mirrored uses all GPUs, or --cpu-replicas "
-        "logical CPU devices; multi_worker reads TF_CONFIG (default: %(default)s)",
+        "--resize",
+        type=_resize,
+        default=None,
+        help="training scale S, or LO,HI for VGG scale jittering, e.g. 256,512 "
+        "(default: 256, the papers; demo: AlexNet 76, VGG 36)",
     )
     p.add_argument(
-        "--cpu-replicas",
+        "--image-size",
         type=cli.positive_int,
-        default=DEFAULTS.cpu_replicas,
-        help="replicas of a mirrored run on a CPU-only machine (default: %(default)s)",
+        default=None,
+        help="crop size (default: AlexNet 227, VGG 224; demo: AlexNet 67, VGG 32)",
     )
+    p.add_argument(
+        "--scale",
+        type=cli.positive_float,
+        default=None,
+        help="multiplier after in-graph mean subtraction (default: 1, the papers; demo: 1/127.5)",
+    )
+    p.add_argument(
+        "--no-pca-lighting",
+        dest="pca_lighting",
+        action="store_false",
+        help="turn off AlexNet's PCA colour augmentation (default: on)",
+    )
+    p.add_argument(
+        "--no-flip",
+        dest="flip",
+        action="store_false",
+        default=None,
+        help="turn off random horizontal reflections (default: on; demo: off, digits are "
+        "not mirror-symmetric)",
+    )
+    p.add_argument(
+        "--val-fraction",
+        type=cli.fraction,
+        default=DEFAULTS.val_fraction,
+        help="validation share held out of each class of a directory with no val/ tree "
+        "(root/<class>/ or root/train/<class>/) (default: %(default)s)",
+    )
+
+
+def _optimisation_args(parser):
+    """Add the flags of optimisation (AlexNet Section 5, VGG Section 3.1)."""
+    p = parser.add_argument_group("optimisation (AlexNet Section 5, VGG Section 3.1)")
     p.add_argument(
         "--epochs",
         type=cli.positive_int,
@@ -123,61 +206,23 @@ def get_args_parser():
         default=DEFAULTS.step_epochs,
         help="epochs between drops of the step schedule (default: %(default)s)",
     )
+
+
+def _run_args(parser):
+    """Add the flags of distribution, checkpoints and the run directory."""
+    p = parser.add_argument_group("distribution, checkpoints and the run directory")
     p.add_argument(
-        "--init",
-        default=None,
-        choices=("paper", "glorot", "he"),
-        help="weight initialisation (default: AlexNet paper, its N(0, 0.01); VGG glorot, as "
-        "VGG Section 3.1 notes: 'it is possible to initialise the weights without "
-        "pre-training by using the random initialisation procedure of Glorot & Bengio' (its "
-        "N(0, 1e-2) init overflows the deeper nets); demo: he)",
+        "--strategy",
+        default=DEFAULTS.strategy,
+        choices=STRATEGIES,
+        help="tf.distribute strategy; mirrored uses all GPUs, or --cpu-replicas "
+        "logical CPU devices; multi_worker reads TF_CONFIG (default: %(default)s)",
     )
     p.add_argument(
-        "--init-from",
-        default=None,
-        metavar="RUN",
-        help="VGG's own recipe (Section 3.1): start the first four conv layers and the three "
-        "FC layers from a trained VGG A (a run directory or .keras file), the rest from "
-        "--init (default: off)",
-    )
-    p.add_argument(
-        "--scale",
-        type=cli.positive_float,
-        default=None,
-        help="multiplier after in-graph mean subtraction (default: 1, the papers; demo: 1/127.5)",
-    )
-    p.add_argument(
-        "--resize",
-        type=_resize,
-        default=None,
-        help="training scale S, or LO,HI for VGG scale jittering, e.g. 256,512 "
-        "(default: 256, the papers; demo: AlexNet 76, VGG 36)",
-    )
-    p.add_argument(
-        "--image-size",
+        "--cpu-replicas",
         type=cli.positive_int,
-        default=None,
-        help="crop size (default: AlexNet 227, VGG 224; demo: AlexNet 67, VGG 32)",
-    )
-    p.add_argument(
-        "--width",
-        type=cli.positive_float,
-        default=DEFAULTS.width,
-        help="width multiplier of every layer; 1 is the paper (default: %(default)s)",
-    )
-    p.add_argument(
-        "--precision",
-        default=DEFAULTS.precision,
-        choices=PRECISIONS,
-        help="float32, mixed_float16 (with loss scaling; GPUs) or mixed_bfloat16 (CPUs with "
-        "AMX/AVX-512 BF16, GPUs) (default: %(default)s)",
-    )
-    p.add_argument(
-        "--mixed-precision",
-        dest="precision",
-        action="store_const",
-        const="mixed_float16",
-        help="the same as --precision mixed_float16",
+        default=DEFAULTS.cpu_replicas,
+        help="replicas of a mirrored run on a CPU-only machine (default: %(default)s)",
     )
     p.add_argument(
         "--seed",
@@ -209,32 +254,10 @@ def get_args_parser():
         help="also checkpoint every N steps within an epoch (default: %(default)s)",
     )
     p.add_argument(
-        "--no-pca-lighting",
-        dest="pca_lighting",
-        action="store_false",
-        help="turn off AlexNet's PCA colour augmentation (default: on)",
-    )
-    p.add_argument(
-        "--no-flip",
-        dest="flip",
-        action="store_false",
-        default=None,
-        help="turn off random horizontal reflections (default: on; demo: off, digits are "
-        "not mirror-symmetric)",
-    )
-    p.add_argument(
-        "--val-fraction",
-        type=cli.fraction,
-        default=DEFAULTS.val_fraction,
-        help="validation share held out of each class of a directory with no val/ tree "
-        "(root/<class>/ or root/train/<class>/) (default: %(default)s)",
-    )
-    p.add_argument(
         "--output",
         default=None,
         help="run directory; an existing one is resumed (default: runs/MODEL)",
     )
-    return p
 
 
 def main(args):
