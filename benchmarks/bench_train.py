@@ -24,7 +24,8 @@ CONFIGS = (("keras", "one_device"), ("keras", "mirrored"), ("torch", "eager"))
 
 def keras_worker(strategy_name, batch, steps):
     """Time `steps` SGD steps of the paper's AlexNet under a tf.distribute strategy."""
-    from keras_alexnet.train import configure_devices, make_strategy, make_train_step
+    from keras_alexnet.distribute import configure_devices, make_strategy
+    from keras_alexnet.optim import make_train_step
 
     if strategy_name == "mirrored":
         configure_devices("mirrored", 2)

@@ -5,341 +5,32 @@ MultiWorkerMirroredStrategy (keras-team/keras#20585), and an explicit loop also 
 mid-epoch checkpoints and exact resume straightforward.
 """
 
-import csv
 import dataclasses
-import fcntl
-import io
-import json
 import math
-import os
-import platform
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
-from keras_alexnet import __version__, fileio
-from keras_alexnet.metadata import FILENAME as METADATA_FILENAME
+from keras_alexnet import fileio
+from keras_alexnet.distribute import cluster_role, configure_devices, make_strategy
 from keras_alexnet.metadata import Metadata
-from keras_alexnet.progress import Progress
-
-STRATEGIES = ("default", "one_device", "mirrored", "multi_worker")
-SCHEDULES = ("plateau", "step", "cosine")
-# Keras mixed-precision policies; float16 needs loss scaling, bfloat16 (float32's exponent)
-# does not.
-PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
-HISTORY_FIELDS = ("epoch", "loss", "top1", "val_top1", "val_top5", "lr")
-# What a run directory's checkpoints were made with: resuming with another value of any of
-# these would restore into a different model or data order.
-RUN_IDENTITY = (
-    "model",
-    "data",
-    "width",
-    "image_size",
-    "resize",
-    "scale",
-    "batch_size",
-    "precision",
+from keras_alexnet.optim import (
+    Plateau,
+    learning_rate_for,
+    learning_rate_variable,
+    make_train_step,
 )
+from keras_alexnet.progress import Progress
+from keras_alexnet.rundir import RunDirectory, RunLock
+from keras_alexnet.train_config import TrainConfig, TrainingError, check_config
+
 # The paper's recipe for B-E (VGG Section 3.1): these layers of a trained net A start the
 # deeper net ("the first four convolutional layers and the last three fully-connected
 # layers"); the rest is initialised as usual.
 NET_A_CONVS = 4
+
+
 NET_A_FC = ("fc1", "fc2", "predictions")
-# The demo set (8x8 digits, 1,433 train / 364 val) differs from ImageNet, so its defaults do:
-# the paper's init on mean-subtracted 0-255 pixels stays at chance and He init on 0-255 gives
-# NaN, but He init on pixels scaled to about [-1, 1] trains (SPEC section 3); 8x8 images carry
-# nothing a 227 crop could use, and AlexNet's full size runs at ~3 img/s with 2 CPU replicas,
-# so the demo crops 67 (AlexNet's smallest input; VGG 32) from 76 (36); and a mirrored digit is
-# often no digit, so no reflections.
-DEMO_OVERRIDES = {"init": "he", "scale": 1 / 127.5, "epochs": 4, "batch_size": 32, "flip": False}
-DEMO_SIZES = {"alexnet": (67, 76), "vgg": (32, 36)}  # family: (crop, resize)
-
-
-class TrainingError(RuntimeError):
-    """A run that cannot go on (NaN loss, bad arguments); the message says why."""
-
-
-@dataclasses.dataclass
-class TrainConfig:
-    """Everything a run needs; None fields take the paper's (or the demo's) defaults."""
-
-    model: str = "alexnet"
-    data: str | None = None
-    data_dir: str | None = None
-    output: str | None = None
-    strategy: str = "default"
-    cpu_replicas: int = 2
-    epochs: int | None = None
-    batch_size: int | None = None
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    lr_schedule: str = "plateau"
-    plateau_patience: int = 1
-    max_lr_drops: int = 3
-    step_epochs: int = 30
-    init: str | None = None
-    scale: float | None = None
-    resize: tuple[int, int] | None = None
-    image_size: int | None = None
-    width: float = 1.0
-    precision: str = "float32"
-    init_from: str | None = None
-    seed: int = 0
-    deterministic: bool = False
-    steps_per_epoch: int | None = None
-    val_steps: int | None = None
-    checkpoint_every: int = 100
-    keep_checkpoints: int = 3
-    pca_lighting: bool = True
-    flip: bool | None = None
-    val_fraction: float = 0.1
-    cache: str | None = None
-
-    def resolved(self, spec):
-        """Return a copy with every None default filled in from the paper or the demo."""
-        fill = {
-            "epochs": spec.epochs,
-            "batch_size": spec.batch_size,
-            "init": spec.train_init,
-            "scale": 1.0,
-            "flip": True,
-            "resize": (spec.resize, spec.resize),
-            "image_size": spec.input_size,
-            "output": str(Path("runs") / spec.name),
-        }
-        if self.data is None:
-            crop, resize = DEMO_SIZES[spec.family]
-            fill.update(DEMO_OVERRIDES, image_size=crop, resize=(resize, resize))
-        return dataclasses.replace(
-            self, **{k: v for k, v in fill.items() if getattr(self, k) is None}
-        )
-
-
-def configure_devices(strategy_name, cpu_replicas):
-    """Split the CPU into logical devices for a CPU-only mirrored run; call before TF starts."""
-    import tensorflow as tf
-
-    if strategy_name != "mirrored" or tf.config.list_physical_devices("GPU"):
-        return
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    try:
-        tf.config.set_logical_device_configuration(
-            cpu, [tf.config.LogicalDeviceConfiguration()] * cpu_replicas
-        )
-    except RuntimeError as e:  # devices already initialised in this process
-        current = len(tf.config.list_logical_devices("CPU"))
-        if current != cpu_replicas:
-            raise TrainingError(
-                f"cannot split the CPU into {cpu_replicas} devices after TensorFlow started "
-                f"({current} exist): {e}"
-            ) from None
-
-
-def make_strategy(name, cpu_replicas=2):
-    """Return the tf.distribute strategy for a name in STRATEGIES."""
-    import tensorflow as tf
-
-    if name == "default":
-        return tf.distribute.get_strategy()
-    if name == "one_device":
-        gpus = tf.config.list_logical_devices("GPU")
-        return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
-    if name == "mirrored":
-        configure_devices(name, cpu_replicas)
-        gpus = tf.config.list_logical_devices("GPU")
-        devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
-        if not gpus:
-            devices = devices[:cpu_replicas]
-        return tf.distribute.MirroredStrategy(devices)
-    if name == "multi_worker":
-        if "TF_CONFIG" not in os.environ:
-            raise TrainingError("--strategy multi_worker needs TF_CONFIG (see README)")
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    raise TrainingError(f"strategy must be one of {STRATEGIES}. Received: {name!r}")
-
-
-def learning_rate_for(config, epoch):
-    """The scheduled learning rate of `epoch` for the stateless schedules (step, cosine)."""
-    if config.lr_schedule == "step":
-        return config.lr * 0.1 ** min(epoch // config.step_epochs, config.max_lr_drops)
-    if config.lr_schedule == "cosine":
-        return 0.5 * config.lr * (1 + math.cos(math.pi * epoch / max(1, config.epochs)))
-    return None
-
-
-class Plateau:
-    """AlexNet Section 5: divide the rate by 10 when the validation error stops improving.
-
-    The paper did it three times; the state lives in tf.Variables so checkpoints keep it.
-    """
-
-    def __init__(self, patience, max_drops):
-        import tensorflow as tf
-
-        self.patience, self.max_drops = patience, max_drops
-        self.best = tf.Variable(-1.0, dtype=tf.float64, trainable=False, name="plateau_best")
-        self.wait = tf.Variable(0, dtype=tf.int64, trainable=False, name="plateau_wait")
-        self.drops = tf.Variable(0, dtype=tf.int64, trainable=False, name="plateau_drops")
-
-    def update(self, val_top1):
-        """Record an epoch's validation top-1; return True when the rate must drop."""
-        if val_top1 > float(self.best.numpy()):
-            self.best.assign(val_top1)
-            self.wait.assign(0)
-            return False
-        self.wait.assign_add(1)
-        if int(self.wait.numpy()) >= self.patience and int(self.drops.numpy()) < self.max_drops:
-            self.wait.assign(0)
-            self.drops.assign_add(1)
-            return True
-        return False
-
-
-def coupled_weight_decay(grads, variables, weight_decay):
-    """Add `weight_decay * w` to each kernel's gradient: the paper's update rule.
-
-    AlexNet Section 5: v <- 0.9 v - 0.0005 lr w - lr grad; w <- w + v. With SGD momentum
-    that is an L2 term through the gradient (coupled with momentum), not Keras's
-    decoupled `weight_decay`. Biases are not decayed (as in Caffe's reference nets).
-    """
-    if isinstance(weight_decay, (int, float)) and not weight_decay:
-        return list(grads)
-    return [
-        g + weight_decay * v if _is_kernel(v) else g for g, v in zip(grads, variables, strict=True)
-    ]
-
-
-def _is_kernel(variable):
-    """Whether a variable is a conv/dense kernel (decayed) rather than a bias."""
-    return (
-        variable.path.endswith("kernel") if hasattr(variable, "path") else "kernel" in variable.name
-    )
-
-
-def make_train_step(strategy, model, optimizer, global_batch, weight_decay, loss_scaling=False):
-    """Return a tf.function running one SGD step on every replica; it returns (loss sum, hits).
-
-    Cross-entropy on logits averaged over the global batch; the optimizer all-reduces
-    the replicas' gradients, so every replica applies the same update.
-    """
-    import keras
-    import tensorflow as tf
-
-    def replica_step(images, labels):
-        with tf.GradientTape() as tape:
-            logits = tf.cast(model(images, training=True), tf.float32)
-            per_example = keras.losses.sparse_categorical_crossentropy(
-                labels, logits, from_logits=True
-            )
-            loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
-            scaled = optimizer.scale_loss(loss) if loss_scaling else loss
-        grads = tape.gradient(scaled, model.trainable_variables)
-        # Scaled gradients get a scaled decay term: the optimizer divides both by the scale.
-        decay = weight_decay * optimizer.dynamic_scale if loss_scaling else weight_decay
-        grads = coupled_weight_decay(grads, model.trainable_variables, decay)
-        optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
-        hits = tf.reduce_sum(
-            tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels), tf.float32)
-        )
-        return loss * tf.cast(global_batch, tf.float32), hits
-
-    @tf.function
-    def step(images, labels):
-        loss, hits = strategy.run(replica_step, args=(images, labels))
-        return (
-            strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None),
-            strategy.reduce(tf.distribute.ReduceOp.SUM, hits, axis=None),
-        )
-
-    return step
-
-
-def versions():
-    """Versions of the software a run used, for command.json."""
-    import keras
-    import tensorflow as tf
-
-    return {
-        "python": platform.python_version(),
-        "tensorflow": tf.__version__,
-        "keras": keras.__version__,
-        "keras_alexnet": __version__,
-        "numpy": np.__version__,
-    }
-
-
-def _show(value):
-    """A recorded config value as a user typed it."""
-    if isinstance(value, list):
-        return ",".join(str(v) for v in value)
-    return "the demo set" if value is None else str(value)
-
-
-class RunDirectory:
-    """The files of a run: checkpoints, best model, metadata, history, logs, command."""
-
-    def __init__(self, path, is_chief=True, worker_id=0):
-        self.path = Path(path)
-        self.is_chief = is_chief
-        # Non-chief workers must write their checkpoints too (collective ops), elsewhere.
-        self.checkpoints = (
-            self.path / "checkpoints" if is_chief else self.path / f".worker-{worker_id}"
-        )
-        self.history = self.path / "history.csv"
-        self.best = self.path / "best.keras"
-        self.metadata = self.path / METADATA_FILENAME
-        self.tensorboard = self.path / "tensorboard"
-        self.command = self.path / "command.json"
-
-    def start(self, config, metadata, argv):
-        """Write a new run's metadata and command (chief only)."""
-        self.path.mkdir(parents=True, exist_ok=True)
-        metadata.save(self.metadata)
-        fileio.write_json(
-            self.command,
-            {
-                "argv": list(argv if argv is not None else sys.argv),
-                "config": dataclasses.asdict(config),
-                "versions": versions(),
-            },
-        )
-
-    def check_identity(self, config):
-        """Refuse in one line to resume a run made with another model, data or precision."""
-        if not self.command.exists():
-            return
-        try:
-            recorded = fileio.read_json(self.command)["config"]
-        except (OSError, ValueError, KeyError):
-            return  # an unreadable record: the checkpoint restore decides
-        ours = json.loads(json.dumps(dataclasses.asdict(config)))
-        for key in RUN_IDENTITY:
-            if key in recorded and recorded[key] != ours[key]:
-                raise TrainingError(
-                    f"{self.path} is a run with {_flag(key)} {_show(recorded[key])}, not "
-                    f"{_show(ours[key])}: choose another --output (or the same {_flag(key)} "
-                    "to resume it)"
-                )
-
-    def read_history(self):
-        """Return the history rows (dicts), or [] when there is none."""
-        if not self.history.exists():
-            return []
-        with open(self.history, newline="") as f:
-            return list(csv.DictReader(f))
-
-    def write_history(self, rows):
-        """Rewrite history.csv atomically (chief only)."""
-        if not self.is_chief:
-            return
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=HISTORY_FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
-        fileio.write_text(self.history, buffer.getvalue())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -355,36 +46,6 @@ class TrainResult:
     seconds: float
     replicas: int
     already_finished: bool = False  # nothing to do: the run had reached --epochs
-
-
-class RunLock:
-    """An exclusive lock on a run directory, so two trainings never share checkpoints."""
-
-    def __init__(self, directory):
-        self.path = Path(directory) / ".lock"
-        self._file = None
-
-    def __enter__(self):
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.path, "a+")  # noqa: SIM115 (held until __exit__)
-        try:
-            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._file.seek(0)
-            holder = self._file.read().strip() or "another process"
-            self._file.close()
-            raise TrainingError(
-                f"{self.path.parent} is in use by another training (pid {holder}); wait for it "
-                "to finish or choose another --output"
-            ) from None
-        self._file.truncate(0)
-        self._file.write(str(os.getpid()))
-        self._file.flush()
-        return self
-
-    def __exit__(self, *exc):
-        fcntl.flock(self._file, fcntl.LOCK_UN)
-        self._file.close()
 
 
 @dataclasses.dataclass
@@ -406,7 +67,7 @@ class TrainState:
     @property
     def lr(self):
         """The learning-rate variable."""
-        return _lr(self.optimizer)
+        return learning_rate_variable(self.optimizer)
 
 
 def train(config, *, argv=None, log=print):
@@ -419,7 +80,7 @@ def train(config, *, argv=None, log=print):
 
     spec = get_spec(config.model)
     config = config.resolved(spec)
-    _check_config(config)
+    check_config(config)
     if config.strategy == "mirrored":
         configure_devices("mirrored", config.cpu_replicas)
 
@@ -436,56 +97,28 @@ def train(config, *, argv=None, log=print):
             f"--batch-size {config.batch_size} does not split evenly over "
             f"{strategy.num_replicas_in_sync} replicas"
         )
-    run = RunDirectory(config.output, *_cluster_role(strategy))
+    run = RunDirectory(config.output, *cluster_role(strategy))
     with RunLock(run.path if run.is_chief else run.checkpoints):
         return _train_locked(config, spec, strategy, run, argv, log)
 
 
-def _cluster_role(strategy):
-    """(is_chief, worker index) of this process in a multi-worker cluster."""
-    resolver = getattr(strategy, "cluster_resolver", None)
-    task_type = getattr(resolver, "task_type", None)
-    task_id = getattr(resolver, "task_id", 0) or 0
-    is_chief = task_type in (None, "chief") or (task_type == "worker" and task_id == 0)
-    return is_chief, task_id
-
-
 def _train_locked(config, spec, strategy, run, argv, log):
     """The body of `train`, run while this process holds the run directory's lock."""
-    from keras_alexnet.data import load_source
-
     run.check_identity(config)
-    source = load_source(
-        config.data, config.data_dir, val_fraction=config.val_fraction, seed=config.seed,
-        cache=config.cache,
-    )  # fmt: skip
-    if not source.num_val:
-        raise TrainingError(
-            f"{source.name} has no validation images, which the schedule and best.keras need; "
-            "give it a val/ tree or a validation split"
-        )
+    source = _open_source(config)
+    steps_per_epoch = _steps_per_epoch(config, source)
     metadata = _metadata(config, spec, source)
-    steps_per_epoch = source.num_train // config.batch_size
-    if config.steps_per_epoch:
-        steps_per_epoch = min(steps_per_epoch, config.steps_per_epoch)
-    if steps_per_epoch < 1:
-        raise TrainingError(
-            f"{source.num_train} training images make no batch of {config.batch_size}; "
-            "lower --batch-size"
-        )
     state = _build_state(config, spec, strategy, run, metadata)
     history = _restore_or_start(state, config, run, metadata, steps_per_epoch, argv, log)
     if run.is_chief and source.skipped:
         fileio.write_json(run.path / "skipped_files.json", dict(source.skipped))
     if int(state.epoch.numpy()) >= config.epochs:
         return _finished_result(run, history, strategy, log)
-
     step_fn = make_train_step(
         strategy, state.model, state.optimizer, config.batch_size, config.weight_decay,
         loss_scaling=config.precision == "mixed_float16",
     )  # fmt: skip
     writer = _summary_writer(run)
-    best_top1 = max((float(r["val_top1"]) for r in history), default=-1.0)
     started = time.time()
     while int(state.epoch.numpy()) < config.epochs:
         epoch = int(state.epoch.numpy())
@@ -497,29 +130,68 @@ def _train_locked(config, spec, strategy, run, argv, log):
         state.inference.set_weights(state.model.get_weights())
         val_top1, val_top5 = validate(state.predict, source, config)
         log(f"  loss {loss:.4f}  val top-1 {val_top1:.4f}  val top-5 {val_top5:.4f}")
-        if val_top1 > best_top1 and run.is_chief:
-            best_top1 = val_top1
-            with fileio.atomic_path(run.best) as tmp:
-                state.inference.save(tmp)
         history.append({
             "epoch": epoch + 1, "loss": f"{loss:.6f}", "top1": f"{top1:.6f}",
             "val_top1": f"{val_top1:.6f}", "val_top5": f"{val_top5:.6f}",
             "lr": f"{float(state.lr.numpy()):.6g}",
         })  # fmt: skip
-        _write_summaries(writer, history[-1])
-        if config.lr_schedule == "plateau" and state.plateau.update(val_top1):
-            state.lr.assign(float(state.lr.numpy()) / 10)
-            log(f"  validation top-1 stopped improving: lr -> {float(state.lr.numpy()):.3g}")
-        state.epoch.assign_add(1)
-        state.step.assign(0)
-        state.epoch_sums.assign([0.0, 0.0, 0.0])
-        run.write_history(history)
-        state.manager.save()
+        _end_epoch(state, config, run, history, writer, log)
     return TrainResult(
         epochs=int(state.epoch.numpy()), val_top1=val_top1, val_top5=val_top5,
-        best_val_top1=best_top1, best_model=run.best if run.best.exists() else None,
+        best_val_top1=_best_top1(history), best_model=run.best if run.best.exists() else None,
         output=run.path, seconds=time.time() - started, replicas=strategy.num_replicas_in_sync,
     )  # fmt: skip
+
+
+def _open_source(config):
+    """The run's data source; it must have validation images (schedule, best.keras)."""
+    from keras_alexnet.data import load_source
+
+    source = load_source(
+        config.data, config.data_dir, val_fraction=config.val_fraction, seed=config.seed,
+        cache=config.cache,
+    )  # fmt: skip
+    if not source.num_val:
+        raise TrainingError(
+            f"{source.name} has no validation images, which the schedule and best.keras need; "
+            "give it a val/ tree or a validation split"
+        )
+    return source
+
+
+def _steps_per_epoch(config, source):
+    """Full global batches per epoch, capped by --steps-per-epoch."""
+    steps = source.num_train // config.batch_size
+    if config.steps_per_epoch:
+        steps = min(steps, config.steps_per_epoch)
+    if steps < 1:
+        raise TrainingError(
+            f"{source.num_train} training images make no batch of {config.batch_size}; "
+            "lower --batch-size"
+        )
+    return steps
+
+
+def _best_top1(history):
+    """The best validation top-1 recorded in `history` (-1 when empty)."""
+    return max((float(r["val_top1"]) for r in history), default=-1.0)
+
+
+def _end_epoch(state, config, run, history, writer, log):
+    """Keep the best model, log, step the plateau schedule, then checkpoint the epoch's end."""
+    val_top1 = float(history[-1]["val_top1"])
+    if run.is_chief and val_top1 > _best_top1(history[:-1]):
+        with fileio.atomic_path(run.best) as tmp:
+            state.inference.save(tmp)
+    _write_summaries(writer, history[-1])
+    if config.lr_schedule == "plateau" and state.plateau.update(val_top1):
+        state.lr.assign(float(state.lr.numpy()) / 10)
+        log(f"  validation top-1 stopped improving: lr -> {float(state.lr.numpy()):.3g}")
+    state.epoch.assign_add(1)
+    state.step.assign(0)
+    state.epoch_sums.assign([0.0, 0.0, 0.0])
+    run.write_history(history)
+    state.manager.save()
 
 
 def _metadata(config, spec, source):
@@ -742,12 +414,6 @@ def _write_summaries(writer, row):
     writer.flush()
 
 
-def _lr(optimizer):
-    """The learning-rate variable (unwrapping a LossScaleOptimizer)."""
-    inner = getattr(optimizer, "inner_optimizer", optimizer)
-    return inner.learning_rate
-
-
 def validate(predict, source, config):
     """Top-1 and top-5 accuracy of `predict` (images -> probabilities) on centre crops of val."""
     import tensorflow as tf
@@ -770,37 +436,4 @@ def validate(predict, source, config):
     return top1 / count, top5 / count
 
 
-def _flag(name):
-    """The command-line spelling of a config field."""
-    return "--" + name.replace("_", "-")
-
-
-def _check_config(config):
-    """Raise TrainingError for arguments that cannot work, with what to do instead."""
-    choices = {"strategy": STRATEGIES, "lr_schedule": SCHEDULES, "precision": PRECISIONS}
-    for name, allowed in choices.items():
-        if getattr(config, name) not in allowed:
-            raise TrainingError(f"{_flag(name)} must be one of {', '.join(allowed)}")
-    at_least = {
-        "epochs": 1, "batch_size": 1, "cpu_replicas": 1, "checkpoint_every": 1,
-        "keep_checkpoints": 1, "plateau_patience": 1, "max_lr_drops": 0, "step_epochs": 1,
-        "image_size": 1, "seed": 0, "steps_per_epoch": 1, "val_steps": 1,
-    }  # fmt: skip
-    for name, low in at_least.items():
-        value = getattr(config, name)
-        if value is not None and value < low:
-            raise TrainingError(f"{_flag(name)} must be at least {low}. Received: {value}")
-    positive = ("lr", "width", "scale")
-    for name in (*positive, "momentum", "weight_decay", "val_fraction"):
-        value = getattr(config, name)
-        if not math.isfinite(value) or (value <= 0 if name in positive else value < 0):
-            kind = "a positive" if name in positive else "a non-negative"
-            raise TrainingError(f"{_flag(name)} must be {kind} number. Received: {value}")
-    if config.momentum >= 1 or not 0 < config.val_fraction < 1:
-        raise TrainingError("--momentum must be below 1 and --val-fraction in (0, 1)")
-    if config.image_size > config.resize[0]:
-        raise TrainingError(
-            f"--image-size {config.image_size} is larger than the resize size {config.resize[0]}"
-        )
-    if config.init_from and not config.model.lower().startswith("vgg"):
-        raise TrainingError("--init-from starts a VGG configuration from a trained VGG A")
+__all__ = ["TrainConfig", "TrainResult", "TrainingError", "init_from_net_a", "train", "validate"]

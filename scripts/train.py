@@ -17,7 +17,7 @@ import sys
 
 from keras_alexnet import cli
 from keras_alexnet.models import ALIASES, MODEL_NAMES
-from keras_alexnet.train import PRECISIONS, SCHEDULES, STRATEGIES, TrainConfig
+from keras_alexnet.train_config import PRECISIONS, SCHEDULES, STRATEGIES, TrainConfig
 
 DEFAULTS = TrainConfig()  # the flags' defaults are the config's, typed once
 

@@ -15,16 +15,10 @@ import tensorflow as tf
 
 from keras_alexnet import layers  # noqa: F401  (registers the custom layers for load_model)
 from keras_alexnet.metadata import Metadata
+from keras_alexnet.optim import coupled_weight_decay, make_train_step
+from keras_alexnet.rundir import RunLock
 from keras_alexnet.serving.local import free_port
-from keras_alexnet.train import (
-    RunLock,
-    TrainConfig,
-    TrainingError,
-    coupled_weight_decay,
-    init_from_net_a,
-    make_train_step,
-    train,
-)
+from keras_alexnet.train import TrainConfig, TrainingError, init_from_net_a, train
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--model", "vgg_a", "--width", "0.0625", "--image-size", "32", "--resize", "36",
@@ -106,7 +100,8 @@ def test_train_step_is_cross_entropy_on_logits_with_the_papers_update(loss_scali
 MIRRORED_CHECK = """
 import json, numpy as np, keras, tensorflow as tf
 from keras_alexnet.models import build_model
-from keras_alexnet.train import configure_devices, make_strategy, make_train_step
+from keras_alexnet.distribute import configure_devices, make_strategy
+from keras_alexnet.optim import make_train_step
 configure_devices("mirrored", 2)
 mirrored = make_strategy("mirrored", 2)
 rng = np.random.default_rng(0)

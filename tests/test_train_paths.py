@@ -23,7 +23,8 @@ MATRIX_SCRIPT = r"""
 import json, sys
 from pathlib import Path
 
-from keras_alexnet.train import TrainConfig, configure_devices, train
+from keras_alexnet.distribute import configure_devices
+from keras_alexnet.train import TrainConfig, train
 from tests.tfds_tree import mock_tfds_from_tree
 
 configure_devices("mirrored", 2)

@@ -1,0 +1,148 @@
+"""The files of a training run: checkpoints, best model, metadata, history, command, lock."""
+
+import csv
+import dataclasses
+import fcntl
+import io
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from keras_alexnet import __version__, fileio
+from keras_alexnet.metadata import FILENAME as METADATA_FILENAME
+from keras_alexnet.train_config import TrainingError, flag
+
+HISTORY_FIELDS = ("epoch", "loss", "top1", "val_top1", "val_top5", "lr")
+
+
+# What a run directory's checkpoints were made with: resuming with another value of any of
+# these would restore into a different model or data order.
+RUN_IDENTITY = (
+    "model",
+    "data",
+    "width",
+    "image_size",
+    "resize",
+    "scale",
+    "batch_size",
+    "precision",
+)
+
+
+def versions():
+    """Versions of the software a run used, for command.json."""
+    import keras
+    import tensorflow as tf
+
+    return {
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "keras_alexnet": __version__,
+        "numpy": np.__version__,
+    }
+
+
+def _show(value):
+    """A recorded config value as a user typed it."""
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    return "the demo set" if value is None else str(value)
+
+
+class RunDirectory:
+    """The files of a run: checkpoints, best model, metadata, history, logs, command."""
+
+    def __init__(self, path, is_chief=True, worker_id=0):
+        self.path = Path(path)
+        self.is_chief = is_chief
+        # Non-chief workers must write their checkpoints too (collective ops), elsewhere.
+        self.checkpoints = (
+            self.path / "checkpoints" if is_chief else self.path / f".worker-{worker_id}"
+        )
+        self.history = self.path / "history.csv"
+        self.best = self.path / "best.keras"
+        self.metadata = self.path / METADATA_FILENAME
+        self.tensorboard = self.path / "tensorboard"
+        self.command = self.path / "command.json"
+
+    def start(self, config, metadata, argv):
+        """Write a new run's metadata and command (chief only)."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        metadata.save(self.metadata)
+        fileio.write_json(
+            self.command,
+            {
+                "argv": list(argv if argv is not None else sys.argv),
+                "config": dataclasses.asdict(config),
+                "versions": versions(),
+            },
+        )
+
+    def check_identity(self, config):
+        """Refuse in one line to resume a run made with another model, data or precision."""
+        if not self.command.exists():
+            return
+        try:
+            recorded = fileio.read_json(self.command)["config"]
+        except (OSError, ValueError, KeyError):
+            return  # an unreadable record: the checkpoint restore decides
+        ours = json.loads(json.dumps(dataclasses.asdict(config)))
+        for key in RUN_IDENTITY:
+            if key in recorded and recorded[key] != ours[key]:
+                raise TrainingError(
+                    f"{self.path} is a run with {flag(key)} {_show(recorded[key])}, not "
+                    f"{_show(ours[key])}: choose another --output (or the same {flag(key)} "
+                    "to resume it)"
+                )
+
+    def read_history(self):
+        """Return the history rows (dicts), or [] when there is none."""
+        if not self.history.exists():
+            return []
+        with open(self.history, newline="") as f:
+            return list(csv.DictReader(f))
+
+    def write_history(self, rows):
+        """Rewrite history.csv atomically (chief only)."""
+        if not self.is_chief:
+            return
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=HISTORY_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+        fileio.write_text(self.history, buffer.getvalue())
+
+
+class RunLock:
+    """An exclusive lock on a run directory, so two trainings never share checkpoints."""
+
+    def __init__(self, directory):
+        self.path = Path(directory) / ".lock"
+        self._file = None
+
+    def __enter__(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.path, "a+")  # noqa: SIM115 (held until __exit__)
+        try:
+            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._file.seek(0)
+            holder = self._file.read().strip() or "another process"
+            self._file.close()
+            raise TrainingError(
+                f"{self.path.parent} is in use by another training (pid {holder}); wait for it "
+                "to finish or choose another --output"
+            ) from None
+        self._file.truncate(0)
+        self._file.write(str(os.getpid()))
+        self._file.flush()
+        return self
+
+    def __exit__(self, *exc):
+        fcntl.flock(self._file, fcntl.LOCK_UN)
+        self._file.close()
