@@ -22,7 +22,7 @@ class ModelSpec:
     protocol: str  # the paper's test protocol: AlexNet ten_crop, VGG dense
     builder: object = dataclasses.field(repr=False, compare=False)
     # Training's default init. VGG: Glorot, which VGG Section 3.1 notes works without
-    # pre-training; its N(0, 1e-2) init makes an 11-layer net's logits reach ~1e8 (SPEC 3).
+    # pre-training; its N(0, 1e-2) init overflows the deeper nets' logits in float32.
     train_init: str = "paper"
 
 
