@@ -18,8 +18,9 @@ PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 # The demo set (8x8 digits, 1,433 train / 364 val) differs from ImageNet, so its defaults do:
 # the paper's init on mean-subtracted 0-255 pixels stays at chance and He init on 0-255 gives
 # NaN, but He init on pixels scaled to about [-1, 1] trains; 8x8 images carry nothing a 227
-# crop could use, and AlexNet at full size is far slower on a CPU, so the demo crops 67 (AlexNet's smallest input; VGG 32) from 76 (36); and a mirrored digit is
-# often no digit, so no reflections.
+# crop could use, and AlexNet at full size is far slower on a CPU, so the demo crops 67
+# (AlexNet's smallest input; VGG 32) from 76 (36); and a mirrored digit is often no digit,
+# so no reflections.
 DEMO_OVERRIDES = {"init": "he", "scale": 1 / 127.5, "epochs": 4, "batch_size": 32, "flip": False}
 
 
