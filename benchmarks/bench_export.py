@@ -75,7 +75,7 @@ def make_run(name, work, epochs):
 
 def throughput(path, images, repeats=3):
     """Best-of-`repeats` onnxruntime images/s on `images` (one batch)."""
-    from keras_alexnet.runtime import onnx_session
+    from keras_alexnet.onnx.session import onnx_session
 
     session = onnx_session(path)
     session.run(None, {"images": images})
@@ -89,7 +89,8 @@ def throughput(path, images, repeats=3):
 
 def measure(name, work, args):
     from keras_alexnet.data import load_source
-    from keras_alexnet.export import center_crops, export_onnx, quantize_int8
+    from keras_alexnet.export import export_onnx
+    from keras_alexnet.onnx.quantize import center_crops, quantize_int8
     from keras_alexnet.runtime import load_metadata
 
     run, weights = make_run(name, work, args.epochs)

@@ -50,7 +50,7 @@ def build_runtimes(name, work, log):
     from keras_alexnet.export import export_onnx
     from keras_alexnet.metadata import Metadata
     from keras_alexnet.models import build_model, get_spec
-    from keras_alexnet.runtime import onnx_session
+    from keras_alexnet.onnx.session import onnx_session
 
     spec = get_spec(name)
     init = INIT[name]

@@ -10,8 +10,8 @@ import dataclasses
 import json
 
 from keras_alexnet import __version__, fileio
-
-FILENAME = "metadata.json"
+from keras_alexnet.artifacts import METADATA_FILENAME as FILENAME  # noqa: F401  (train.py)
+from keras_alexnet.artifacts import PROPERTY_PREFIX
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,14 +44,17 @@ class Metadata:
 
     def to_properties(self):
         """Return string key/value pairs for ONNX metadata_props (values JSON-encoded)."""
-        return {f"keras_alexnet.{k}": json.dumps(v) for k, v in self.to_json().items()}
+        return {f"{PROPERTY_PREFIX}{k}": json.dumps(v) for k, v in self.to_json().items()}
 
     @classmethod
     def from_properties(cls, props):
         """Inverse of `to_properties`."""
-        prefix = "keras_alexnet."
         return cls.from_json(
-            {k[len(prefix) :]: json.loads(v) for k, v in props.items() if k.startswith(prefix)}
+            {
+                k.removeprefix(PROPERTY_PREFIX): json.loads(v)
+                for k, v in props.items()
+                if k.startswith(PROPERTY_PREFIX)
+            }
         )
 
     def save(self, path):

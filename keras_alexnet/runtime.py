@@ -16,36 +16,26 @@ import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
-from keras_alexnet.metadata import FILENAME as METADATA_FILENAME
+from keras_alexnet.artifacts import (
+    KERAS_BEST,
+    METADATA_FILENAME,
+    ONNX_SOURCE,
+    OUTPUT_NAME,
+    SAVEDMODEL_METADATA,
+    SERVING_SIGNATURE,
+    ModelPathError,
+)
 from keras_alexnet.metadata import Metadata
-
-RUNTIMES = ("keras", "savedmodel", "onnxruntime")
-KERAS_BEST = "best.keras"
-SAVEDMODEL_METADATA = Path("assets") / METADATA_FILENAME
-SERVING_SIGNATURE = "serving_default"
-ONNX_SOURCE = "the ONNX file's metadata properties"
-OUTPUT_NAME = "probabilities"
-ACCEPTED = "a .keras file, a training run directory, a SavedModel directory or an .onnx file"
-AUTO = "auto"
-CPU_PROVIDER = "CPUExecutionProvider"
-# What "auto" picks from, best first: the GPU providers, then CPU. TensorRT, OpenVINO and
-# CoreML compile the graph for each input shape (whole images vary: dense evaluation) and
-# Azure runs remotely, so they are used only when named.
-AUTO_PROVIDERS = (
-    "CUDAExecutionProvider",
-    "ROCMExecutionProvider",
-    "MIGraphXExecutionProvider",
-    "DmlExecutionProvider",
-    CPU_PROVIDER,
+from keras_alexnet.onnx.session import (
+    AUTO,
+    onnx_session,
+    probabilities_output,
+    properties,
+    read_metadata,
 )
 
-
-class ModelPathError(ValueError):
-    """A model path that does not exist, is not a model, or lacks its metadata."""
-
-
-class ProviderError(ValueError):
-    """An onnxruntime execution provider this installation does not offer."""
+RUNTIMES = ("keras", "savedmodel", "onnxruntime")
+ACCEPTED = "a .keras file, a training run directory, a SavedModel directory or an .onnx file"
 
 
 @dataclasses.dataclass
@@ -117,12 +107,6 @@ def check_class_count(classes, metadata, model_path, source):
         )
 
 
-def _first_line(error):
-    """The first non-empty line of an exception's message."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[0] if lines else type(error).__name__
-
-
 def load_keras_model(path):
     """Return (keras.Model, Metadata) of a `.keras` file or run directory."""
     kind, model_path, metadata_path = resolve(path)
@@ -136,7 +120,7 @@ def load_keras_model(path):
     try:
         model = keras.saving.load_model(model_path, compile=False)
     except Exception as e:  # a corrupt or foreign file: say so in one line
-        raise ModelPathError(f"{model_path} is not a readable Keras model: {_first_line(e)}") from e
+        raise ModelPathError.unreadable(model_path, "Keras model", e) from e
     check_class_count(model.output_shape[-1], metadata, model_path, metadata_path)
     return model, metadata
 
@@ -184,7 +168,7 @@ def _load_savedmodel(path):
         loaded = tf.saved_model.load(str(model_path))
         signature = loaded.signatures[SERVING_SIGNATURE]
     except Exception as e:
-        raise ModelPathError(f"{model_path} is not a readable SavedModel: {_first_line(e)}") from e
+        raise ModelPathError.unreadable(model_path, "SavedModel", e) from e
     (input_name,) = signature.structured_input_signature[1]
     spec = signature.structured_input_signature[1][input_name]
     size = spec.shape[1:3].as_list()
@@ -202,99 +186,19 @@ def _load_savedmodel(path):
     return Runtime("savedmodel", model_path, metadata, predict, input_size)
 
 
-def available_providers():
-    """The execution providers this onnxruntime installation offers, in its own order."""
-    import onnxruntime as ort
-
-    return ort.get_available_providers()
-
-
-def provider_choices():
-    """What `--provider` accepts: "auto" and each available provider."""
-    return [AUTO, *available_providers()]
-
-
-def provider_help():
-    """The `--provider` help text shared by the scripts, listing this machine's providers."""
-    return (
-        "onnxruntime execution provider for .onnx models: auto (the best available, GPU "
-        f"before CPU) or one of {', '.join(available_providers())}, in full or short "
-        "('cuda') (default: %(default)s)"
-    )
-
-
-def choose_providers(provider=AUTO):
-    """The providers list for a session: `provider`, or the best available for "auto", then CPU.
-
-    A provider is named in full (`CUDAExecutionProvider`) or short (`cuda`, any case); CPU
-    stays last as the fallback for operators the chosen one lacks.
-    """
-    available = available_providers()
-    if provider in (None, AUTO):
-        chosen = next((p for p in AUTO_PROVIDERS if p in available), CPU_PROVIDER)
-    else:
-        chosen = next(
-            (p for p in available if provider.lower() in (p.lower(), _short_name(p))), None
-        )
-        if chosen is None:
-            raise ProviderError(
-                f"onnxruntime here has no execution provider {provider!r}; choose from "
-                f"{', '.join(provider_choices())} (CUDA needs the onnxruntime-gpu package)"
-            )
-    fallback = [CPU_PROVIDER] if chosen != CPU_PROVIDER and CPU_PROVIDER in available else []
-    return [chosen, *fallback]
-
-
-def _short_name(provider):
-    """`CUDAExecutionProvider` -> `cuda`."""
-    return provider.removesuffix("ExecutionProvider").lower()
-
-
-def onnx_session(path, threads=None, provider=AUTO):
-    """The one maker of onnxruntime sessions: `threads` intra-op threads, `provider` (see above).
-
-    `threads` 0 or None lets onnxruntime choose (one per core).
-    """
-    import onnxruntime as ort
-
-    providers = choose_providers(provider)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = int(threads or 0)
-    # Operators run one after another (sequential mode); parallelism is inside each one.
-    options.inter_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    try:
-        return ort.InferenceSession(str(path), options, providers=providers)
-    except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph types
-        raise ModelPathError(f"{path} is not a readable ONNX model: {_first_line(e)}") from e
-
-
-def onnx_metadata(session, path):
-    """The Metadata stored in an ONNX session's metadata properties."""
-    props = session.get_modelmeta().custom_metadata_map
-    try:
-        return Metadata.from_properties(props)
-    except (KeyError, ValueError, TypeError) as e:
-        raise ModelPathError(
-            f"{path} has no keras_alexnet metadata ({_first_line(e)}): export it with "
-            "scripts/export_onnx.py"
-        ) from e
-
-
 def _load_onnx(path, threads=None, provider=AUTO):
     """Runtime of an ONNX file, run with onnxruntime (see `onnx_session`)."""
     import numpy as np
 
     _, model_path, _ = resolve(path)
     session = onnx_session(model_path, threads, provider)
-    metadata = onnx_metadata(session, model_path)
-    inputs, outputs = session.get_inputs(), session.get_outputs()
+    metadata = read_metadata(properties(session), model_path)
+    inputs = session.get_inputs()
     if len(inputs) != 1 or len(inputs[0].shape) != 4:
         raise ModelPathError(f"{model_path} must take one [N, H, W, 3] image input")
     input_name = inputs[0].name
-    output_names = [o.name for o in outputs]
-    output = OUTPUT_NAME if OUTPUT_NAME in output_names else output_names[0]
-    classes = outputs[output_names.index(output)].shape[-1]
+    output = probabilities_output(session)
+    classes = next(o for o in session.get_outputs() if o.name == output).shape[-1]
     check_class_count(
         classes if isinstance(classes, int) else None, metadata, model_path, ONNX_SOURCE
     )
@@ -326,19 +230,5 @@ def load_metadata(path):
     """Read only the Metadata of the model at `path` (no TensorFlow for ONNX files)."""
     kind, model_path, metadata_path = resolve(path)
     if kind == "onnxruntime":
-        import onnx
-
-        try:
-            model = onnx.load(str(model_path), load_external_data=False)
-        except Exception as e:
-            raise ModelPathError(
-                f"{model_path} is not a readable ONNX model: {_first_line(e)}"
-            ) from e
-        props = {p.key: p.value for p in model.metadata_props}
-        try:
-            return Metadata.from_properties(props)
-        except (KeyError, ValueError, TypeError) as e:
-            raise ModelPathError(
-                f"{model_path} has no keras_alexnet metadata: export it with scripts/export_onnx.py"
-            ) from e
+        return read_metadata(properties(model_path), model_path)
     return _read_metadata(metadata_path, model_path)

@@ -9,7 +9,7 @@ import argparse
 
 from keras_alexnet import cli
 from keras_alexnet.evaluate import DEFAULT_SCALES, PROTOCOLS
-from keras_alexnet.runtime import AUTO, provider_help
+from keras_alexnet.onnx.session import AUTO, provider_help
 
 
 def get_args_parser():

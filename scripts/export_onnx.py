@@ -9,7 +9,7 @@ larger whole images give the VGG paper's dense evaluation.
 import argparse
 
 from keras_alexnet import cli
-from keras_alexnet.export import QUANT_FORMATS
+from keras_alexnet.onnx.quantize import QUANT_FORMATS
 
 
 def get_args_parser():

@@ -16,7 +16,7 @@ from keras_alexnet import cli
 
 def get_args_parser():
     """Return the argument parser of this script."""
-    from keras_alexnet.runtime import AUTO, provider_help
+    from keras_alexnet.onnx.session import AUTO, provider_help
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument(

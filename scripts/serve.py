@@ -10,7 +10,7 @@ field `file` -> top-5 classes). NAME is the ONNX file's stem unless --model-name
 import argparse
 
 from keras_alexnet import cli
-from keras_alexnet.runtime import provider_help
+from keras_alexnet.onnx.session import provider_help
 from keras_alexnet.serving.app import ServeConfig
 
 

@@ -13,6 +13,7 @@ from test_evaluate import ROOT, SIZE, make_run
 from keras_alexnet import export
 from keras_alexnet.evaluate import EvaluationError, evaluate
 from keras_alexnet.metadata import Metadata
+from keras_alexnet.onnx import convert, quantize
 from keras_alexnet.runtime import load, load_metadata
 
 
@@ -96,7 +97,7 @@ def test_savedmodel_serves_uint8_and_float_with_metadata_assets(exported):
 
 def test_int8_export_reports_top1_agreement_measured_independently(exported, tmp_path):
     int8 = tmp_path / "alexnet.int8.onnx"
-    result = export.quantize_int8(
+    result = quantize.quantize_int8(
         exported["onnx"], int8, calibration_images=16, agreement_images=48, log=lambda *_: None
     )
     model = onnx.load(str(int8))
@@ -113,7 +114,7 @@ def test_int8_export_reports_top1_agreement_measured_independently(exported, tmp
     # Recompute the agreement on the same held-out images with both sessions.
     from keras_alexnet.data import load_source
 
-    images, _ = export.center_crops(load_source(None), load_metadata(int8), "val", 48)
+    images, _ = quantize.center_crops(load_source(None), load_metadata(int8), "val", 48)
     top = [load(p).predict(images).argmax(-1) for p in (exported["onnx"], int8)]
     assert result["agreement"] == pytest.approx(np.mean(top[0] == top[1]))
     assert result["agreement"] >= 0.5  # int8 noise must not scramble a trained net
@@ -133,7 +134,7 @@ def test_static_size_onnx_and_other_crop_sizes_are_refused(exported, tmp_path):
     path = tmp_path / "static.onnx"
     model.export(str(path), format="onnx", verbose=False)
     proto = onnx.load(str(path))
-    export._set_properties(proto, load_metadata(exported["onnx"]).to_properties())
+    convert.set_properties(proto, load_metadata(exported["onnx"]).to_properties())
     onnx.save(proto, str(path))
     with pytest.raises(EvaluationError, match="takes 67x67 images"):
         evaluate(path, protocol="center", image_size=SIZE + 4, verbose=False)

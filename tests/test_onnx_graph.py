@@ -4,7 +4,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from keras_alexnet.onnx_graph import expand_lrn, fold_input_normalization
+from keras_alexnet.onnx.graph import expand_lrn, fold_input_normalization
 
 
 def lrn_model(channels, size, alpha, beta, bias):
@@ -165,7 +165,7 @@ def pooled_int8_model():
 
 
 def test_int8_max_pools_run_nhwc_on_8_bit_data_with_identical_results():
-    from keras_alexnet.onnx_graph import nhwc_int8_maxpool
+    from keras_alexnet.onnx.graph import nhwc_int8_maxpool
 
     model = pooled_int8_model()
     rewritten = nhwc_int8_maxpool(model)

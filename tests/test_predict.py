@@ -112,8 +112,8 @@ def mismatched_copies(setup, directory):
     """Each kind of artifact of the 10-class model, paired with metadata of 3 classes."""
     import onnx
 
-    from keras_alexnet.export import _set_properties
     from keras_alexnet.metadata import Metadata
+    from keras_alexnet.onnx.convert import set_properties
 
     run, onnx_path, _, _ = setup
     wrong = dataclasses.replace(Metadata.load(run / "metadata.json"), class_names=("a", "b", "c"))
@@ -123,7 +123,7 @@ def mismatched_copies(setup, directory):
     shutil.copytree(run / "savedmodel", directory / "savedmodel")
     wrong.save(directory / "savedmodel" / "assets" / "metadata.json")
     proto = onnx.load(onnx_path)
-    _set_properties(proto, wrong.to_properties())
+    set_properties(proto, wrong.to_properties())
     onnx.save(proto, directory / "wrong.onnx")
     return {
         "run_dir": (directory / "run", directory / "run" / "metadata.json"),

@@ -1,11 +1,16 @@
-"""keras_alexnet.runtime.onnx_session: the one maker of onnxruntime sessions, and its providers."""
+"""keras_alexnet.onnx.session: the one maker of onnxruntime sessions, and its providers."""
 
 import onnxruntime as ort
 import pytest
 from test_serve import reshape_model
 
 from keras_alexnet import runtime
-from keras_alexnet.runtime import ProviderError, choose_providers, onnx_session
+from keras_alexnet.onnx.session import (
+    ProviderError,
+    choose_providers,
+    onnx_session,
+    provider_choices,
+)
 from keras_alexnet.serving.model import OnnxModel
 
 CPU, CUDA, TRT = "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"
@@ -43,7 +48,7 @@ def test_a_named_provider_is_used_in_full_or_short_form(offered):
     assert choose_providers("TensorrtExecutionProvider") == [TRT, CPU]
     assert choose_providers("cuda") == [CUDA, CPU]
     assert choose_providers("CPU") == [CPU]
-    assert runtime.provider_choices() == ["auto", TRT, CUDA, CPU]
+    assert provider_choices() == ["auto", TRT, CUDA, CPU]
 
 
 def test_an_unavailable_provider_is_a_one_line_error(offered, tmp_path):

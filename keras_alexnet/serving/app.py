@@ -33,7 +33,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
 from keras_alexnet import __version__
-from keras_alexnet.runtime import AUTO
+from keras_alexnet.onnx.session import AUTO
 from keras_alexnet.serving import images
 from keras_alexnet.serving.batching import DynamicBatcher, ModelError, RequestTimeout
 from keras_alexnet.serving.metrics import Metrics, RequestMetrics

@@ -5,8 +5,15 @@ from pathlib import Path
 
 import numpy as np
 
-from keras_alexnet.metadata import Metadata
-from keras_alexnet.runtime import AUTO, ONNX_SOURCE, OUTPUT_NAME, check_class_count, onnx_session
+from keras_alexnet.artifacts import ONNX_SOURCE
+from keras_alexnet.onnx.session import (
+    AUTO,
+    onnx_session,
+    probabilities_output,
+    properties,
+    read_metadata,
+)
+from keras_alexnet.runtime import check_class_count
 
 # onnxruntime element type -> (protocol datatype, NumPy dtype)
 DATATYPES = {
@@ -63,17 +70,11 @@ class OnnxModel:
         self.name = name or path.stem
         self.inputs = [_spec(n) for n in self.session.get_inputs()]
         self.outputs = [_spec(n) for n in self.session.get_outputs()]
-        props = self.session.get_modelmeta().custom_metadata_map
-        self.metadata = (
-            Metadata.from_properties(props)
-            if any(k.startswith("keras_alexnet.") for k in props)
-            else None
-        )
+        self.metadata = read_metadata(properties(self.session), path, required=False)
         # Requests can be merged only along a free leading (batch) dimension.
         self.batchable = all(spec.shape and spec.shape[0] == -1 for spec in self.inputs)
         names = [o.name for o in self.outputs]
-        # keras_alexnet.export names the softmax output; other exports: the first output.
-        self.probabilities = OUTPUT_NAME if OUTPUT_NAME in names else names[0]
+        self.probabilities = probabilities_output(self.session)
         if self.metadata is not None:
             classes = self.outputs[names.index(self.probabilities)].shape[-1]
             check_class_count(classes, self.metadata, path, ONNX_SOURCE)

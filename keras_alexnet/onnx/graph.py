@@ -1,9 +1,9 @@
 """ONNX graph rewrites that keep what the model computes and make onnxruntime faster.
 
-onnxruntime's CPU `LRN` kernel is single-threaded and calls `pow` per element: on a
-2-core machine it took 45 % of AlexNet's inference time (SPEC section 3; profile in
-benchmarks/RESULTS.md). `expand_lrn` replaces every `LRN` node by the same formula in
-ops that onnxruntime vectorises and threads:
+onnxruntime's CPU `LRN` kernel is single-threaded and calls `pow` per element, a large
+share of AlexNet's inference time (profile in benchmarks/RESULTS.md). `expand_lrn`
+replaces every `LRN` node by the same formula in ops that onnxruntime vectorises and
+threads:
 
     d = bias + (alpha / size) * Conv1x1(x * x, band)    # band[o, i] = 1 if i is in o's window
     y = x / sqrt(d * sqrt(d))                             # = x * d^-0.75, when beta = 0.75
@@ -226,6 +226,46 @@ def _topological(nodes, graph):
     return ordered
 
 
+def _normalized_input_conv(g, value):
+    """Match graph input -> Sub(mean) [-> Mul(scale)] -> Transpose(NHWC to NCHW) -> unpadded Conv.
+
+    Returns (nodes to remove, transpose, conv, kernel, per-channel mean, per-channel scale)
+    with mean and scale as float64 vectors, or None when `value` starts no such pattern.
+    """
+    sub = g.only_consumer(value.name)
+    if sub is None or sub.op_type != "Sub" or sub.input[0] != value.name:
+        return None
+    mean = g.constant(sub.input[1])
+    node, scale = g.only_consumer(sub.output[0]), None
+    if node is not None and node.op_type == "Mul":
+        scale = g.constant(node.input[1])
+        if scale is None:
+            return None
+        remove = [sub, node]
+        node = g.only_consumer(node.output[0])
+    else:
+        remove = [sub]
+    transpose = node
+    conv = g.only_consumer(transpose.output[0]) if _is_transpose(transpose, [0, 3, 1, 2]) else None
+    if mean is None or conv is None or conv.op_type != "Conv":
+        return None
+    attrs = _attributes(conv)
+    if attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", b"VALID") or any(attrs.get("pads", [])):
+        return None
+    kernel = g.constant(conv.input[1])
+    if kernel is None or (len(conv.input) > 2 and g.constant(conv.input[2]) is None):
+        return None
+    cin = kernel.shape[1] * attrs.get("group", 1)
+    try:
+        mean = np.broadcast_to(mean, (cin,)).astype(np.float64)
+        scale = np.ones(cin) if scale is None else np.broadcast_to(scale, (cin,)).astype(np.float64)
+    except ValueError:
+        return None
+    if attrs.get("group", 1) != 1:
+        return None
+    return remove, transpose, conv, kernel, mean, scale
+
+
 def fold_input_normalization(model):
     """Return a copy of `model` with input Sub(mean) [-> Mul(scale)] folded into an unpadded conv.
 
@@ -237,43 +277,10 @@ def fold_input_normalization(model):
     graph = model.graph
     g = _Graph(graph)
     for value in graph.input:
-        sub = g.only_consumer(value.name)
-        if sub is None or sub.op_type != "Sub" or sub.input[0] != value.name:
+        match = _normalized_input_conv(g, value)
+        if match is None:
             continue
-        mean = g.constant(sub.input[1])
-        node, scale = g.only_consumer(sub.output[0]), None
-        if node is not None and node.op_type == "Mul":
-            scale = g.constant(node.input[1])
-            if scale is None:
-                continue
-            remove = [sub, node]
-            node = g.only_consumer(node.output[0])
-        else:
-            remove = [sub]
-        transpose = node
-        conv = (
-            g.only_consumer(transpose.output[0]) if _is_transpose(transpose, [0, 3, 1, 2]) else None
-        )
-        if mean is None or conv is None or conv.op_type != "Conv":
-            continue
-        attrs = _attributes(conv)
-        if attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", b"VALID") or any(
-            attrs.get("pads", [])
-        ):
-            continue
-        kernel = g.constant(conv.input[1])
-        if kernel is None or (len(conv.input) > 2 and g.constant(conv.input[2]) is None):
-            continue
-        cin = kernel.shape[1] * attrs.get("group", 1)
-        try:
-            mean = np.broadcast_to(mean, (cin,)).astype(np.float64)
-            scale = (
-                np.ones(cin) if scale is None else np.broadcast_to(scale, (cin,)).astype(np.float64)
-            )
-        except ValueError:
-            continue
-        if attrs.get("group", 1) != 1:
-            continue
+        remove, transpose, conv, kernel, mean, scale = match
         folded = kernel.astype(np.float64) * scale[None, :, None, None]
         bias = g.constant(conv.input[2]).astype(np.float64) if len(conv.input) > 2 else 0.0
         bias = bias - np.einsum("oihw,i->o", folded, mean)
@@ -303,12 +310,12 @@ QUANTIZED_OUTPUTS = ("QuantizeLinear", "QLinearConv", "QLinearMatMul", "QLinearA
 def nhwc_int8_maxpool(model):
     """Return a copy of a QOperator int8 `model` with its max pools on 8-bit data, NHWC.
 
-    onnxruntime's NCHW MaxPool on uint8 ran AlexNet's pool1 and pool2 at 39 and 23 ms a
-    batch of 32 (17 % of the int8 model), its NHWC kernel (com.microsoft NhwcMaxPool) in
-    under 2 ms. Each MaxPool on 8-bit data becomes Transpose -> NhwcMaxPool -> Transpose
-    (onnxruntime cancels the transposes against its NHWC QLinearConv); a float MaxPool whose
-    only reader is a QuantizeLinear is quantized first instead (max commutes with the
-    monotonic quantisation, so the result is identical).
+    onnxruntime's NCHW MaxPool on uint8 is slow and its NHWC kernel (com.microsoft
+    NhwcMaxPool) fast (benchmarks/RESULTS.md, "Where the time goes"). Each MaxPool on 8-bit
+    data becomes Transpose -> NhwcMaxPool -> Transpose (onnxruntime cancels the transposes
+    against its NHWC QLinearConv); a float MaxPool whose only reader is a QuantizeLinear is
+    quantized first instead (max commutes with the monotonic quantisation, so the result is
+    identical).
     """
     model = _copy(model)
     graph = model.graph
