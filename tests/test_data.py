@@ -400,7 +400,7 @@ def test_tfds_names_with_configs_are_not_taken_for_directories(tmp_path):
 
 
 def test_demo_pngs_hold_the_scikit_learn_digits(tmp_path):
-    from sklearn.datasets import load_digits
+    from keras_alexnet.data.demo import load_digits
 
     root = ensure_demo_set(cache_dir=tmp_path)
     digits = load_digits()
@@ -410,6 +410,31 @@ def test_demo_pngs_hold_the_scikit_learn_digits(tmp_path):
         stored = np.asarray(Image.open(path))
         np.testing.assert_array_equal(stored, np.round(digits.images[index] * 255 / 16))
     assert sorted(p.name for p in tmp_path.iterdir()) == [root.name]  # no temporary left
+
+
+# sha256 of the uint8 images then the uint8 labels of scikit-learn 1.9.1's load_digits().
+DIGITS_SHA256 = "87ff0c9e40dc7e2c0e34e7257799c2e3f3aec1a016363bb11cad869ec428a826"
+
+
+def test_bundled_digits_are_the_uci_set_with_their_attribution():
+    from keras_alexnet.data.demo import DIGITS_FILE, load_digits
+
+    digits = load_digits()
+    assert digits.images.shape == (1797, 8, 8) and digits.target.shape == (1797,)
+    content = digits.images.astype(np.uint8).tobytes() + digits.target.astype(np.uint8).tobytes()
+    assert hashlib.sha256(content).hexdigest() == DIGITS_SHA256
+    notice = DIGITS_FILE.with_name("digits.NOTICE.md").read_text()
+    assert "CC BY 4.0" in notice and "Alpaydin" in notice and "scikit-learn" in notice
+
+
+def test_bundled_digits_equal_scikit_learns_copy():
+    datasets = pytest.importorskip("sklearn.datasets")
+    from keras_alexnet.data.demo import load_digits
+
+    ours, theirs = load_digits(), datasets.load_digits()
+    np.testing.assert_array_equal(ours.images, theirs.images)
+    np.testing.assert_array_equal(ours.target, theirs.target)
+    assert ours.images.dtype == theirs.images.dtype and ours.target.dtype == theirs.target.dtype
 
 
 def test_compute_stats_script_writes_the_source_statistics(tree, tmp_path):

@@ -1,20 +1,38 @@
-"""The bundled real demo set: scikit-learn's copy of the UCI handwritten digits.
+"""The bundled real demo set: the UCI handwritten digits, shipped in this package.
 
 1,797 real 8x8 grayscale scans of handwritten digits (10 classes) from the UCI Machine
 Learning Repository ("Optical Recognition of Handwritten Digits", Alpaydin & Kaynak,
-CC BY 4.0), shipped inside scikit-learn, so nothing is downloaded. Written once as a
-class-folder tree of PNGs and then read through the ordinary directory source.
+CC BY 4.0), in digits.npz next to this module (taken from scikit-learn's copy; see
+digits.NOTICE.md), so nothing is downloaded. Written once as a class-folder tree of PNGs
+and then read through the ordinary directory source.
 """
+
+from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import tensorflow as tf
 
 from keras_alexnet import fileio
-from keras_alexnet.data import sources
+from keras_alexnet.data.cache import cache_dir as resolve_cache_dir
 
 DEMO_NAME = "digits"
 VERSION = "v1"
 VAL_EVERY = 5  # every 5th image of each class (in scikit-learn's order) is validation: 20 %
+DIGITS_FILE = Path(__file__).with_name("digits.npz")
+
+
+class Digits(NamedTuple):
+    """The digits as scikit-learn's `load_digits` returns them: float64 0..16 images, labels."""
+
+    images: np.ndarray  # [1797, 8, 8] float64, counts 0..16
+    target: np.ndarray  # [1797] int64, 0..9
+
+
+def load_digits():
+    """Return the bundled digits, equal to scikit-learn's `load_digits()` images and target."""
+    with np.load(DIGITS_FILE) as archive:
+        return Digits(archive["images"].astype(np.float64), archive["target"].astype(np.int64))
 
 
 def demo_split(labels):
@@ -34,13 +52,11 @@ def ensure_demo_set(cache_dir=None):
     written to a temporary directory and renamed into place, so a killed write never
     leaves half a tree.
     """
-    from sklearn.datasets import load_digits
-
-    root = sources.cache_dir(cache_dir) / f"{DEMO_NAME}-{VERSION}"
+    root = resolve_cache_dir(cache_dir) / f"{DEMO_NAME}-{VERSION}"
     if (root / "train").is_dir():
         return root
     digits = load_digits()
-    # scikit-learn's images hold counts 0..16 of a 4x4 block; rescale to 0..255.
+    # The images hold counts 0..16 of a 4x4 block; rescale to 0..255.
     pixels = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)
     is_val = demo_split(digits.target)
     with fileio.atomic_path(root) as tmp:

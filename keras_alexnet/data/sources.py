@@ -17,6 +17,8 @@ import tensorflow as tf
 
 from keras_alexnet import fileio, imageinfo
 from keras_alexnet.data import transforms
+from keras_alexnet.data.cache import cache_dir
+from keras_alexnet.data.demo import DEMO_NAME, ensure_demo_set
 from keras_alexnet.data.stats import (
     IMAGENET_STATS,
     DatasetStats,
@@ -32,12 +34,6 @@ IMAGENET_BUILDERS = ("imagenet2012", "imagenet2012_subset")
 REPORTED = 5  # how many skipped file names a report shows
 _VAL_ORDER = 1  # the validation order's seed stream, apart from the hold-out's
 _TFDS_NAME = re.compile(r"^[a-z][a-z0-9_]*(/[\w.-]+)?(:[\d.*]+)?$")
-
-
-def cache_dir(cache=None):
-    """Return the cache directory: `cache`, $KERAS_ALEXNET_CACHE or ~/.cache/keras_alexnet."""
-    cache = cache or os.environ.get("KERAS_ALEXNET_CACHE") or "~/.cache/keras_alexnet"
-    return Path(cache).expanduser()
 
 
 @dataclasses.dataclass
@@ -340,14 +336,7 @@ def tfds_source(name, data_dir=None, *, cache=None):
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ValueError(f"{name!r} is neither a directory nor a TFDS dataset: {first}") from None
     info = builder.info
-    image_key = next(
-        (k for k, f in info.features.items() if isinstance(f, tfds.features.Image)), None
-    )
-    label_key = next(
-        (k for k, f in info.features.items() if isinstance(f, tfds.features.ClassLabel)), None
-    )
-    if image_key is None or label_key is None:
-        raise ValueError(f"{name}: not an image classification dataset (needs Image + ClassLabel)")
+    keys = _tfds_keys(info, name)
     # info.splits is empty until the set is generated (and under tfds.testing.mock_data).
     available = set(info.splits.keys()) or {"train", "validation"}
     val_split = next((s for s in ("validation", "test") if s in available), None)
@@ -356,57 +345,77 @@ def tfds_source(name, data_dir=None, *, cache=None):
         builder.as_dataset(split=split_names["train"])  # opens files lazily: cheap
     except Exception:  # tfds raises AssertionError / its own errors when data is missing
         _prepare_or_explain(builder, name)
-
-    def factory(tfds_split):
-        def make(shuffle_seed, shuffle_buffer, shard):
-            shuffled = shuffle_seed is not None
-            seed = None if shuffle_seed in (None, -1) else shuffle_seed
-            # Files shuffled with a per-pipeline seed and then sharded would overlap between
-            # pipelines; shard first. A prepared split has known sizes: each pipeline reads
-            # only its even subsplit (sizes differ by at most one) and shuffles its files.
-            # Otherwise (mock data) every pipeline reads the files in order and keeps every
-            # num_shards-th example.
-            split, by_subsplit = tfds_split, shard is not None and tfds_split in info.splits
-            if by_subsplit:
-                split = tfds.even_splits(tfds_split, shard[0])[shard[1]]
-            read_config = tfds.ReadConfig(
-                shuffle_seed=seed, shuffle_reshuffle_each_iteration=shuffled
-            )
-            ds = builder.as_dataset(
-                split=split,
-                shuffle_files=shuffled and (shard is None or by_subsplit),
-                decoders={image_key: tfds.decode.SkipDecoding()},
-                read_config=read_config,
-            )
-            ds = ds.map(lambda ex: (ex[image_key], tf.cast(ex[label_key], tf.int32)))
-            if shard is not None and not by_subsplit:
-                ds = ds.shard(*shard)
-            if shuffled:
-                ds = _shuffle(ds, shuffle_buffer, shuffle_seed)
-            return ds
-
-        return make
-
-    factories = {s: factory(t) for s, t in split_names.items() if t}
+    factories = {s: _tfds_factory(builder, keys, t) for s, t in split_names.items() if t}
     sizes = {s: _num_examples(info, t, factories[s]) for s, t in split_names.items() if t}
-    if _base_name(name) in IMAGENET_BUILDERS:
-        stats = IMAGENET_STATS
-    else:
-        key = hashlib.sha1(f"{name}|{builder.data_dir}".encode()).hexdigest()
-        cache_file = cache_dir(cache) / "stats" / f"{key}.json"
-        if cache_file.exists():
-            stats = DatasetStats.load(cache_file)
-        else:
-            stats = compute_stats(factories["train"](None, 0, None))
-            stats.save(cache_file)
     return Source(
         name=name,
-        class_names=list(info.features[label_key].names),
-        stats=stats,
+        class_names=list(info.features[keys[1]].names),
+        stats=_tfds_stats(name, builder, factories["train"], cache),
         sizes=sizes,
         kind="tfds",
         _factories=factories,
     )
+
+
+def _tfds_keys(info, name):
+    """The (image, label) feature names of an image classification set; ValueError if none."""
+    import tensorflow_datasets as tfds
+
+    def first(kind):
+        return next((k for k, f in info.features.items() if isinstance(f, kind)), None)
+
+    image_key, label_key = first(tfds.features.Image), first(tfds.features.ClassLabel)
+    if image_key is None or label_key is None:
+        raise ValueError(f"{name}: not an image classification dataset (needs Image + ClassLabel)")
+    return image_key, label_key
+
+
+def _tfds_factory(builder, keys, tfds_split):
+    """A split's `Source` factory: (shuffle_seed, shuffle_buffer, shard) -> its Dataset."""
+    import tensorflow_datasets as tfds
+
+    image_key, label_key = keys
+    info = builder.info
+
+    def make(shuffle_seed, shuffle_buffer, shard):
+        shuffled = shuffle_seed is not None
+        seed = None if shuffle_seed in (None, -1) else shuffle_seed
+        # Files shuffled with a per-pipeline seed and then sharded would overlap between
+        # pipelines; shard first. A prepared split has known sizes: each pipeline reads
+        # only its even subsplit (sizes differ by at most one) and shuffles its files.
+        # Otherwise (mock data) every pipeline reads the files in order and keeps every
+        # num_shards-th example.
+        split, by_subsplit = tfds_split, shard is not None and tfds_split in info.splits
+        if by_subsplit:
+            split = tfds.even_splits(tfds_split, shard[0])[shard[1]]
+        read_config = tfds.ReadConfig(shuffle_seed=seed, shuffle_reshuffle_each_iteration=shuffled)
+        ds = builder.as_dataset(
+            split=split,
+            shuffle_files=shuffled and (shard is None or by_subsplit),
+            decoders={image_key: tfds.decode.SkipDecoding()},
+            read_config=read_config,
+        )
+        ds = ds.map(lambda ex: (ex[image_key], tf.cast(ex[label_key], tf.int32)))
+        if shard is not None and not by_subsplit:
+            ds = ds.shard(*shard)
+        if shuffled:
+            ds = _shuffle(ds, shuffle_buffer, shuffle_seed)
+        return ds
+
+    return make
+
+
+def _tfds_stats(name, builder, train_factory, cache):
+    """ImageNet's published statistics for its builders, else the training split's, cached."""
+    if _base_name(name) in IMAGENET_BUILDERS:
+        return IMAGENET_STATS
+    key = hashlib.sha1(f"{name}|{builder.data_dir}".encode()).hexdigest()
+    cache_file = cache_dir(cache) / "stats" / f"{key}.json"
+    if cache_file.exists():
+        return DatasetStats.load(cache_file)
+    stats = compute_stats(train_factory(None, 0, None))
+    stats.save(cache_file)
+    return stats
 
 
 def _base_name(name):
@@ -452,8 +461,6 @@ def load_source(data=None, data_dir=None, *, val_fraction=0.1, seed=0, cache=Non
     `data_dir` (TFDS's default data directory when None).
     """
     if data is None:
-        from keras_alexnet.data.demo import DEMO_NAME, ensure_demo_set
-
         return directory_source(ensure_demo_set(cache), cache=cache, name=DEMO_NAME)
     data = str(data)
     path = Path(data).expanduser()
