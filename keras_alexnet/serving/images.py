@@ -1,10 +1,7 @@
-"""Image decoding and the evaluation preprocessing in Pillow + NumPy, without TensorFlow.
+"""Image decoding in Pillow + NumPy, without TensorFlow, and the evaluation preprocessing.
 
-The same steps as the data pipeline's centre-crop protocol (`keras_alexnet.data`): decode to
-RGB, rescale so the shorter side is `metadata.resize` (bilinear, half-pixel centres, no
-antialiasing: `tf.image.resize(..., "bilinear")` to float32 rounding), cut the central
-`metadata.input_size` square, float32 on the 0-255 scale. The mean is subtracted inside the
-model, so nothing else is done here.
+Decode to RGB, then the model's centre crop (`keras_alexnet.preprocess.EvalTransform`, the
+same steps as the data pipeline's centre-crop protocol, to float32 rounding).
 
 Both decoders turn an image upright by its EXIF orientation and take a 16-bit sample's
 high byte, with the shared `keras_alexnet.imageinfo`. One known difference: Pillow decodes
@@ -20,8 +17,9 @@ import numpy as np
 from PIL import Image
 
 from keras_alexnet import imageinfo
+from keras_alexnet.preprocess import UPLOAD_MAX_PIXELS, EvalTransform, center_crop_resized
 
-MAX_PIXELS = 40_000_000  # a decoded image larger than this is refused (decompression bombs)
+MAX_PIXELS = UPLOAD_MAX_PIXELS  # a decoded image larger than this is refused
 # Pillow's modes for 16-bit grayscale, whose convert("RGB") clips at 255 instead of scaling.
 SIXTEEN_BIT_GRAY = ("I;16", "I;16B", "I;16L", "I;16N")
 # Formats TensorFlow decodes: their orientation is read by the same parser as in training.
@@ -94,60 +92,17 @@ def upright(pixels, orientation):
     return np.ascontiguousarray(pixels)
 
 
-def shorter_side_shape(height, width, size):
-    """The (height, width) with shorter side `size` and the aspect ratio of the input.
-
-    Computed in float32 and rounded half to even, as the data pipeline does.
-    """
-    shape = np.array([height, width], np.float32)
-    new = np.round(shape * np.float32(size) / shape.min())
-    return tuple(int(v) for v in np.maximum(new, size))
-
-
-def _taps(in_size, out_size, start, count):
-    """Source indices and weights of output rows start..start+count of a bilinear resize."""
-    scale = np.float32(in_size) / np.float32(out_size)
-    x = (np.arange(start, start + count, dtype=np.float32) + np.float32(0.5)) * scale
-    x = x - np.float32(0.5)
-    floor = np.floor(x)
-    frac = (x - floor).astype(np.float32)
-    lo = np.clip(floor, 0, in_size - 1).astype(np.intp)
-    hi = np.clip(floor + 1, 0, in_size - 1).astype(np.intp)
-    return lo, hi, frac
-
-
-def resize_bilinear(image, height, width, *, top=0, left=0, crop=None):
-    """Bilinear resize to (height, width) like `tf.image.resize`, returning only a window.
-
-    Returns the `crop` x `crop` window at (top, left) of the resized image (the whole image
-    when `crop` is None) as float32, computing only the pixels in that window: memory
-    follows the window, whatever the input's shape.
-    """
-    rows, cols = (height, width) if crop is None else (crop, crop)
-    image = np.asarray(image)
-    y0, y1, fy = _taps(image.shape[0], height, top, rows)
-    x0, x1, fx = _taps(image.shape[1], width, left, cols)
-
-    def corners(y):
-        # Only the source pixels the window reads: whole source rows would make a 1-pixel
-        # high, 1,000,000 wide image cost 227 x 1,000,000 x 3 float32 (2.7 GB).
-        near = image[np.ix_(y, x0)].astype(np.float32)
-        return near + (image[np.ix_(y, x1)] - near) * fx[None, :, None]
-
-    # Columns first, then rows, as TensorFlow's kernel blends.
-    upper = corners(y0)
-    return upper + (corners(y1) - upper) * fy[:, None, None]
-
-
-def center_crop_resized(image, resize, size):
-    """Rescale the shorter side to `resize`, then cut the central `size` square (float32)."""
-    height, width = shorter_side_shape(image.shape[0], image.shape[1], resize)
-    if size > min(height, width):
-        raise ValueError(f"crop {size} is larger than the resized image {height}x{width}")
-    top, left = (height - size) // 2, (width - size) // 2
-    return resize_bilinear(image, height, width, top=top, left=left, crop=size)
-
-
 def preprocess(data, metadata, max_pixels=MAX_PIXELS):
     """Decode image bytes and apply `metadata`'s centre-crop preprocessing: [S, S, 3] float32."""
-    return center_crop_resized(decode(data, max_pixels), metadata.resize, metadata.input_size)
+    return EvalTransform.from_metadata(metadata).numpy(decode(data, max_pixels))
+
+
+__all__ = [
+    "MAX_PIXELS",
+    "ImageError",
+    "ImageTooLarge",
+    "center_crop_resized",  # from keras_alexnet.preprocess: the server's one image module
+    "decode",
+    "preprocess",
+    "upright",
+]
