@@ -1,12 +1,7 @@
 """Top-1 / top-5 under the papers' test protocols, for a Keras, SavedModel or ONNX model.
 
-- center: rescale the shorter side to Q (the model's resize, 256), take the central crop.
-- ten_crop: AlexNet, Section 4.1: the four corner and the centre crops and their
-  horizontal reflections; the ten softmax outputs are averaged.
-- dense: VGG, Section 3.2: the FC layers applied as convolutions over the whole image
-  rescaled to Q; the class score map is averaged spatially, and the mirrored image's
-  scores are averaged in.
-- multi_scale: VGG, Section 4.2: dense evaluation at several Q, the scores averaged.
+The protocols (center, ten_crop, dense, multi_scale) are `keras_alexnet.protocols.PROTOCOLS`:
+the data pipeline makes each image's views, their scores are averaged here.
 
 A label counts as top-k when fewer than k classes score strictly higher than it (ties at
 the boundary count as correct, as `tf.math.in_top_k` does).
@@ -17,11 +12,11 @@ import time
 import numpy as np
 
 from keras_alexnet import fileio
+from keras_alexnet.preprocess import EvalTransform
 from keras_alexnet.progress import Progress
+from keras_alexnet.protocols import DEFAULT_SCALES, PROTOCOLS
 from keras_alexnet.runtime import ModelPathError, Runtime, load
 
-PROTOCOLS = ("center", "ten_crop", "dense", "multi_scale")
-DEFAULT_SCALES = (256, 384, 512)
 TIE_TOLERANCE = 1e-5
 
 
@@ -65,61 +60,72 @@ def parse_scales(text):
     return scales
 
 
-def _views(source, runtime, protocol, split, image_size, resize, scales, batch_size):
-    """Yield (scores [B, classes], labels [B]) batches of `split` under `protocol`."""
-    from keras_alexnet.data import eval_dataset
+def _views(source, runtime, protocol, split, transform, scales, batch_size):
+    """Yield (scores [B, classes], labels [B]) batches of `split` under `protocol`.
 
-    predict = runtime.predict
-    if protocol in ("center", "ten_crop"):
-        ds = eval_dataset(
-            source, protocol=protocol, image_size=image_size, resize=resize,
-            batch_size=batch_size, split=split,
-        )  # fmt: skip
-        for images, labels in ds:
-            images = images.numpy()
-            if protocol == "ten_crop":
-                b = images.shape[0]
-                scores = predict(images.reshape(-1, *images.shape[2:]))
-                scores = scores.reshape(b, 10, -1).mean(axis=1)
-            else:
-                scores = predict(images)
-            yield scores, labels.numpy()
-        return
+    Each image's views are scored at every test scale, averaged over its views, then over
+    the scales.
+    """
     import tensorflow as tf
 
-    sizes = (resize,) if protocol == "dense" else scales
-    datasets = [
-        eval_dataset(source, protocol="dense", image_size=image_size, resize=q, split=split)
-        for q in sizes
-    ]
-    for elements in tf.data.Dataset.zip(tuple(datasets)):
-        scores = [predict(views.numpy()).mean(axis=0) for views, _ in elements]
-        yield np.mean(scores, axis=0)[None], elements[0][1].numpy()
+    from keras_alexnet.data import eval_dataset
+
+    datasets = tuple(
+        eval_dataset(
+            source,
+            protocol=protocol.name,
+            image_size=transform.crop,
+            resize=q,
+            batch_size=batch_size,
+            split=split,
+        )
+        for q in protocol.test_scales(transform.resize, scales)
+    )
+    for elements in tf.data.Dataset.zip(datasets):
+        labels = elements[0][1].numpy()
+        scores = []
+        for views, _ in elements:
+            views = views.numpy()
+            flat = runtime.predict(views.reshape(-1, *views.shape[-3:]))
+            scores.append(protocol.reduce(flat, len(labels)))
+        yield np.mean(scores, axis=0), labels
 
 
-def _check(runtime, source, split, protocol, image_size, resize, scales):
+def _check(runtime, source, split, protocol, transform, scales):
     """Raise EvaluationError for a model/data/protocol combination that cannot work."""
-    metadata = runtime.metadata
     if protocol not in PROTOCOLS:
-        raise EvaluationError(f"--protocol must be one of {PROTOCOLS}. Received: {protocol!r}")
+        raise EvaluationError(
+            f"--protocol must be one of {tuple(PROTOCOLS)}. Received: {protocol!r}"
+        )
+    _check_model(runtime, PROTOCOLS[protocol], transform, scales)
+    _check_data(runtime.metadata, source, split)
+
+
+def _check_model(runtime, protocol, transform, scales):
+    """Raise EvaluationError for a model that cannot take this protocol's views."""
+    image_size = transform.crop
     if runtime.input_size is not None and runtime.input_size != image_size:
         raise EvaluationError(
             f"{runtime.path} takes {runtime.input_size}x{runtime.input_size} images but the "
             f"data is cropped to {image_size}x{image_size}: pass --image-size "
             f"{runtime.input_size} or re-export the model with scripts/export_onnx.py"
         )
-    if protocol in ("dense", "multi_scale") and not runtime.dense:
+    if protocol.whole_image and not runtime.dense:
         raise EvaluationError(
             f"{runtime.path} takes only {runtime.input_size}px crops, so it cannot run "
-            f"--protocol {protocol}: use center or ten_crop, or export with "
+            f"--protocol {protocol.name}: use center or ten_crop, or export with "
             "scripts/export_onnx.py (its exports take whole images)"
         )
-    smallest = min(scales) if protocol == "multi_scale" else resize
+    smallest = min(protocol.test_scales(transform.resize, scales))
     if smallest < image_size:
         raise EvaluationError(
             f"the images are rescaled to {smallest}, smaller than the {image_size}px input: "
             "use a resize / scales of at least the input size"
         )
+
+
+def _check_data(metadata, source, split):
+    """Raise EvaluationError for data the model was not trained on, or an empty split."""
     if list(source.class_names) != list(metadata.class_names):
         raise EvaluationError(
             f"the data {source.name!r} has {len(source.class_names)} classes "
@@ -166,60 +172,78 @@ def evaluate(
     class within 1e-5), protocol, runtime, images_per_second, seconds, model, data, split,
     input_size, resize, scales; with `return_scores` also scores and labels (NumPy).
     """
-    from keras_alexnet.data import load_source
-
     runtime = (
         model if isinstance(model, Runtime) else load(model, threads=threads, provider=provider)
     )
     metadata = runtime.metadata
     protocol = protocol or metadata.protocol
-    image_size = int(image_size or metadata.input_size)
-    resize = int(resize or metadata.resize)
+    transform = EvalTransform.from_metadata(metadata, resize=resize, crop=image_size)
     scales = tuple(int(s) for s in scales)
     if data is None:
         data, data_dir = metadata.data, data_dir or metadata.data_dir
+    source = _open_data(data, data_dir)
+    _check(runtime, source, split, protocol, transform, scales)
+    protocol = PROTOCOLS[protocol]
+    views = _views(source, runtime, protocol, split, transform, scales, batch_size)
+    scores, labels, seconds = _score(views, source.sizes[split], verbose)
+    if labels is None:
+        raise EvaluationError(f"split {split!r} of {source.name!r} yielded no images")
+    results = {
+        **_accuracy(scores, labels),
+        "protocol": protocol.name,
+        "runtime": runtime.name,
+        "images_per_second": len(labels) / seconds if seconds > 0 else float("inf"),
+        "seconds": seconds,
+        "model": str(runtime.path),
+        "data": source.name,
+        "split": split,
+        "input_size": transform.crop,
+        "resize": transform.resize,
+        "scales": list(scales) if protocol.multi_scale else None,
+    }
+    if return_scores:
+        results["scores"], results["labels"] = scores, labels
+    return results
+
+
+def _open_data(data, data_dir):
+    """The data source, or EvaluationError saying why it cannot be opened."""
+    from keras_alexnet.data import load_source
+
     try:
-        source = load_source(data, data_dir)
+        return load_source(data, data_dir)
     except (ValueError, FileNotFoundError, OSError) as e:
         raise EvaluationError(f"cannot open the data {data!r}: {e}") from e
-    _check(runtime, source, split, protocol, image_size, resize, scales)
+
+
+def _score(views, total, verbose):
+    """Run the (scores, labels) batches with a progress bar: (scores, labels, seconds)."""
     all_scores, all_labels = [], []
     start = time.perf_counter()
-    views = _views(source, runtime, protocol, split, image_size, resize, scales, batch_size)
-    with Progress(source.sizes[split], "images", "img", enabled=verbose) as bar:
+    with Progress(total, "images", "img", enabled=verbose) as bar:
         for scores, labels in views:
             all_scores.append(np.asarray(scores, np.float32))
             all_labels.append(np.asarray(labels))
             bar.add(len(labels))
     seconds = time.perf_counter() - start
     if not all_labels:
-        raise EvaluationError(f"split {split!r} of {source.name!r} yielded no images")
-    scores, labels = np.concatenate(all_scores), np.concatenate(all_labels)
+        return None, None, seconds
+    return np.concatenate(all_scores), np.concatenate(all_labels), seconds
+
+
+def _accuracy(scores, labels):
+    """Top-1/top-5 accuracy and error, the count and the near ties of a pass's scores."""
     count = len(labels)
-    k = min(5, scores.shape[1])
     top1 = float(topk_correct(scores, labels, 1).mean())
-    top5 = float(topk_correct(scores, labels, k).mean())
-    results = {
+    top5 = float(topk_correct(scores, labels, min(5, scores.shape[1])).mean())
+    return {
         "top1": top1,
         "top5": top5,
         "top1_error": 1.0 - top1,
         "top5_error": 1.0 - top5,
         "count": count,
         "near_ties": int(near_ties(scores, labels).sum()),
-        "protocol": protocol,
-        "runtime": runtime.name,
-        "images_per_second": count / seconds if seconds > 0 else float("inf"),
-        "seconds": seconds,
-        "model": str(runtime.path),
-        "data": source.name,
-        "split": split,
-        "input_size": image_size,
-        "resize": resize,
-        "scales": list(scales) if protocol == "multi_scale" else None,
     }
-    if return_scores:
-        results["scores"], results["labels"] = scores, labels
-    return results
 
 
 def format_table(results):
@@ -227,7 +251,7 @@ def format_table(results):
     protocol = results["protocol"]
     if results.get("scales"):
         protocol += " (Q = " + ", ".join(str(s) for s in results["scales"]) + ")"
-    elif protocol in ("center", "ten_crop", "dense"):
+    elif protocol in PROTOCOLS:
         protocol += f" (Q = {results['resize']})"
     rows = [
         ("model", results["model"]),

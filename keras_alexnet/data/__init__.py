@@ -1,7 +1,7 @@
 """The input pipeline: sources (folders, TFDS, the demo set), statistics, transforms."""
 
 from keras_alexnet.data.demo import DEMO_NAME, ensure_demo_set
-from keras_alexnet.data.pipeline import PROTOCOLS, eval_dataset, train_dataset
+from keras_alexnet.data.pipeline import eval_dataset, train_dataset
 from keras_alexnet.data.sources import (
     Source,
     directory_source,
@@ -10,6 +10,7 @@ from keras_alexnet.data.sources import (
     tfds_source,
 )
 from keras_alexnet.data.stats import IMAGENET_STATS, DatasetStats, compute_stats
+from keras_alexnet.protocols import PROTOCOLS
 
 __all__ = [
     "DEMO_NAME",

@@ -3,9 +3,10 @@
 import numpy as np
 import tensorflow as tf
 
+from keras_alexnet import protocols
 from keras_alexnet.data import transforms
+from keras_alexnet.preprocess import EvalTransform
 
-PROTOCOLS = ("center", "ten_crop", "dense")
 AUTOTUNE = tf.data.AUTOTUNE
 
 
@@ -50,37 +51,57 @@ def train_dataset(
     (the global batch) becomes the per-replica batch. `shuffle_buffer` bounds the shuffle of
     TFDS records and of cached images; a folder's file list is shuffled whole.
     """
-    lo, hi = (int(v) for v in np.broadcast_to(resize, [2]))
-    if not 0 < lo <= hi:
-        raise ValueError(f"resize must be an int or (lo, hi) with 0 < lo <= hi. Received: {resize}")
-    if image_size > lo:
-        raise ValueError(f"image_size {image_size} is larger than the resize size {lo}")
-    stats = source.stats
+    scale_range = _scale_range(resize, image_size)
     shard = None
     if input_context is not None:
         shard = (input_context.num_input_pipelines, input_context.input_pipeline_id)
         batch_size = input_context.get_per_replica_batch_size(batch_size)
     pipeline_id = 0 if shard is None else shard[1]
-    order_seed = -1 if seed is None else _mix(seed, epoch, pipeline_id)
-    if cache:
-        # Cache decoded images before shuffling, so later passes are still reshuffled.
-        ds = source.encoded("train", shard=shard)
-        ds = ds.map(lambda c, y: (transforms.decode(c), y), num_parallel_calls=AUTOTUNE).cache()
-        ds = ds.shuffle(
-            shuffle_buffer,
-            seed=None if seed is None else order_seed,
-            reshuffle_each_iteration=True,
-        )
-    else:
-        ds = source.encoded(
-            "train", shuffle_seed=order_seed, shuffle_buffer=shuffle_buffer, shard=shard
-        )
+    order_seed = None if seed is None else _mix(seed, epoch, pipeline_id)
+    ds = _training_records(source, shard, order_seed, shuffle_buffer, cache)
     element_seed = None if seed is None else _mix(seed, epoch, pipeline_id, 1)
     seeds = tf.data.Dataset.random(seed=element_seed, rerandomize_each_iteration=True).batch(2)
+    augment = _augmentation(
+        source.stats, scale_range, image_size, decode=not cache, flip=flip,
+        pca_lighting=pca_lighting, subtract_mean=subtract_mean,
+    )  # fmt: skip
+    ds = tf.data.Dataset.zip(ds, seeds).map(augment, num_parallel_calls=AUTOTUNE)
+    ds = ds.batch(batch_size, drop_remainder=True).prefetch(AUTOTUNE)
+    return ds.with_options(_options())
+
+
+def _scale_range(resize, image_size):
+    """The training scales (lo, hi) from an int or a pair; ValueError for impossible ones."""
+    lo, hi = (int(v) for v in np.broadcast_to(resize, [2]))
+    if not 0 < lo <= hi:
+        raise ValueError(f"resize must be an int or (lo, hi) with 0 < lo <= hi. Received: {resize}")
+    if image_size > lo:
+        raise ValueError(f"image_size {image_size} is larger than the resize size {lo}")
+    return lo, hi
+
+
+def _training_records(source, shard, order_seed, shuffle_buffer, cache):
+    """The shuffled training split: (decoded images when `cache`, else encoded bytes, label)."""
+    if not cache:
+        return source.encoded(
+            "train",
+            shuffle_seed=-1 if order_seed is None else order_seed,
+            shuffle_buffer=shuffle_buffer,
+            shard=shard,
+        )
+    # Cache decoded images before shuffling, so later passes are still reshuffled.
+    ds = source.encoded("train", shard=shard)
+    ds = ds.map(lambda c, y: (transforms.decode(c), y), num_parallel_calls=AUTOTUNE).cache()
+    return ds.shuffle(shuffle_buffer, seed=order_seed, reshuffle_each_iteration=True)
+
+
+def _augmentation(stats, scale_range, image_size, *, decode, flip, pca_lighting, subtract_mean):
+    """The per-image map of training: ((image, label), seeds) -> (augmented crop, label)."""
+    lo, hi = scale_range
 
     def augment(example, seeds):
         image, label = example
-        if not cache:
+        if decode:
             image = transforms.decode(image)
         s = tf.random.experimental.stateless_split(seeds, 4)
         size = transforms.random_scale(lo, hi, s[0]) if hi > lo else lo
@@ -97,9 +118,7 @@ def train_dataset(
             image = transforms.subtract_mean(image, stats.mean)
         return image, label
 
-    ds = tf.data.Dataset.zip(ds, seeds).map(augment, num_parallel_calls=AUTOTUNE)
-    ds = ds.batch(batch_size, drop_remainder=True).prefetch(AUTOTUNE)
-    return ds.with_options(_options())
+    return augment
 
 
 def eval_dataset(
@@ -112,30 +131,34 @@ def eval_dataset(
     split="val",
     subtract_mean=False,
 ):
-    """Evaluation views of `split` under a paper's protocol, with int32 labels.
+    """Evaluation views of `split` at one scale `resize` under a protocol, with int32 labels.
 
-    center: ([B, S, S, 3], [B]) the centre crop of the image rescaled to `resize`;
-    ten_crop: ([B, 10, S, S, 3], [B]) AlexNet's four corners + centre and reflections;
-    dense: ([2, Qh, Qw, 3], [1]) VGG's whole rescaled image and its reflection, one image
-    per element (images differ in shape).
+    The views are `keras_alexnet.protocols.PROTOCOLS[protocol].views`: center, ([B, S, S, 3],
+    [B]) the centre crop (`EvalTransform`) of the image rescaled to `resize`; ten_crop,
+    ([B, 10, S, S, 3], [B]) AlexNet's four corners + centre and reflections; dense (also
+    multi_scale's views at one Q), ([2, Qh, Qw, 3], [1]) VGG's whole rescaled image and its
+    reflection, one image per element (images differ in shape).
     """
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"protocol must be one of {PROTOCOLS}. Received: protocol={protocol!r}")
-    if protocol != "dense" and image_size > resize:
+    views = protocols.get(protocol).views
+    if views != "dense" and image_size > resize:
         raise ValueError(f"image_size {image_size} is larger than the resize size {resize}")
+    transform = EvalTransform(resize=resize, crop=image_size)
     mean = source.stats.mean
 
+    def centred(image):
+        return transforms.subtract_mean(image, mean) if subtract_mean else image
+
     def view(contents, label):
-        image = transforms.resize_shorter(transforms.decode(contents), resize)
-        if subtract_mean:
-            image = transforms.subtract_mean(image, mean)
-        if protocol == "center":
-            return transforms.center_crop(image, image_size), label
-        if protocol == "ten_crop":
+        image = transforms.decode(contents)
+        if views == "center":
+            # The mean is per pixel: subtracting it after the crop gives the same values.
+            return centred(transform.tensorflow(image)), label
+        image = centred(transforms.resize_shorter(image, resize))
+        if views == "ten_crop":
             return transforms.ten_crop(image, image_size), label
         return transforms.dense_views(image), tf.reshape(label, [1])
 
     ds = source.encoded(split).map(view, num_parallel_calls=AUTOTUNE)
-    if protocol != "dense":
+    if views != "dense":
         ds = ds.batch(batch_size)
     return ds.prefetch(AUTOTUNE).with_options(_options())
