@@ -77,5 +77,5 @@ DEFAULT_SCALES = (256, 384, 512)  # VGG Section 4.2's Q for models trained with 
 def get(name):
     """The protocol called `name`; ValueError naming the choices for any other."""
     if name not in PROTOCOLS:
-        raise ValueError(f"protocol must be one of {tuple(PROTOCOLS)}. Received: {name!r}")
+        raise ValueError(f"protocol must be one of {tuple(PROTOCOLS)}. Received: protocol={name!r}")
     return PROTOCOLS[name]
