@@ -8,8 +8,8 @@ trained on, as recorded in its metadata, so `--model export/alexnet.onnx` works 
 import argparse
 
 from keras_alexnet import cli
-from keras_alexnet.evaluate import DEFAULT_SCALES, PROTOCOLS
 from keras_alexnet.onnx.session import AUTO, provider_help
+from keras_alexnet.protocols import DEFAULT_SCALES, PROTOCOLS
 
 
 def get_args_parser():
