@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from keras_alexnet import fileio, imageinfo
+from keras_alexnet import fileio, imageinfo, preprocess
 from keras_alexnet.data import transforms
 from keras_alexnet.data.cache import cache_dir
 from keras_alexnet.data.demo import DEMO_NAME, ensure_demo_set
@@ -27,7 +27,7 @@ from keras_alexnet.data.stats import (
 )
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
-MAX_PIXELS = 100_000_000  # larger images are skipped: one would take > 300 MB decoded
+MAX_PIXELS = preprocess.DATA_MAX_PIXELS  # larger images are skipped (preprocess says why)
 IMAGENET_MANUAL_FILES = ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar")
 # TFDS builders made from the ILSVRC-2012 archives: the published statistics apply.
 IMAGENET_BUILDERS = ("imagenet2012", "imagenet2012_subset")

@@ -20,9 +20,11 @@ QUANT_FORMATS = ("qdq", "qoperator")
 def center_crops(source, metadata, split, count, batch_size=16):
     """Up to `count` centre crops of `split`, float32 [N, S, S, 3] on 0-255, and labels."""
     from keras_alexnet.data import eval_dataset
+    from keras_alexnet.preprocess import EvalTransform
 
+    transform = EvalTransform.from_metadata(metadata)
     ds = eval_dataset(
-        source, protocol="center", image_size=metadata.input_size, resize=metadata.resize,
+        source, protocol="center", image_size=transform.crop, resize=transform.resize,
         batch_size=batch_size, split=split,
     )  # fmt: skip
     images, labels, total = [], [], 0
