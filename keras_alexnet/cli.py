@@ -1,9 +1,13 @@
-"""What every script in scripts/ shares: one-line errors and validated argument types.
+"""What every command shares: process start-up, one-line errors, validated argument types.
 
-A script ends with::
+`prepare_process` is the first thing a command does, before TensorFlow is imported: it
+sets the commands' TensorFlow defaults and keeps TensorFlow's start-up banner out of
+their stderr. The library itself (`import keras_alexnet`) changes neither the
+environment nor the import system.
 
-    if __name__ == "__main__":
-        cli.run(main, get_args_parser(), name="evaluate")
+A command ends with::
+
+    cli.run(main, get_args_parser(), argv, name="evaluate")
 
 `run` parses the arguments, calls `main(args)` and turns what a user can cause (an
 OSError, a ValueError, any exception class defined in keras_alexnet such as
@@ -21,9 +25,29 @@ import math
 import os
 import sys
 
+from keras_alexnet import _quiet
+
 PACKAGE = __name__.partition(".")[0]
 ARGPARSE_ERROR = 2  # argparse's own exit status for a bad command line
 INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a Ctrl-C
+# The commands' defaults, each kept when the user set the variable.
+PROCESS_DEFAULTS = {
+    # The custom layers call tf.nn directly (grouped conv, LRN): a keras.json naming
+    # another backend must not break the commands. The layers refuse other backends.
+    "KERAS_BACKEND": "tensorflow",
+    # TensorFlow turns oneDNN on by default only on CPUs with AVX-512 VNNI/BF16 or AMX. On
+    # an AVX2 CPU its Eigen kernels train much slower (fc6's transposed MatMul gradient
+    # above all; benchmarks/RESULTS.md has the numbers), and oneDNN differentiates grouped
+    # convolutions natively. TF reads it at its first import; 0 turns oneDNN off.
+    "TF_ENABLE_ONEDNN_OPTS": "1",
+}
+
+
+def prepare_process():
+    """Set PROCESS_DEFAULTS and quiet TensorFlow's start-up; call before TensorFlow is imported."""
+    for name, value in PROCESS_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+    _quiet.install()
 
 
 def run(main, parser, argv=None, *, name=None):

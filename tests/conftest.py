@@ -1,15 +1,16 @@
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+# Before any test module imports TensorFlow: the commands' settings (oneDNN on) must be in
+# place at TensorFlow's first import, as they are in the commands; subprocesses inherit them.
+from keras_alexnet import cli  # noqa: E402
+
+cli.prepare_process()
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
-
-# Before any test module imports TensorFlow: keras_alexnet's settings (oneDNN on) must be
-# in place at TensorFlow's first import, as they are in the commands.
-import keras_alexnet  # noqa: E402, F401
 
 
 @pytest.fixture(scope="session")
