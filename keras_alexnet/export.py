@@ -60,6 +60,18 @@ def _dense_twin(model):
     return twin
 
 
+def _reference(model, twin, size, integral=False):
+    """Verification inputs (crops, whole) and Keras's outputs on them: the model's, the twin's.
+
+    `integral` rounds the pixels, so that a uint8 signature sees the same images.
+    """
+    crops, whole = check_inputs(size)
+    if integral:
+        crops, whole = np.round(crops), np.round(whole)
+    expected = [np.asarray(model.predict_on_batch(crops)), np.asarray(twin.predict_on_batch(whole))]
+    return (crops, whole), expected
+
+
 def _check_error(error, subject, output):
     """Refuse an export whose relative error to Keras exceeds MAX_RELATIVE_ERROR."""
     if not error <= MAX_RELATIVE_ERROR:
@@ -76,6 +88,28 @@ def _verify_onnx(path, inputs, expected):
         relative_error(session.run([OUTPUT_NAME], {INPUT_NAME: x})[0], y)
         for x, y in zip(inputs, expected, strict=True)
     )
+
+
+def _write_onnx(model, metadata, output, opset, expand_lrn, log):
+    """Convert `model` to ONNX at `output`, atomically, once checked and verified; return it."""
+    import onnx
+
+    from keras_alexnet.onnx.convert import to_onnx
+
+    twin = _dense_twin(model)
+    (crops, whole), expected = _reference(model, twin, metadata.input_size)
+    with fileio.atomic_path(output) as tmp:
+        proto = to_onnx(model, twin, metadata, opset, expand_lrn, tmp.parent)
+        onnx.checker.check_model(proto, full_check=True)
+        onnx.save(proto, str(tmp))
+        error = _verify_onnx(tmp, (crops, whole), expected)
+        log(
+            f"ONNX vs Keras on {len(crops)} random {metadata.input_size}px crops and one "
+            f"{whole.shape[1]}x{whole.shape[2]} image: max relative error {error:.3g} "
+            f"(max |onnx - keras| / max |keras|; limit {MAX_RELATIVE_ERROR:g})"
+        )
+        _check_error(error, "onnxruntime", output)
+    return proto, error
 
 
 def export_onnx(
@@ -101,9 +135,7 @@ def export_onnx(
     `keras_alexnet.onnx.quantize.quantize_int8`). `expand_lrn` rewrites LRN nodes into ops
     onnxruntime runs faster (`keras_alexnet.onnx.graph`). Returns a dict of what was measured.
     """
-    import onnx
-
-    from keras_alexnet.onnx.convert import opset_version, to_onnx
+    from keras_alexnet.onnx.convert import opset_version
 
     if quantize not in (None, "int8"):
         raise ExportError(f"--quantize takes int8. Received: {quantize!r}")
@@ -112,20 +144,7 @@ def export_onnx(
     output = Path(output) if output else EXPORT_DIR / f"{metadata.model}.onnx"
     if output.suffix.lower() != ".onnx":
         raise ExportError(f"the ONNX output must end in .onnx. Received: {output}")
-    twin = _dense_twin(model)
-    crops, whole = check_inputs(metadata.input_size)
-    expected = [np.asarray(model.predict_on_batch(crops)), np.asarray(twin.predict_on_batch(whole))]
-    with fileio.atomic_path(output) as tmp:
-        proto = to_onnx(model, twin, metadata, opset, expand_lrn, tmp.parent)
-        onnx.checker.check_model(proto, full_check=True)
-        onnx.save(proto, str(tmp))
-        error = _verify_onnx(tmp, (crops, whole), expected)
-        log(
-            f"ONNX vs Keras on {len(crops)} random {metadata.input_size}px crops and one "
-            f"{whole.shape[1]}x{whole.shape[2]} image: max relative error {error:.3g} "
-            f"(max |onnx - keras| / max |keras|; limit {MAX_RELATIVE_ERROR:g})"
-        )
-        _check_error(error, "onnxruntime", output)
+    proto, error = _write_onnx(model, metadata, output, opset, expand_lrn, log)
     seconds = time.perf_counter() - start
     result = {
         "path": str(output),
@@ -201,13 +220,11 @@ def export_savedmodel(model_path, output=None, *, log=print):
     output = Path(output) if output else EXPORT_DIR / f"{metadata.model}_savedmodel"
     twin = _dense_twin(model)
     archive = _savedmodel_archive(twin)
-    crops, whole = check_inputs(metadata.input_size)
-    crops, whole = np.round(crops), np.round(whole)  # integral: uint8 sees the same pixels
-    expected = [np.asarray(model.predict_on_batch(crops)), np.asarray(twin.predict_on_batch(whole))]
+    inputs, expected = _reference(model, twin, metadata.input_size, integral=True)
     with fileio.atomic_path(output) as tmp:
         archive.write_out(str(tmp), verbose=False)
         metadata.save(tmp / SAVEDMODEL_METADATA)
-        error = _verify_savedmodel(tmp, (crops, whole), expected)
+        error = _verify_savedmodel(tmp, inputs, expected)
         log(f"SavedModel vs Keras: max relative error {error:.3g} (limit {MAX_RELATIVE_ERROR:g})")
         _check_error(error, "the SavedModel", output)
     seconds = time.perf_counter() - start
