@@ -1,35 +1,5 @@
-"""Export a trained Keras model as a SavedModel taking float32 or uint8 RGB images, verified.
+"""The keras-alexnet-export-savedmodel command, run from a checkout."""
 
-Signatures: serving_default (float32) and serving_uint8 (uint8), both [N, H, W, 3] named
-"images" -> {"probabilities": [N, classes]}; the metadata is in assets/metadata.json.
-"""
+from keras_alexnet.commands import script
 
-import argparse
-
-from keras_alexnet import cli
-
-
-def get_args_parser():
-    """Return the command-line parser."""
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--model", required=True, help="a .keras file or a training run directory")
-    p.add_argument(
-        "--output",
-        default=None,
-        help="the SavedModel directory; none: export/<model>_savedmodel (default: %(default)s)",
-    )
-    return p
-
-
-def main(args):
-    """Export, verify, and report."""
-    from keras_alexnet import fileio
-    from keras_alexnet.export import export_savedmodel
-
-    if args.output:
-        fileio.check_writable(args.output)  # before the export, not after it
-    export_savedmodel(args.model, args.output)
-
-
-if __name__ == "__main__":
-    cli.run(main, get_args_parser(), name="export_savedmodel")
+get_args_parser, main = script("export_savedmodel", __name__)

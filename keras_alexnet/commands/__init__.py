@@ -1,0 +1,67 @@
+"""The command-line programs: one module per command, with `get_args_parser()` and `main(args)`.
+
+They are installed as console scripts (`keras-alexnet-train`, ... in pyproject.toml's
+[project.scripts], entering through the `run_*` functions below) and run from a checkout
+as `python scripts/train.py`. Either way the process is prepared
+(`cli.prepare_process`: oneDNN on, quiet start-up) before the command's module, and with
+it TensorFlow, is imported.
+"""
+
+import functools
+import importlib
+
+from keras_alexnet import cli, extras
+
+# command -> the prefix of its one-line errors (None: "error: ..."), as each has had.
+COMMANDS = {
+    "train": None,
+    "evaluate": "evaluate",
+    "export_onnx": "export_onnx",
+    "export_savedmodel": "export_savedmodel",
+    "predict": None,
+    "serve": None,
+    "compute_stats": "compute_stats",
+    "summary": None,
+}
+# command -> the extra its module needs to be imported at all.
+EXTRAS = {"serve": "server"}
+
+
+def load(command):
+    """Prepare the process, then import and return `command`'s module."""
+    cli.prepare_process()
+    if command in EXTRAS:
+        extras.require(EXTRAS[command])
+    return importlib.import_module(f"{__name__}.{command}")
+
+
+def launch(command, argv=None):
+    """Run `command` as a program: parse `argv` (default sys.argv[1:]), one-line errors."""
+    name = COMMANDS[command]
+    try:
+        module = load(command)
+    except extras.MissingExtraError as e:
+        cli.fail(e, name)
+    cli.run(module.main, module.get_args_parser(), argv, name=name)
+
+
+def script(command, caller):
+    """What scripts/COMMAND.py does: run `command` if `caller` is "__main__".
+
+    Returns the command's `get_args_parser` and `main`, for code that imports the script.
+    """
+    if caller == "__main__":
+        launch(command)
+    module = load(command)
+    return module.get_args_parser, module.main
+
+
+# The console scripts' entry points (pyproject.toml's [project.scripts]).
+run_train = functools.partial(launch, "train")
+run_evaluate = functools.partial(launch, "evaluate")
+run_export_onnx = functools.partial(launch, "export_onnx")
+run_export_savedmodel = functools.partial(launch, "export_savedmodel")
+run_predict = functools.partial(launch, "predict")
+run_serve = functools.partial(launch, "serve")
+run_compute_stats = functools.partial(launch, "compute_stats")
+run_summary = functools.partial(launch, "summary")

@@ -1,0 +1,107 @@
+"""Top-1/top-5 of a trained model under the papers' test protocols, in any runtime.
+
+--model is a .keras file, a training run directory, a SavedModel directory or an .onnx
+file (run with onnxruntime). Without --data it evaluates on the data the model was
+trained on, as recorded in its metadata, so `--model export/alexnet.onnx` works alone.
+"""
+
+import argparse
+
+from keras_alexnet import cli
+from keras_alexnet.onnx.session import AUTO, provider_help
+from keras_alexnet.protocols import DEFAULT_SCALES, PROTOCOLS
+
+
+def get_args_parser():
+    """Return the command-line parser."""
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--model",
+        required=True,
+        help="a .keras file, a run directory, a SavedModel directory or an .onnx file",
+    )
+    p.add_argument(
+        "--data",
+        default=None,
+        help="a class-folder directory or a TFDS name; none: the data in the model's "
+        "metadata (default: %(default)s)",
+    )
+    p.add_argument(
+        "--data-dir",
+        default=None,
+        help="TFDS data directory; none: the metadata's, else TFDS's (default: %(default)s)",
+    )
+    p.add_argument("--split", default="val", help="split to evaluate (default: %(default)s)")
+    p.add_argument(
+        "--protocol",
+        default=None,
+        choices=PROTOCOLS,
+        help="test protocol; none: the model's paper protocol, AlexNet ten_crop, VGG dense "
+        "(default: %(default)s)",
+    )
+    p.add_argument(
+        "--scales",
+        default=",".join(str(s) for s in DEFAULT_SCALES),
+        help="test scales Q of multi_scale, comma-separated (default: %(default)s)",
+    )
+    p.add_argument(
+        "--resize",
+        type=cli.positive_int,
+        default=None,
+        help="shorter side Q before cropping / dense; none: the metadata's (default: %(default)s)",
+    )
+    p.add_argument(
+        "--image-size",
+        type=cli.positive_int,
+        default=None,
+        help="crop size; none: the model's input size (default: %(default)s)",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=cli.positive_int,
+        default=32,
+        help="images per batch (default: %(default)s)",
+    )
+    p.add_argument(
+        "--threads",
+        type=cli.non_negative_int,
+        default=None,
+        help="onnxruntime intra-op threads; none: all cores (default: %(default)s)",
+    )
+    p.add_argument("--provider", default=AUTO, help=provider_help())
+    p.add_argument(
+        "--output-json",
+        default=None,
+        help="also write the results as JSON here (default: %(default)s)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar (default: %(default)s)")
+    return p
+
+
+def main(args):
+    """Evaluate, print the table, and write the JSON."""
+    from keras_alexnet import fileio
+    from keras_alexnet.evaluate import evaluate, format_table, parse_scales, write_results
+
+    if args.output_json:
+        fileio.check_writable(args.output_json)  # before the pass, not after it
+    results = evaluate(
+        args.model,
+        data=args.data,
+        data_dir=args.data_dir,
+        split=args.split,
+        protocol=args.protocol,
+        scales=parse_scales(args.scales),
+        image_size=args.image_size,
+        resize=args.resize,
+        batch_size=args.batch_size,
+        threads=args.threads,
+        provider=args.provider,
+        verbose=not args.quiet,
+    )
+    print(format_table(results))
+    if args.output_json:
+        write_results(args.output_json, results)
+        print(f"Wrote {args.output_json}")

@@ -1,0 +1,275 @@
+"""Train AlexNet or a VGG configuration with the papers' recipe; re-run to resume.
+
+With no --data it trains on the bundled demo set (1,797 real UCI handwritten digits, 8x8
+pixels) with demo settings, because the paper's do not fit it: He
+init and inputs scaled to about [-1, 1] (the paper's N(0, 0.01) init on 0-255 pixels stays
+at chance on it), 67x67 crops of 76x76 images (VGG: 32 of 36; 8x8 digits gain nothing from
+227 and full size would not finish in minutes on a CPU), no reflections (a mirrored digit is
+often no digit), 4 epochs of batch 32. With --data the defaults are the papers': AlexNet
+227 crops of 256, batch 128, 90 epochs; VGG 224 crops of 256, batch 256, 74 epochs; SGD
+momentum 0.9, weight decay 5e-4 coupled into the gradient, lr 0.01 divided by 10 when the
+validation accuracy stops improving (at most three times), PCA lighting and reflections;
+AlexNet's N(0, 0.01) init, VGG's Glorot init (VGG Section 3.1; --init-from for its own).
+"""
+
+import argparse
+import sys
+
+from keras_alexnet import cli
+from keras_alexnet.models import ALIASES, MODEL_NAMES
+from keras_alexnet.train_config import PRECISIONS, SCHEDULES, STRATEGIES, TrainConfig
+
+DEFAULTS = TrainConfig()  # the flags' defaults are the config's, typed once
+
+
+def _resize(text):
+    """Parse --resize: 'S' or 'LO,HI' (scale jittering)."""
+    parts = [int(p) for p in text.split(",")]
+    if len(parts) == 1:
+        parts *= 2
+    if len(parts) != 2 or not 0 < parts[0] <= parts[1]:
+        raise argparse.ArgumentTypeError("expected S or LO,HI with 0 < LO <= HI")
+    return tuple(parts)
+
+
+def get_args_parser():
+    """Return the argument parser of this script."""
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    for add in (_model_args, _data_args, _optimisation_args, _run_args):
+        add(p)
+    return p
+
+
+def _model_args(parser):
+    """Add the flags of the model and its precision."""
+    p = parser.add_argument_group("the model and its precision")
+    p.add_argument(
+        "--model",
+        default=DEFAULTS.model,
+        choices=[*MODEL_NAMES, *ALIASES],
+        help="which published model to train (default: %(default)s)",
+    )
+    p.add_argument(
+        "--init",
+        default=None,
+        choices=("paper", "glorot", "he"),
+        help="weight initialisation (default: AlexNet paper, its N(0, 0.01); VGG glorot, as "
+        "VGG Section 3.1 notes: 'it is possible to initialise the weights without "
+        "pre-training by using the random initialisation procedure of Glorot & Bengio' (its "
+        "N(0, 1e-2) init overflows the deeper nets); demo: he)",
+    )
+    p.add_argument(
+        "--init-from",
+        default=None,
+        metavar="RUN",
+        help="VGG's own recipe (Section 3.1): start the first four conv layers and the three "
+        "FC layers from a trained VGG A (a run directory or .keras file), the rest from "
+        "--init (default: off)",
+    )
+    p.add_argument(
+        "--width",
+        type=cli.positive_float,
+        default=DEFAULTS.width,
+        help="width multiplier of every layer; 1 is the paper (default: %(default)s)",
+    )
+    p.add_argument(
+        "--precision",
+        default=DEFAULTS.precision,
+        choices=PRECISIONS,
+        help="float32, mixed_float16 (with loss scaling; GPUs) or mixed_bfloat16 (CPUs with "
+        "AMX/AVX-512 BF16, GPUs) (default: %(default)s)",
+    )
+    p.add_argument(
+        "--mixed-precision",
+        dest="precision",
+        action="store_const",
+        const="mixed_float16",
+        help="the same as --precision mixed_float16",
+    )
+
+
+def _data_args(parser):
+    """Add the flags of data and augmentation (AlexNet Section 4, VGG Section 3.1)."""
+    p = parser.add_argument_group("data and augmentation (AlexNet Section 4, VGG Section 3.1)")
+    p.add_argument(
+        "--data",
+        default=None,
+        help="a class-folder directory or a TFDS name (e.g. imagenet2012); omitted: "
+        "the bundled demo digits (default: %(default)s)",
+    )
+    p.add_argument(
+        "--data-dir",
+        default=None,
+        help="TFDS data directory (imagenet2012 archives go in "
+        "DATA_DIR/downloads/manual/) (default: TFDS's own)",
+    )
+    p.add_argument(
+        "--resize",
+        type=_resize,
+        default=None,
+        help="training scale S, or LO,HI for VGG scale jittering, e.g. 256,512 "
+        "(default: 256, the papers; demo: AlexNet 76, VGG 36)",
+    )
+    p.add_argument(
+        "--image-size",
+        type=cli.positive_int,
+        default=None,
+        help="crop size (default: AlexNet 227, VGG 224; demo: AlexNet 67, VGG 32)",
+    )
+    p.add_argument(
+        "--scale",
+        type=cli.positive_float,
+        default=None,
+        help="multiplier after in-graph mean subtraction (default: 1, the papers; demo: 1/127.5)",
+    )
+    p.add_argument(
+        "--no-pca-lighting",
+        dest="pca_lighting",
+        action="store_false",
+        help="turn off AlexNet's PCA colour augmentation (default: on)",
+    )
+    p.add_argument(
+        "--no-flip",
+        dest="flip",
+        action="store_false",
+        default=None,
+        help="turn off random horizontal reflections (default: on; demo: off, digits are "
+        "not mirror-symmetric)",
+    )
+    p.add_argument(
+        "--val-fraction",
+        type=cli.fraction,
+        default=DEFAULTS.val_fraction,
+        help="validation share held out of each class of a directory with no val/ tree "
+        "(root/<class>/ or root/train/<class>/) (default: %(default)s)",
+    )
+
+
+def _optimisation_args(parser):
+    """Add the flags of optimisation (AlexNet Section 5, VGG Section 3.1)."""
+    p = parser.add_argument_group("optimisation (AlexNet Section 5, VGG Section 3.1)")
+    p.add_argument(
+        "--epochs",
+        type=cli.positive_int,
+        default=None,
+        help="epochs (default: AlexNet paper 90, VGG paper 74, demo 4)",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=cli.positive_int,
+        default=None,
+        help="global batch size (default: AlexNet paper 128, VGG paper 256, demo 32)",
+    )
+    p.add_argument(
+        "--lr",
+        type=cli.positive_float,
+        default=DEFAULTS.lr,
+        help="initial learning rate, both papers (default: %(default)s)",
+    )
+    p.add_argument(
+        "--momentum",
+        type=cli.non_negative_float,
+        default=DEFAULTS.momentum,
+        help="SGD momentum, both papers (default: %(default)s)",
+    )
+    p.add_argument(
+        "--weight-decay",
+        type=cli.non_negative_float,
+        default=DEFAULTS.weight_decay,
+        help="L2 weight decay coupled into the gradient as in the AlexNet paper's "
+        "update rule (default: %(default)s)",
+    )
+    p.add_argument(
+        "--lr-schedule",
+        default=DEFAULTS.lr_schedule,
+        choices=SCHEDULES,
+        help="plateau: /10 when val top-1 stops improving (the papers); step: /10 "
+        "every --step-epochs; cosine (default: %(default)s)",
+    )
+    p.add_argument(
+        "--plateau-patience",
+        type=cli.positive_int,
+        default=DEFAULTS.plateau_patience,
+        help="epochs without improvement before a plateau drop (default: %(default)s)",
+    )
+    p.add_argument(
+        "--max-lr-drops",
+        type=cli.non_negative_int,
+        default=DEFAULTS.max_lr_drops,
+        help="at most this many /10 drops, three in both papers (default: %(default)s)",
+    )
+    p.add_argument(
+        "--step-epochs",
+        type=cli.positive_int,
+        default=DEFAULTS.step_epochs,
+        help="epochs between drops of the step schedule (default: %(default)s)",
+    )
+
+
+def _run_args(parser):
+    """Add the flags of distribution, checkpoints and the run directory."""
+    p = parser.add_argument_group("distribution, checkpoints and the run directory")
+    p.add_argument(
+        "--strategy",
+        default=DEFAULTS.strategy,
+        choices=STRATEGIES,
+        help="tf.distribute strategy; mirrored uses all GPUs, or --cpu-replicas "
+        "logical CPU devices; multi_worker reads TF_CONFIG (default: %(default)s)",
+    )
+    p.add_argument(
+        "--cpu-replicas",
+        type=cli.positive_int,
+        default=DEFAULTS.cpu_replicas,
+        help="replicas of a mirrored run on a CPU-only machine (default: %(default)s)",
+    )
+    p.add_argument(
+        "--seed",
+        type=cli.non_negative_int,
+        default=DEFAULTS.seed,
+        help="seed of init, data order and augmentation (default: %(default)s)",
+    )
+    p.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="enable TF op determinism (bit-exact resume, slower) (default: off)",
+    )
+    p.add_argument(
+        "--steps-per-epoch",
+        type=cli.positive_int,
+        default=None,
+        help="cap the steps of each epoch (default: the whole training set)",
+    )
+    p.add_argument(
+        "--val-steps",
+        type=cli.positive_int,
+        default=None,
+        help="cap the validation batches (default: the whole validation split)",
+    )
+    p.add_argument(
+        "--checkpoint-every",
+        type=cli.positive_int,
+        default=DEFAULTS.checkpoint_every,
+        help="also checkpoint every N steps within an epoch (default: %(default)s)",
+    )
+    p.add_argument(
+        "--output",
+        default=None,
+        help="run directory; an existing one is resumed (default: runs/MODEL)",
+    )
+
+
+def main(args):
+    """Run training and print where the results are."""
+    from keras_alexnet.train import train
+
+    result = train(TrainConfig(**vars(args)), argv=sys.argv)
+    if result.already_finished:
+        return
+    best = f"; best model {result.best_model}" if result.best_model else ""
+    print(
+        f"Finished {result.epochs} epochs in {result.seconds:.0f} s on "
+        f"{result.replicas} replica(s): val top-1 {result.val_top1:.4f}, "
+        f"top-5 {result.val_top5:.4f}{best}"
+    )

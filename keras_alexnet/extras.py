@@ -1,0 +1,30 @@
+"""The optional parts of keras_alexnet, each an extra of the package, and the check for one.
+
+    pip install 'keras_alexnet[server]'   # the HTTP server (scripts/serve.py)
+    pip install 'keras_alexnet[int8]'     # int8 ONNX export (export_onnx --quantize int8)
+
+`require("server")` raises `MissingExtraError` (an ImportError) in one line naming the
+extra to install when one of its modules is missing; the commands print that line.
+"""
+
+import importlib.util
+
+# extra -> (what needs it, the modules it installs, as imported)
+EXTRAS = {
+    "server": ("the server", ("fastapi", "uvicorn", "python_multipart", "prometheus_client")),
+    # onnxruntime's quant_pre_process (symbolic shape inference) imports it.
+    "int8": ("int8 export", ("sympy",)),
+}
+
+
+class MissingExtraError(ImportError):
+    """An optional part of keras_alexnet is used without its extra installed."""
+
+
+def require(extra):
+    """Raise MissingExtraError, naming the pip command, if a module of `extra` is missing."""
+    what, modules = EXTRAS[extra]
+    if not all(importlib.util.find_spec(m) is not None for m in modules):
+        raise MissingExtraError(
+            f"{what} needs the {extra!r} extra: pip install 'keras_alexnet[{extra}]'"
+        )
