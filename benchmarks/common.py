@@ -11,9 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
-# keras_alexnet's TensorFlow settings (oneDNN on) take effect only if it is imported before
-# TensorFlow: every benchmark imports this module first.
-import keras_alexnet  # noqa: E402, F401
+# The commands' TensorFlow settings (oneDNN on) take effect only if set before TensorFlow
+# is imported: every benchmark imports this module first.
+from keras_alexnet import cli
+
+cli.prepare_process()
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
 

@@ -103,6 +103,32 @@ def test_run_keeps_the_traceback_of_a_bug_and_returns_mains_result(capsys):
     assert capsys.readouterr().err == ""
 
 
+# ---------------------------------------------------------------- process start-up
+
+START_UP = """
+import os, sys
+environ, meta_path = dict(os.environ), list(sys.meta_path)
+import keras_alexnet, keras_alexnet.cli
+assert dict(os.environ) == environ, set(os.environ.items()) ^ set(environ.items())
+assert sys.meta_path == meta_path, sys.meta_path
+keras_alexnet.cli.prepare_process()
+hooks = len(sys.meta_path) - len(meta_path)
+print(os.environ["KERAS_BACKEND"], os.environ["TF_ENABLE_ONEDNN_OPTS"], hooks)
+"""
+
+
+@pytest.mark.parametrize(("onednn", "printed"), [(None, "tensorflow 1 1"), ("0", "tensorflow 0 1")])
+def test_importing_the_library_changes_nothing_global_and_prepare_process_does(onednn, printed):
+    env = {k: v for k, v in os.environ.items() if k not in cli.PROCESS_DEFAULTS}
+    if onednn is not None:  # a user's choice is kept
+        env["TF_ENABLE_ONEDNN_OPTS"] = onednn
+    proc = subprocess.run(
+        [sys.executable, "-c", START_UP], capture_output=True, text=True, env=env, cwd=ROOT
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == printed.split()
+
+
 # ---------------------------------------------------------------- atomic writes
 
 

@@ -379,7 +379,7 @@ TFDS_MOCK = r"""
 import runpy, sys
 from pathlib import Path
 
-import keras_alexnet  # before TensorFlow, as the scripts do
+from keras_alexnet import cli; cli.prepare_process()  # before TensorFlow, as the scripts do
 from tests.tfds_tree import mock_tfds_from_tree
 
 data = Path(sys.argv.pop(1))
