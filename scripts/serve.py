@@ -11,7 +11,7 @@ import argparse
 
 from keras_alexnet import cli
 from keras_alexnet.onnx.session import provider_help
-from keras_alexnet.serving.app import ServeConfig
+from keras_alexnet.serving.config import ServeConfig
 
 
 def get_args_parser():

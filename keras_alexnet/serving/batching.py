@@ -127,64 +127,81 @@ class DynamicBatcher:
 
     async def _loop(self):
         """Wait for requests, gather a batch, run it in the worker thread, answer."""
-        loop = asyncio.get_running_loop()
         while True:
             while not self._queue:
                 self._wake.clear()
                 await self._wake.wait()
             if self.batching:
-                deadline = self._queue[0].arrival + self.max_latency_s
-                while self._queued_rows() < self.max_batch_size:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        break
-                    self._wake.clear()
-                    try:
-                        await asyncio.wait_for(self._wake.wait(), remaining)
-                    except TimeoutError:
-                        break
+                await self._wait_for_company()
             batch = self._take()
-            if not batch:
-                continue
-            feeds = {
-                name: np.concatenate([item.feeds[name] for item in batch])
-                if len(batch) > 1
-                else batch[0].feeds[name]
-                for name in batch[0].feeds
-            }
-            rows = sum(item.rows for item in batch)
-            start = time.perf_counter()
+            if batch:
+                await self._run_batch(batch)
+
+    async def _wait_for_company(self):
+        """Wait until a full batch is queued or the oldest request has waited its latency."""
+        deadline = self._queue[0].arrival + self.max_latency_s
+        while self._queued_rows() < self.max_batch_size:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            self._wake.clear()
             try:
-                outputs = await loop.run_in_executor(self._executor, self._run, feeds)
-                for name, value in outputs.items():
-                    if len(batch) > 1 and (value.ndim == 0 or value.shape[0] != rows):
-                        raise RuntimeError(
-                            f"output {name!r} has shape {list(value.shape)}, not one row per "
-                            f"input row ({rows}); cannot split it between requests"
-                        )
-            except Exception as e:  # any failure inside the model fails this run's requests
-                self.stats.failure_count += len(batch)
-                for item in batch:
-                    if not item.future.done():
-                        item.future.set_exception(ModelError(str(e).strip()))
-                continue
-            finally:
-                seconds = time.perf_counter() - start
-                self.stats.execution_count += 1
-                self.stats.request_count += len(batch)
-                self.stats.run_seconds += seconds
-                if self._on_run is not None:
-                    self._on_run(rows, seconds)
-            offset = 0
+                await asyncio.wait_for(self._wake.wait(), remaining)
+            except TimeoutError:
+                return
+
+    async def _run_batch(self, batch):
+        """Run `batch`'s requests as one model run; answer each with its rows, or the error."""
+        feeds = {
+            name: np.concatenate([item.feeds[name] for item in batch])
+            if len(batch) > 1
+            else batch[0].feeds[name]
+            for name in batch[0].feeds
+        }
+        rows = sum(item.rows for item in batch)
+        loop = asyncio.get_running_loop()
+        start = time.perf_counter()
+        try:
+            outputs = await loop.run_in_executor(self._executor, self._run, feeds)
+            if len(batch) > 1:
+                _check_rows(outputs, rows)
+        except Exception as e:  # any failure inside the model fails this run's requests
+            self.stats.failure_count += len(batch)
             for item in batch:
-                self.stats.inference_count += item.rows
-                if len(batch) > 1:
-                    part = {n: v[offset : offset + item.rows] for n, v in outputs.items()}
-                else:
-                    part = outputs
-                offset += item.rows
                 if not item.future.done():
-                    item.future.set_result(part)
+                    item.future.set_exception(ModelError(str(e).strip()))
+            return
+        finally:
+            seconds = time.perf_counter() - start
+            self.stats.execution_count += 1
+            self.stats.request_count += len(batch)
+            self.stats.run_seconds += seconds
+            if self._on_run is not None:
+                self._on_run(rows, seconds)
+        self._answer(batch, outputs)
+
+    def _answer(self, batch, outputs):
+        """Give each request of `batch` its rows of `outputs`."""
+        offset = 0
+        for item in batch:
+            self.stats.inference_count += item.rows
+            if len(batch) > 1:
+                part = {n: v[offset : offset + item.rows] for n, v in outputs.items()}
+            else:
+                part = outputs
+            offset += item.rows
+            if not item.future.done():
+                item.future.set_result(part)
+
+
+def _check_rows(outputs, rows):
+    """Refuse outputs without one row per input row: they cannot be split between requests."""
+    for name, value in outputs.items():
+        if value.ndim == 0 or value.shape[0] != rows:
+            raise RuntimeError(
+                f"output {name!r} has shape {list(value.shape)}, not one row per "
+                f"input row ({rows}); cannot split it between requests"
+            )
 
 
 class ModelError(RuntimeError):

@@ -24,6 +24,15 @@ def _ready(url):
         return False
 
 
+def _failure(reason, output):
+    """A RuntimeError with `reason` and, when `output` can be read back, the server's output."""
+    text = ""
+    if output is not None and output.seekable():
+        output.seek(0)
+        text = ": " + output.read()
+    return RuntimeError(reason + text)
+
+
 @contextlib.contextmanager
 def local_server(command, *, timeout=60.0, output=None, cwd=None):
     """Start `command + ["--port", PORT]`, wait until it is ready, yield its URL, stop it.
@@ -35,21 +44,13 @@ def local_server(command, *, timeout=60.0, output=None, cwd=None):
     stream = {"stdout": output, "stderr": subprocess.STDOUT} if output is not None else {}
     proc = subprocess.Popen([*command, "--port", str(port)], cwd=cwd, **stream)
     url = f"http://127.0.0.1:{port}"
-
-    def failure(reason):
-        text = ""
-        if output is not None and output.seekable():
-            output.seek(0)
-            text = ": " + output.read()
-        return RuntimeError(reason + text)
-
     try:
         deadline = time.monotonic() + timeout
         while not _ready(url):
             if proc.poll() is not None:
-                raise failure(f"server exited with {proc.returncode}")
+                raise _failure(f"server exited with {proc.returncode}", output)
             if time.monotonic() > deadline:
-                raise failure(f"server not ready after {timeout:g} s")
+                raise _failure(f"server not ready after {timeout:g} s", output)
             time.sleep(0.2)
         yield url
     finally:

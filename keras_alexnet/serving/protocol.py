@@ -6,7 +6,7 @@ client that connects and sends nothing, or sends its headers a byte at a time
 (slowloris), holds a connection for ever. Here a client must have sent each request's
 headers within `read_timeout_s` of connecting or of the previous answer, or the
 connection is closed. The body's deadline, answered with a JSON 408, is the app's
-(`keras_alexnet.serving.app.BodyLimit`).
+(`keras_alexnet.serving.body_limit.BodyLimit`).
 """
 
 import json

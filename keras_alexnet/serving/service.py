@@ -1,0 +1,101 @@
+"""The served model with its dynamic batcher and metrics: start-up, warm-up, runs; no HTTP."""
+
+import asyncio
+import contextlib
+
+import numpy as np
+
+from keras_alexnet.serving import images
+from keras_alexnet.serving.batching import DynamicBatcher, ModelError, RequestTimeout
+from keras_alexnet.serving.errors import ApiError
+from keras_alexnet.serving.kserve import VERSION
+from keras_alexnet.serving.metrics import Metrics
+from keras_alexnet.serving.model import OnnxModel, top_k
+
+
+class ModelService:
+    """One app's model, its batcher and metrics, and whether it is ready for requests.
+
+    The model loads when the service is made (a bad path fails at once); the batcher starts
+    and the model is warmed up in `start`, which the app's lifespan calls.
+    """
+
+    def __init__(self, config):
+        self.config = config
+        self.model = OnnxModel(
+            config.model, name=config.model_name, threads=config.threads, provider=config.provider
+        )
+        self.metrics = Metrics(config.max_batch_size)
+        self.batcher = None
+        self.ready = False
+
+    async def start(self):
+        """Start the batcher on the running loop, warm the model up, then be ready."""
+        model, config = self.model, self.config
+        self.batcher = DynamicBatcher(
+            model.run,
+            max_batch_size=config.max_batch_size,
+            max_latency_ms=config.max_latency_ms,
+            batching=config.batching and model.batchable,
+            timeout_s=config.timeout_s,
+            on_run=self.metrics.observe_run,
+        )
+        self.metrics.watch_queue(self.batcher.queue_depth)
+        await self.batcher.start()
+        warm = {s.name: np.zeros(model.example_shape(s), s.dtype) for s in model.inputs}
+        with contextlib.suppress(Exception):  # a model with data-dependent shapes may refuse
+            await asyncio.get_running_loop().run_in_executor(None, model.run, warm)
+        self.ready = True
+
+    async def stop(self):
+        """Stop taking requests and fail those still queued."""
+        self.ready = False
+        await self.batcher.stop()
+
+    def model_for(self, name, version=None):
+        """The model a URL names: ApiError 404 for another name or version, 503 until ready."""
+        if version is not None and version != VERSION:
+            raise ApiError(
+                f"unknown model version {version!r}; the only version is {VERSION!r}", 404
+            )
+        if not self.ready:
+            raise ApiError("the model is not loaded yet", 503)
+        if name != self.model.name:
+            raise ApiError(f"unknown model {name!r}; this server serves {self.model.name!r}", 404)
+        return self.model
+
+    async def run(self, feeds):
+        """Run one request's feeds through the batcher; a failure is an ApiError 500 or 503."""
+        try:
+            return await self.batcher.submit(feeds)
+        except ModelError as e:
+            raise ApiError(f"inference failed: {e}", 500) from None
+        except RequestTimeout as e:
+            raise ApiError(str(e), 503) from None
+
+    async def classify(self, files):
+        """[{"file", "top5"}] of (filename, bytes) image files, with the model's preprocessing."""
+        model = self.model
+        crops = await asyncio.get_running_loop().run_in_executor(
+            None, _preprocess_all, files, model.metadata, self.config.max_pixels
+        )
+        spec = model.inputs[0]
+        result = await self.run({spec.name: np.stack(crops).astype(spec.dtype, copy=False)})
+        names = list(model.metadata.class_names)
+        return [
+            {"file": filename, "top5": top_k(p, names)}
+            for (filename, _), p in zip(files, result[model.probabilities], strict=True)
+        ]
+
+
+def _preprocess_all(files, metadata, max_pixels):
+    """Decode and crop every uploaded file; a bad one fails the request with its name."""
+    crops = []
+    for filename, data in files:
+        try:
+            crops.append(images.preprocess(data, metadata, max_pixels))
+        except images.ImageTooLarge as e:
+            raise ApiError(f"file {filename!r}: {e}", 413) from None
+        except (images.ImageError, ValueError) as e:
+            raise ApiError(f"file {filename!r}: {e}", 415) from None
+    return crops
