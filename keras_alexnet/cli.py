@@ -61,15 +61,24 @@ def run(main, parser, argv=None, *, name=None):
         f"{parser.prog}: error: {message} (see --help)", ARGPARSE_ERROR
     )
     args = parser.parse_args(argv)
-    prefix = f"{name}: error: " if name else "error: "
     try:
         return main(args)
     except KeyboardInterrupt:
-        _exit(prefix + "interrupted", INTERRUPTED)
+        _exit(_prefix(name) + "interrupted", INTERRUPTED)
     except Exception as e:
         if not is_user_error(e):
             raise
-        _exit(prefix + describe(e), 1)
+        fail(e, name)
+
+
+def fail(error, name=None):
+    """Print `error` as one line, `name: error: ...` (None: `error: ...`), and exit with 1."""
+    _exit(_prefix(name) + describe(error), 1)
+
+
+def _prefix(name):
+    """The start of an error line: `name: error: `, or `error: ` without a name."""
+    return f"{name}: error: " if name else "error: "
 
 
 def _exit(line, status):
