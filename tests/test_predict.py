@@ -108,6 +108,15 @@ def test_predict_script_end_to_end_with_onnx(setup):
     assert_top5(result["top5"], want["b.png"])
 
 
+def test_importing_predict_does_not_load_the_server():
+    # predict runs without the server's extras; importing it must not pull FastAPI in.
+    code = "import sys, keras_alexnet.predict; print('fastapi' in sys.modules)"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True
+    )
+    assert out.stdout.strip() == "False"
+
+
 def mismatched_copies(setup, directory):
     """Each kind of artifact of the 10-class model, paired with metadata of 3 classes."""
     import onnx

@@ -117,13 +117,3 @@ class OnnxModel:
         if self.metadata is not None:
             body["parameters"] = {"keras_alexnet": self.metadata.to_json()}
         return body
-
-
-def top_k(probabilities, class_names, k=5):
-    """The `k` most probable classes of one probability vector, most probable first."""
-    probabilities = np.asarray(probabilities)
-    order = np.argsort(-probabilities, kind="stable")[:k]
-    return [
-        {"index": int(i), "class": class_names[i], "probability": float(probabilities[i])}
-        for i in order
-    ]

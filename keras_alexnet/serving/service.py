@@ -5,12 +5,13 @@ import contextlib
 
 import numpy as np
 
+from keras_alexnet.predict import top_k
 from keras_alexnet.serving import images
 from keras_alexnet.serving.batching import DynamicBatcher, ModelError, RequestTimeout
 from keras_alexnet.serving.errors import ApiError
 from keras_alexnet.serving.kserve import VERSION
 from keras_alexnet.serving.metrics import Metrics
-from keras_alexnet.serving.model import OnnxModel, top_k
+from keras_alexnet.serving.model import OnnxModel
 
 
 class ModelService:
