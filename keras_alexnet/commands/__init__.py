@@ -10,7 +10,7 @@ it TensorFlow, is imported.
 import functools
 import importlib
 
-from keras_alexnet import cli, extras
+from keras_alexnet import cli
 
 # command -> the prefix of its one-line errors (None: "error: ..."), as each has had.
 COMMANDS = {
@@ -23,26 +23,18 @@ COMMANDS = {
     "compute_stats": "compute_stats",
     "summary": None,
 }
-# command -> the extra its module needs to be imported at all.
-EXTRAS = {"serve": "server"}
 
 
 def load(command):
     """Prepare the process, then import and return `command`'s module."""
     cli.prepare_process()
-    if command in EXTRAS:
-        extras.require(EXTRAS[command])
     return importlib.import_module(f"{__name__}.{command}")
 
 
 def launch(command, argv=None):
     """Run `command` as a program: parse `argv` (default sys.argv[1:]), one-line errors."""
-    name = COMMANDS[command]
-    try:
-        module = load(command)
-    except extras.MissingExtraError as e:
-        cli.fail(e, name)
-    cli.run(module.main, module.get_args_parser(), argv, name=name)
+    module = load(command)
+    cli.run(module.main, module.get_args_parser(), argv, name=COMMANDS[command])
 
 
 def script(command, caller):
