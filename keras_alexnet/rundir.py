@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from keras_alexnet import __version__, fileio
-from keras_alexnet.metadata import FILENAME as METADATA_FILENAME
+from keras_alexnet.artifacts import KERAS_BEST, METADATA_FILENAME
 from keras_alexnet.train_config import TrainingError, flag
 
 HISTORY_FIELDS = ("epoch", "loss", "top1", "val_top1", "val_top5", "lr")
@@ -65,7 +65,7 @@ class RunDirectory:
             self.path / "checkpoints" if is_chief else self.path / f".worker-{worker_id}"
         )
         self.history = self.path / "history.csv"
-        self.best = self.path / "best.keras"
+        self.best = self.path / KERAS_BEST
         self.metadata = self.path / METADATA_FILENAME
         self.tensorboard = self.path / "tensorboard"
         self.command = self.path / "command.json"

@@ -2,6 +2,7 @@
 
 import keras
 
+from keras_alexnet.artifacts import INPUT_NAME
 from keras_alexnet.layers import InputNormalization
 
 INITIALIZERS = ("paper", "glorot", "he")
@@ -55,7 +56,7 @@ def stem(input_shape, mean, scale):
     With `mean` the model takes RGB pixels on the 0-255 scale and subtracts the training
     set's mean itself (layer `normalize`), so the mean is saved with the model and exports.
     """
-    inputs = keras.Input(shape=input_shape, name="images")
+    inputs = keras.Input(shape=input_shape, name=INPUT_NAME)
     if mean is None:
         return inputs, inputs
     return inputs, InputNormalization(mean=mean, scale=scale, name="normalize")(inputs)

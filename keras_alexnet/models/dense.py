@@ -10,7 +10,7 @@ result is a class score map ... spatially averaged (sum-pooled)". AlexNet's fc6 
 
 import keras
 
-INPUT_NAME = "images"
+from keras_alexnet.artifacts import INPUT_NAME
 
 
 def _is_chain(model):
