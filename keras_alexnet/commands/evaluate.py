@@ -17,11 +17,31 @@ def get_args_parser():
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    for add in (_model_args, _data_args, _protocol_args, _output_args):
+        add(p)
+    return p
+
+
+def _model_args(parser):
+    """Add the model and runtime flags."""
+    p = parser.add_argument_group("model and runtime")
     p.add_argument(
         "--model",
         required=True,
         help="a .keras file, a run directory, a SavedModel directory or an .onnx file",
     )
+    p.add_argument(
+        "--threads",
+        type=cli.non_negative_int,
+        default=None,
+        help="onnxruntime intra-op threads; none: all cores (default: %(default)s)",
+    )
+    p.add_argument("--provider", default=AUTO, help=provider_help())
+
+
+def _data_args(parser):
+    """Add the data flags."""
+    p = parser.add_argument_group("data")
     p.add_argument(
         "--data",
         default=None,
@@ -34,6 +54,11 @@ def get_args_parser():
         help="TFDS data directory; none: the metadata's, else TFDS's (default: %(default)s)",
     )
     p.add_argument("--split", default="val", help="split to evaluate (default: %(default)s)")
+
+
+def _protocol_args(parser):
+    """Add the protocol (AlexNet Section 4.1, VGG Sections 3.2 and 4) flags."""
+    p = parser.add_argument_group("protocol (AlexNet Section 4.1, VGG Sections 3.2 and 4)")
     p.add_argument(
         "--protocol",
         default=None,
@@ -64,20 +89,17 @@ def get_args_parser():
         default=32,
         help="images per batch (default: %(default)s)",
     )
-    p.add_argument(
-        "--threads",
-        type=cli.non_negative_int,
-        default=None,
-        help="onnxruntime intra-op threads; none: all cores (default: %(default)s)",
-    )
-    p.add_argument("--provider", default=AUTO, help=provider_help())
+
+
+def _output_args(parser):
+    """Add the output flags."""
+    p = parser.add_argument_group("output")
     p.add_argument(
         "--output-json",
         default=None,
         help="also write the results as JSON here (default: %(default)s)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar (default: %(default)s)")
-    return p
 
 
 def main(args):
