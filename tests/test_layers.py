@@ -179,7 +179,7 @@ def test_grouped_conv_gradients_equal_those_of_the_split_convolutions():
 def test_onednn_follows_the_environment_variable():
     from keras_alexnet.layers import onednn_enabled
 
-    # keras_alexnet sets TF_ENABLE_ONEDNN_OPTS=1 unless the user set it.
+    # The commands and conftest (cli.prepare_process) set TF_ENABLE_ONEDNN_OPTS=1 unless set.
     assert onednn_enabled() == (os.environ["TF_ENABLE_ONEDNN_OPTS"] == "1")
 
 
