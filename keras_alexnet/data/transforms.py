@@ -128,8 +128,8 @@ def subtract_mean(image, mean):
 def add_per_channel(image, values):
     """`image + values` for an [H, W, 3] image and 3 values.
 
-    Broadcasting over a last axis of 3 is slow on CPU (about 0.4 ms for a 227x227 image);
-    as [H, W*3] plus the values tiled W times it is about 8x faster.
+    Broadcasting over a last axis of 3 is slow on CPU; as [H, W*3] plus the values tiled W
+    times it is several times faster (figures in benchmarks/RESULTS.md).
     """
     shape = tf.shape(image)
     flat = tf.reshape(image, [shape[0], shape[1] * 3])
