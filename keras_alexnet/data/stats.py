@@ -51,7 +51,7 @@ class DatasetStats:
         return cls.from_json(fileio.read_json(path))
 
 
-# AlexNet's ImageNet statistics as widely used (0-255 scale), e.g. by fb.resnet.torch and timm.
+# AlexNet's ImageNet statistics as widely used (0-255; PCA as in fb.resnet.torch's Lighting).
 IMAGENET_STATS = DatasetStats(
     mean=(123.68, 116.779, 103.939),
     eigval=(55.46, 4.794, 1.148),
