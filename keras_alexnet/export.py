@@ -27,6 +27,7 @@ from keras_alexnet.artifacts import (
     UINT8_SIGNATURE,
     ExportError,
 )
+from keras_alexnet.onnx import quantize as quantize_defaults
 from keras_alexnet.onnx.quantize import quantize_int8
 from keras_alexnet.onnx.session import VERIFY_PROVIDER, onnx_session
 from keras_alexnet.runtime import load_keras_model
@@ -121,9 +122,9 @@ def export_onnx(
     quantize=None,
     calibration_data=None,
     calibration_data_dir=None,
-    calibration_images=64,
-    agreement_images=256,
-    quant_format="qoperator",
+    calibration_images=quantize_defaults.CALIBRATION_IMAGES,
+    agreement_images=quantize_defaults.AGREEMENT_IMAGES,
+    quant_format=quantize_defaults.DEFAULT_FORMAT,
     log=print,
 ):
     """Export a Keras model (file or run dir) to one ONNX file; verify it; optionally int8.

@@ -9,7 +9,7 @@ larger whole images give the VGG paper's dense evaluation.
 import argparse
 
 from keras_alexnet import cli, extras
-from keras_alexnet.onnx.quantize import QUANT_FORMATS
+from keras_alexnet.onnx import quantize
 
 
 def get_args_parser():
@@ -55,19 +55,19 @@ def get_args_parser():
     p.add_argument(
         "--calibration-images",
         type=cli.positive_int,
-        default=64,
+        default=quantize.CALIBRATION_IMAGES,
         help="training images to calibrate on (default: %(default)s)",
     )
     p.add_argument(
         "--agreement-images",
         type=cli.positive_int,
-        default=256,
+        default=quantize.AGREEMENT_IMAGES,
         help="held-out images to measure int8 vs fp32 top-1 agreement on (default: %(default)s)",
     )
     p.add_argument(
         "--quant-format",
-        choices=QUANT_FORMATS,
-        default="qoperator",
+        choices=quantize.QUANT_FORMATS,
+        default=quantize.DEFAULT_FORMAT,
         help="onnxruntime quantisation format; qoperator ran 1.1-1.8x faster than qdq with the "
         "same top-1 on CPU (benchmarks/RESULTS.md) (default: %(default)s)",
     )

@@ -15,6 +15,9 @@ from keras_alexnet.artifacts import INPUT_NAME, OUTPUT_NAME, PROPERTY_PREFIX, Ex
 from keras_alexnet.onnx.session import VERIFY_PROVIDER, onnx_session, properties, read_metadata
 
 QUANT_FORMATS = ("qdq", "qoperator")
+DEFAULT_FORMAT = "qoperator"  # the faster of the two on a CPU (benchmarks/RESULTS.md)
+CALIBRATION_IMAGES = 64  # training crops that calibrate the int8 ranges
+AGREEMENT_IMAGES = 256  # held-out crops on which int8 is compared with fp32
 
 
 def center_crops(source, metadata, split, count, batch_size=16):
@@ -122,9 +125,9 @@ def quantize_int8(
     *,
     data=None,
     data_dir=None,
-    calibration_images=64,
-    agreement_images=256,
-    quant_format="qoperator",
+    calibration_images=CALIBRATION_IMAGES,
+    agreement_images=AGREEMENT_IMAGES,
+    quant_format=DEFAULT_FORMAT,
     log=print,
 ):
     """Statically quantise an fp32 export to int8; return top-1 agreement with fp32.
