@@ -9,6 +9,7 @@ import math
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from test_evaluate import ROOT, make_run
@@ -342,3 +343,23 @@ def test_compute_stats_writes_json_after_the_changes(tmp_path):
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert json.loads((tmp_path / "s.json").read_text()) == json.loads(proc.stdout)
+
+
+def test_every_command_is_an_installed_console_script_with_help():
+    from importlib.metadata import entry_points
+
+    from keras_alexnet.commands import COMMANDS
+
+    scripts = {e.name: e.value for e in entry_points(group="console_scripts")
+               if e.value.startswith("keras_alexnet.")}  # fmt: skip
+    expected = {"keras-alexnet-" + c.replace("_", "-"): f"keras_alexnet.commands:run_{c}"
+                for c in COMMANDS}  # fmt: skip
+    assert scripts == expected
+    wrappers = {p.stem for p in (ROOT / "scripts").glob("*.py")}
+    assert wrappers == set(COMMANDS)
+    bin_dir = Path(sys.executable).parent
+    for name in sorted(scripts):
+        out = subprocess.run([str(bin_dir / name), "--help"], capture_output=True, text=True,
+                             timeout=120)  # fmt: skip
+        assert out.returncode == 0 and out.stdout.startswith("usage: "), (name, out.stderr)
+        assert "Traceback" not in out.stderr, name
