@@ -79,6 +79,13 @@ def build_model(
 ):
     """Build a published model by name as a `keras.Model` (see `alexnet` and `vgg` for kwargs)."""
     spec = get_spec(name)
+    if spec.family != "alexnet" and "towers" in kwargs:
+        towers = kwargs.pop("towers")
+        if towers != 1:
+            raise ValueError(
+                f"towers applies to AlexNet only; {spec.name} is one tower. Received: "
+                f"towers={towers}"
+            )
     return spec.builder(
         classes=classes,
         input_shape=input_shape,

@@ -18,7 +18,7 @@ class ConvLayer(typing.NamedTuple):
     tower_local: bool  # sees only its own tower's maps (a grouped convolution)
     paper_bias: float  # Section 5: biases 1 in conv2, conv4 and conv5, else 0
     lrn: bool  # followed by local response normalisation
-    pool: bool  # followed by the overlapping max-pool 3/2
+    pool: bool  # followed by max-pooling (the paper's overlapping 3/2)
 
 
 # conv2, conv4 and conv5 see only their own tower's maps; conv3 and the FC layers connect
@@ -39,7 +39,10 @@ FC_UNITS = 4096
 FC_PAPER_BIASES = (1.0, 1.0, 0.0)  # fc6, fc7 = 1; fc8 = 0
 PAPER_STDDEV = 0.01  # Section 5: every weight from N(0, 0.01)
 INPUT_SIZE = 227  # (227 - 11) / 4 + 1 = 55, the paper's 55x55 conv1 maps; 224 gives 54.
-__all__ = ["CAFFE_LRN", "CONV_LAYERS", "PAPER_LRN", "ConvLayer", "alexnet"]
+# Section 3.4: pooling "with s = 2 and z = 3" overlaps; "s = z = 2" is the traditional
+# non-overlapping pooling the paper compares against. Name -> (window z, stride s).
+POOLS = {"overlapping": (3, 2), "non_overlapping": (2, 2)}
+__all__ = ["CAFFE_LRN", "CONV_LAYERS", "PAPER_LRN", "POOLS", "ConvLayer", "alexnet", "conv_filters"]
 
 
 def alexnet(
@@ -52,6 +55,8 @@ def alexnet(
     towers=2,
     lrn=None,
     lrn_per_tower=True,
+    use_lrn=True,
+    pool="overlapping",
     dropout=0.5,
     init="paper",
     width=1.0,
@@ -67,7 +72,10 @@ def alexnet(
     after every layer, LRN after conv1 and conv2, overlapping max-pool 3/2 after conv1,
     conv2, conv5, dropout 0.5 on fc6 and fc7. With towers=2 (the paper's two GPUs) conv2,
     conv4 and conv5 are grouped convolutions and LRN runs within each tower; 60,965,224
-    parameters at 1000 classes and a 227x227 input. towers=1 gives one ungrouped tower.
+    parameters at 1000 classes and a 227x227 input. towers=1 gives one ungrouped tower,
+    towers=N splits them N ways. The paper's ablations (Sections 3.3, 3.4) are arguments:
+    use_lrn=False drops norm1 and norm2, pool="non_overlapping" pools 2/2 instead of 3/2;
+    neither changes the parameter count at 227 (both pools give 27, 13 and 6 there).
 
     Args:
         classes: number of classes of fc8.
@@ -75,11 +83,16 @@ def alexnet(
         include_top: whether to build fc6-fc8.
         pooling: None, "avg" or "max" global pooling after pool5 when include_top=False.
         classifier_activation: fc8's activation ("softmax", or None for logits).
-        towers: number of towers (groups of conv2/conv4/conv5 and of LRN).
+        towers: number of towers (groups of conv2/conv4/conv5 and of LRN); every conv
+            layer's width must split evenly into them.
         lrn: dict of LRN constants in tf.nn.local_response_normalization's terms
             (depth_radius, bias, alpha, beta); default PAPER_LRN (k=2, n=5, alpha=1e-4,
             beta=0.75); CAFFE_LRN for Caffe's bvlc_alexnet weights.
         lrn_per_tower: normalise within each tower (paper) or across all maps (Caffe).
+        use_lrn: False leaves out LRN (Section 3.3's ablation: 1.4 / 1.2 points of top-1 /
+            top-5 error in the paper).
+        pool: "overlapping" (3/2, the paper) or "non_overlapping" (2/2; Section 3.4's
+            ablation: 0.4 / 0.3 points).
         dropout: dropout rate of fc6 and fc7.
         init: "paper" (weights N(0, 0.01), biases 1 in conv2/4/5, fc6, fc7), "glorot" or
             "he" (biases 0).
@@ -97,11 +110,21 @@ def alexnet(
     unknown = set(lrn) - set(PAPER_LRN)
     if unknown:
         raise ValueError(f"lrn takes keys {sorted(PAPER_LRN)}. Received: lrn={lrn}")
+    if pool not in POOLS:
+        raise ValueError(f"pool must be one of {sorted(POOLS)}. Received: pool={pool!r}")
+    filters = conv_filters(width, towers)
     input_shape = common.resolve_input_shape(input_shape, INPUT_SIZE)
     inputs, x = common.stem(input_shape, mean, scale)
-    lrn_groups = towers if lrn_per_tower else 1
-    for i, layer in enumerate(CONV_LAYERS, start=1):
-        x = _conv_stage(x, layer, i, towers, lrn, lrn_groups, init, width, seed, input_shape)
+    stage = {
+        "towers": towers,
+        "lrn": {**lrn, "groups": towers if lrn_per_tower else 1} if use_lrn else None,
+        "pool": POOLS[pool],
+        "init": init,
+        "seed": seed,
+        "input_shape": input_shape,
+    }
+    for i, (layer, n) in enumerate(zip(CONV_LAYERS, filters, strict=True), start=1):
+        x = _conv_stage(x, layer, i, n, **stage)
     outputs = common.head(
         x,
         fc_units=common.scaled(FC_UNITS, width),
@@ -124,8 +147,22 @@ def _seed(seed, index):
     return None if seed is None else seed + index
 
 
-def _conv_stage(x, layer, index, towers, lrn, lrn_groups, init, width, seed, input_shape):
-    """One ConvLayer row: the (grouped) convolution with ReLU, then its LRN and pool."""
+def conv_filters(width, towers):
+    """Each conv layer's filter count at `width`; ValueError if one does not split into towers."""
+    counts = [common.scaled(layer.filters, width) for layer in CONV_LAYERS]
+    for layer, n in zip(CONV_LAYERS, counts, strict=True):
+        if n % towers:
+            raise ValueError(
+                f"{layer.name} has {n} filters at width {width:g}, which do not split evenly "
+                f"into {towers} towers ({n} = {towers} x {n // towers} + {n % towers}); choose "
+                f"a towers count or width that divides every conv layer's width. Received: "
+                f"towers={towers}, width={width}"
+            )
+    return counts
+
+
+def _conv_stage(x, layer, index, filters, *, towers, lrn, pool, init, seed, input_shape):
+    """One ConvLayer row: the (grouped) convolution with ReLU, then its LRN (if any) and pool."""
     kwargs = {
         "strides": layer.stride,
         "padding": "valid" if index == 1 else "same",
@@ -134,16 +171,16 @@ def _conv_stage(x, layer, index, towers, lrn, lrn_groups, init, width, seed, inp
         "bias_initializer": common.bias_initializer(init, layer.paper_bias),
         "name": layer.name,
     }
-    filters = common.scaled(layer.filters, width, towers)
     if index == 1:
         common.check_window_fits(x, layer.kernel, layer.name, input_shape)
     if layer.tower_local and towers > 1:
         x = GroupedConv2D(filters, layer.kernel, groups=towers, **kwargs)(x)
     else:
         x = keras.layers.Conv2D(filters, layer.kernel, **kwargs)(x)
-    if layer.lrn:
-        x = LocalResponseNormalization(**lrn, groups=lrn_groups, name=f"norm{index}")(x)
+    if layer.lrn and lrn is not None:
+        x = LocalResponseNormalization(**lrn, name=f"norm{index}")(x)
     if layer.pool:
-        common.check_window_fits(x, 3, f"pool{index}", input_shape)
-        x = keras.layers.MaxPooling2D(pool_size=3, strides=2, name=f"pool{index}")(x)
+        window, stride = pool
+        common.check_window_fits(x, window, f"pool{index}", input_shape)
+        x = keras.layers.MaxPooling2D(window, strides=stride, name=f"pool{index}")(x)
     return x
