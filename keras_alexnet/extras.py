@@ -2,6 +2,7 @@
 
     pip install 'keras_alexnet[server]'   # the HTTP server (scripts/serve.py)
     pip install 'keras_alexnet[int8]'     # int8 ONNX export (export_onnx --quantize int8)
+    pip install 'keras_alexnet[plots]'    # training curves (curves.png, scripts/plot.py)
 
 `require("server")` raises `MissingExtraError` (an ImportError) in one line naming the
 extra to install when one of its modules is missing; the commands print that line.
@@ -14,6 +15,7 @@ EXTRAS = {
     "server": ("the server", ("fastapi", "uvicorn", "python_multipart", "prometheus_client")),
     # onnxruntime's quant_pre_process (symbolic shape inference) imports it.
     "int8": ("int8 export", ("sympy",)),
+    "plots": ("drawing curves (curves.png, plot)", ("matplotlib",)),
 }
 
 

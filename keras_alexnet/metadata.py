@@ -28,6 +28,11 @@ class Metadata:
     data: str | None = None  # what it was trained on (None: the bundled demo set)
     data_dir: str | None = None
     version: str = __version__
+    # AlexNet's experiments (train --towers, --no-lrn, --pool); None: not AlexNet, or a
+    # file written before they were recorded (then the paper's: 2, True, "overlapping").
+    towers: int | None = None
+    lrn: bool | None = None
+    pool: str | None = None
 
     def to_json(self):
         """Return a JSON-serialisable dict."""

@@ -25,6 +25,9 @@ RUN_IDENTITY = (
     "model",
     "data",
     "width",
+    "towers",
+    "lrn",
+    "pool",
     "image_size",
     "resize",
     "scale",
@@ -47,8 +50,15 @@ def versions():
     }
 
 
+def _label(key):
+    """How a config field is named to a user: its flag (LRN has only --no-lrn)."""
+    return "LRN (--no-lrn)" if key == "lrn" else flag(key)
+
+
 def _show(value):
     """A recorded config value as a user typed it."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
     if isinstance(value, list):
         return ",".join(str(v) for v in value)
     return "the demo set" if value is None else str(value)
@@ -95,8 +105,8 @@ class RunDirectory:
         for key in RUN_IDENTITY:
             if key in recorded and recorded[key] != ours[key]:
                 raise TrainingError(
-                    f"{self.path} is a run with {flag(key)} {_show(recorded[key])}, not "
-                    f"{_show(ours[key])}: choose another --output (or the same {flag(key)} "
+                    f"{self.path} is a run with {_label(key)} {_show(recorded[key])}, not "
+                    f"{_show(ours[key])}: choose another --output (or the same {_label(key)} "
                     "to resume it)"
                 )
 

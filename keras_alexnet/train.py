@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from keras_alexnet import fileio
+from keras_alexnet import curves, extras, fileio
 from keras_alexnet.distribute import cluster_role, configure_devices, make_strategy
 from keras_alexnet.metadata import Metadata
 from keras_alexnet.optim import (
@@ -119,6 +119,7 @@ def _train_locked(config, spec, strategy, run, argv, log):
         loss_scaling=config.precision == "mixed_float16",
     )  # fmt: skip
     writer = _summary_writer(run)
+    draw_curves = run.is_chief and _can_draw_curves(log)
     started = time.time()
     while int(state.epoch.numpy()) < config.epochs:
         epoch = int(state.epoch.numpy())
@@ -126,7 +127,9 @@ def _train_locked(config, spec, strategy, run, argv, log):
         if scheduled is not None:
             state.lr.assign(scheduled)
         log(f"Epoch {epoch + 1}/{config.epochs} (lr {float(state.lr.numpy()):.3g})")
-        loss, top1 = train_one_epoch(state, strategy, step_fn, source, config, steps_per_epoch)
+        loss, top1 = train_one_epoch(
+            state, strategy, step_fn, source, config, steps_per_epoch, writer=writer
+        )
         state.inference.set_weights(state.model.get_weights())
         val_top1, val_top5 = validate(state.predict, source, config)
         log(f"  loss {loss:.4f}  val top-1 {val_top1:.4f}  val top-5 {val_top5:.4f}")
@@ -136,6 +139,8 @@ def _train_locked(config, spec, strategy, run, argv, log):
             "lr": f"{float(state.lr.numpy()):.6g}",
         })  # fmt: skip
         _end_epoch(state, config, run, history, writer, log)
+        if draw_curves:
+            curves.write_run_curves(run.path)
     return TrainResult(
         epochs=int(state.epoch.numpy()), val_top1=val_top1, val_top5=val_top5,
         best_val_top1=_best_top1(history), best_model=run.best if run.best.exists() else None,
@@ -172,6 +177,16 @@ def _steps_per_epoch(config, source):
     return steps
 
 
+def _can_draw_curves(log):
+    """Whether matplotlib is there for curves.png; if not, say so once and go on without."""
+    try:
+        extras.require("plots")
+    except extras.MissingExtraError as e:
+        log(f"No {curves.CURVES_FILENAME}: {e}")
+        return False
+    return True
+
+
 def _best_top1(history):
     """The best validation top-1 recorded in `history` (-1 when empty)."""
     return max((float(r["val_top1"]) for r in history), default=-1.0)
@@ -200,6 +215,7 @@ def _metadata(config, spec, source):
     The papers' protocols average in mirrored views (AlexNet's ten crops, VGG's flipped
     dense pass), which only fit a model trained with reflections: without them, centre crop.
     """
+    experiment = {"towers": config.towers, "lrn": config.lrn, "pool": config.pool}
     return Metadata(
         model=spec.name,
         class_names=tuple(source.class_names),
@@ -210,6 +226,7 @@ def _metadata(config, spec, source):
         protocol=spec.protocol if config.flip else "center",
         data=config.data,
         data_dir=config.data_dir,
+        **(experiment if spec.family == "alexnet" else {}),
     )
 
 
@@ -229,6 +246,8 @@ def _build_state(config, spec, strategy, run, metadata):
         "mean": metadata.mean,
         "scale": config.scale,
     }
+    if spec.family == "alexnet":
+        model_kwargs.update(towers=config.towers, use_lrn=config.lrn, pool=config.pool)
     with strategy.scope():
         model = build_model(spec.name, classifier_activation=None, **model_kwargs)
         optimizer = keras.optimizers.SGD(learning_rate=config.lr, momentum=config.momentum)
@@ -348,11 +367,12 @@ def init_from_net_a(model, path, log=print):
     return names
 
 
-def train_one_epoch(state, strategy, step_fn, source, config, steps_per_epoch):
+def train_one_epoch(state, strategy, step_fn, source, config, steps_per_epoch, writer=None):
     """Run the rest of the current epoch; return its (mean loss, train top-1) over every step.
 
     The running sums live in the checkpoint, so an epoch resumed after a crash still
-    reports the whole epoch.
+    reports the whole epoch. With a TensorBoard `writer`, each step's mean loss and its lr go
+    to it (`step/loss`, `step/lr`, at the run's global step).
     """
     from keras_alexnet.data import train_dataset
 
@@ -375,6 +395,8 @@ def train_one_epoch(state, strategy, step_fn, source, config, steps_per_epoch):
             raise TrainingError(_nan_message(loss, epoch, int(state.step.numpy()), state.manager))
         state.epoch_sums.assign_add([loss, hits, config.batch_size])
         state.step.assign_add(1)
+        global_step = epoch * steps_per_epoch + int(state.step.numpy())
+        _write_step(writer, global_step, loss / config.batch_size, state.lr)
         loss_sum, hits_sum, seen = state.epoch_sums.numpy()
         bar.update(int(state.step.numpy()), {"loss": loss_sum / seen, "top1": hits_sum / seen})
         if int(state.step.numpy()) % config.checkpoint_every == 0:
@@ -400,6 +422,17 @@ def _summary_writer(run):
     import tensorflow as tf
 
     return tf.summary.create_file_writer(str(run.tensorboard)) if run.is_chief else None
+
+
+def _write_step(writer, step, loss, lr):
+    """Write one training step's loss and learning rate to TensorBoard."""
+    if writer is None:
+        return
+    import tensorflow as tf
+
+    with writer.as_default(step=step):
+        tf.summary.scalar("step/loss", loss)
+        tf.summary.scalar("step/lr", lr)
 
 
 def _write_summaries(writer, row):

@@ -55,6 +55,9 @@ class TrainConfig:
     resize: tuple[int, int] | None = None
     image_size: int | None = None
     width: float = 1.0
+    towers: int | None = None  # AlexNet's towers (2, the paper's); VGG: 1
+    lrn: bool = True  # AlexNet's LRN (Section 3.3); False: the ablation
+    pool: str | None = None  # AlexNet's pooling, a POOLS name (overlapping, Section 3.4)
     precision: str = "float32"
     init_from: str | None = None
     seed: int = 0
@@ -79,7 +82,10 @@ class TrainConfig:
             "resize": (spec.resize, spec.resize),
             "image_size": spec.input_size,
             "output": str(Path("runs") / spec.name),
+            "towers": 2 if spec.family == "alexnet" else 1,
         }
+        if spec.family == "alexnet":
+            fill["pool"] = "overlapping"
         if self.data is None:
             crop, resize = DEMO_SIZES[spec.family]
             fill.update(DEMO_OVERRIDES, image_size=crop, resize=(resize, resize))
@@ -102,7 +108,7 @@ def check_config(config):
     at_least = {
         "epochs": 1, "batch_size": 1, "cpu_replicas": 1, "checkpoint_every": 1,
         "keep_checkpoints": 1, "plateau_patience": 1, "max_lr_drops": 0, "step_epochs": 1,
-        "image_size": 1, "seed": 0, "steps_per_epoch": 1, "val_steps": 1,
+        "image_size": 1, "seed": 0, "steps_per_epoch": 1, "val_steps": 1, "towers": 1,
     }  # fmt: skip
     for name, low in at_least.items():
         value = getattr(config, name)
@@ -122,3 +128,23 @@ def check_config(config):
         )
     if config.init_from and not config.model.lower().startswith("vgg"):
         raise TrainingError("--init-from starts a VGG configuration from a trained VGG A")
+    _check_architecture(config)
+
+
+def _check_architecture(config):
+    """Raise TrainingError for --towers, --no-lrn or --pool values the model cannot take."""
+    if config.model.lower().startswith("vgg"):
+        if config.towers != 1 or not config.lrn or config.pool is not None:
+            raise TrainingError(
+                "--towers, --no-lrn and --pool are AlexNet's experiments; VGG is one tower "
+                "with its own LRN (vgg_a_lrn) and 2/2 pooling"
+            )
+        return
+    from keras_alexnet.models.alexnet import POOLS, conv_filters
+
+    if config.pool not in POOLS:
+        raise TrainingError(f"--pool must be one of {', '.join(POOLS)}")
+    try:
+        conv_filters(config.width, config.towers)
+    except ValueError as e:
+        raise TrainingError(str(e)) from None

@@ -22,6 +22,7 @@ COMMANDS = {
     "serve": None,
     "compute_stats": "compute_stats",
     "summary": None,
+    "plot": None,
 }
 
 
@@ -57,3 +58,4 @@ run_predict = functools.partial(launch, "predict")
 run_serve = functools.partial(launch, "serve")
 run_compute_stats = functools.partial(launch, "compute_stats")
 run_summary = functools.partial(launch, "summary")
+run_plot = functools.partial(launch, "plot")

@@ -17,6 +17,7 @@ import sys
 
 from keras_alexnet import cli
 from keras_alexnet.models import ALIASES, MODEL_NAMES
+from keras_alexnet.models.alexnet import POOLS
 from keras_alexnet.train_config import PRECISIONS, SCHEDULES, STRATEGIES, TrainConfig
 
 DEFAULTS = TrainConfig()  # the flags' defaults are the config's, typed once
@@ -74,6 +75,7 @@ def _model_args(parser):
         default=DEFAULTS.width,
         help="width multiplier of every layer; 1 is the paper (default: %(default)s)",
     )
+    _experiment_args(p)
     p.add_argument(
         "--precision",
         default=DEFAULTS.precision,
@@ -87,6 +89,33 @@ def _model_args(parser):
         action="store_const",
         const="mixed_float16",
         help="the same as --precision mixed_float16",
+    )
+
+
+def _experiment_args(p):
+    """Add AlexNet's experiments: towers and the paper's two ablations (Sections 3.3, 3.4)."""
+    p.add_argument(
+        "--towers",
+        type=cli.positive_int,
+        default=None,
+        help="AlexNet only: towers (groups of conv2, conv4, conv5 and LRN); 1 is one ungrouped "
+        "tower, N must divide every conv layer's width (default: 2, the paper's two GPUs; "
+        "VGG: 1)",
+    )
+    p.add_argument(
+        "--no-lrn",
+        dest="lrn",
+        action="store_false",
+        help="AlexNet only: leave out local response normalisation, the ablation of Section "
+        "3.3, which credits LRN with 1.4 / 1.2 points of top-1 / top-5 error (default: on)",
+    )
+    p.add_argument(
+        "--pool",
+        default=None,
+        choices=tuple(POOLS),
+        help="AlexNet only: overlapping (3x3 windows, stride 2) or non_overlapping (2x2, "
+        "stride 2), the ablation of Section 3.4, which credits overlapping pooling with 0.4 / "
+        "0.3 points of top-1 / top-5 error (default: overlapping, the paper's)",
     )
 
 
