@@ -23,6 +23,7 @@ COMMANDS = {
     "compute_stats": "compute_stats",
     "summary": None,
     "plot": None,
+    "filters": "filters",
 }
 
 
@@ -59,3 +60,4 @@ run_serve = functools.partial(launch, "serve")
 run_compute_stats = functools.partial(launch, "compute_stats")
 run_summary = functools.partial(launch, "summary")
 run_plot = functools.partial(launch, "plot")
+run_filters = functools.partial(launch, "filters")
