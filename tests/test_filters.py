@@ -221,3 +221,29 @@ def test_command_draws_prints_and_writes_json(run, tmp_path, capsys):
     np.testing.assert_allclose(report["scores"], filters.colour_scores(conv1.kernels))
     assert report["towers"] == 2 and report["data"]["colour"] is False
     assert "Mann-Whitney" in out and "conv1 cannot learn colour" in out
+
+
+def test_grey_data_leaves_conv1_colour_where_the_initialisation_put_it():
+    """Why the tool says so: on R = G = B pixels conv1's gradient is the same in R, G and B."""
+    import keras
+
+    from keras_alexnet.data import train_dataset
+
+    source = load_source(None)
+    keras.utils.set_random_seed(1)
+    model = build_model(
+        "alexnet", classes=len(source.class_names), input_shape=(SIZE, SIZE, 3), width=1 / 8,
+        init="he", seed=1, mean=tuple(source.stats.mean), scale=1 / 128, dropout=0.0,
+    )  # fmt: skip
+    before = filters.conv1_kernels(model).kernels.astype(np.float64)
+    model.compile(keras.optimizers.SGD(0.01, momentum=0.9), "sparse_categorical_crossentropy")
+    ds = train_dataset(source, image_size=SIZE, resize=76, batch_size=32, seed=0)
+    model.fit(ds.take(5), epochs=1, verbose=0, shuffle=False)
+    after = filters.conv1_kernels(model).kernels.astype(np.float64)
+
+    def off_grey(k):
+        return k - k.mean(axis=2, keepdims=True)
+
+    grey_change = np.abs(after.mean(axis=2) - before.mean(axis=2)).max()
+    assert grey_change > 1e-3 * np.abs(before).max()  # it did learn
+    np.testing.assert_allclose(off_grey(after), off_grey(before), atol=1e-6 * np.abs(before).max())
