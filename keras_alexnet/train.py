@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from keras_alexnet import curves, extras, fileio
+from keras_alexnet import curves, extras, fileio, filters
 from keras_alexnet.distribute import cluster_role, configure_devices, make_strategy
 from keras_alexnet.metadata import Metadata
 from keras_alexnet.optim import (
@@ -106,6 +106,9 @@ def _train_locked(config, spec, strategy, run, argv, log):
     """The body of `train`, run while this process holds the run directory's lock."""
     run.check_identity(config)
     source = _open_source(config)
+    colour = filters.colour_in_data(source.stats)
+    if not colour["colour"]:
+        log(f"{source.name}: {colour['reason']}")
     steps_per_epoch = _steps_per_epoch(config, source)
     metadata = _metadata(config, spec, source)
     state = _build_state(config, spec, strategy, run, metadata)
@@ -198,7 +201,7 @@ def _end_epoch(state, config, run, history, writer, log):
     if run.is_chief and val_top1 > _best_top1(history[:-1]):
         with fileio.atomic_path(run.best) as tmp:
             state.inference.save(tmp)
-    _write_summaries(writer, history[-1])
+    _write_summaries(writer, history[-1], state.inference)
     if config.lr_schedule == "plateau" and state.plateau.update(val_top1):
         state.lr.assign(float(state.lr.numpy()) / 10)
         log(f"  validation top-1 stopped improving: lr -> {float(state.lr.numpy()):.3g}")
@@ -435,15 +438,17 @@ def _write_step(writer, step, loss, lr):
         tf.summary.scalar("step/lr", lr)
 
 
-def _write_summaries(writer, row):
-    """Write an epoch's history row to TensorBoard."""
+def _write_summaries(writer, row, model):
+    """Write an epoch's history row and `model`'s conv1 as Figure 3 (`conv1`) to TensorBoard."""
     if writer is None:
         return
     import tensorflow as tf
 
+    conv1 = filters.conv1_kernels(model)
     with writer.as_default(step=int(row["epoch"])):
         for key in ("loss", "val_top1", "val_top5", "lr"):
             tf.summary.scalar(key, float(row[key]))
+        tf.summary.image("conv1", filters.conv1_picture(conv1.kernels, conv1.towers)[None])
     writer.flush()
 
 

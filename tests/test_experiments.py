@@ -1,12 +1,18 @@
 """AlexNet's experiments as training flags (towers, LRN off, non-overlapping pooling)."""
 
 import dataclasses
+import io
 import json
 from pathlib import Path
 
 import keras
+import numpy as np
 import pytest
+import tensorflow as tf
+from PIL import Image
 
+from keras_alexnet import curves, extras, filters
+from keras_alexnet.commands import plot
 from keras_alexnet.layers import GroupedConv2D, LocalResponseNormalization
 from keras_alexnet.metadata import Metadata
 from keras_alexnet.models import build_model
@@ -118,3 +124,124 @@ def test_metadata_written_before_the_experiments_still_loads(tmp_path):
     metadata = Metadata.load(tmp_path / "metadata.json")
     assert (metadata.towers, metadata.lrn, metadata.pool) == (None, None, None)
     assert Metadata.from_properties(metadata.to_properties()) == metadata
+
+
+# matplotlib's first two line colours (its default cycle's C0 and C1).
+FIRST, SECOND = (0x1F, 0x77, 0xB4), (0xFF, 0x7F, 0x0E)
+
+
+def pixels_of(png, colour):
+    """How many pixels of an RGB(A) PNG are exactly `colour`."""
+    rgb = np.asarray(Image.open(png).convert("RGB"))
+    return int(np.all(rgb == colour, axis=-1).sum())
+
+
+def history(run):
+    """history.csv's columns as {name: [floats]}."""
+    rows = (Path(run) / "history.csv").read_text().split()
+    header, values = rows[0].split(","), [r.split(",") for r in rows[1:]]
+    return {key: [float(v[i]) for v in values] for i, key in enumerate(header)}
+
+
+def test_curves_png_is_redrawn_at_each_epoch_end(tiny_data, tmp_path):
+    run = tmp_path / "run"
+    png = run / "curves.png"
+    seen = []
+
+    def log(line):
+        if line.startswith("Epoch 2/"):  # epoch 1 has ended: its curves are drawn
+            seen.append((png.read_bytes(), curves.read_run(run).epochs))
+        lines.append(line)
+
+    lines = []
+    train(alexnet_config(tiny_data, run, epochs=2), log=log)
+    (after_one, epochs_then), after_two = seen[0], png.read_bytes()
+    assert epochs_then == (1,) and curves.read_run(run).epochs == (1, 2)
+    assert after_one != after_two
+    width, height = (round(inches * curves.DPI) for inches in curves.FIGURE_SIZE)
+    for data in (after_one, after_two):
+        image = Image.open(io.BytesIO(data))
+        assert (image.format, image.size) == ("PNG", (width, height))
+    # One run: five panels of the first colour, none of the second.
+    assert pixels_of(png, FIRST) > 500 and pixels_of(png, SECOND) == 0
+    assert sorted(p.name for p in run.iterdir() if p.name.startswith(".curves")) == []
+    assert not any("cannot learn colour" in line for line in lines)  # tiny_data has colour
+
+
+def test_without_the_plots_extra_training_says_so_once(tiny_data, tmp_path, monkeypatch):
+    monkeypatch.setitem(extras.EXTRAS, "plots", ("drawing curves", ("no_such_module_here",)))
+    lines = []
+    result = train(alexnet_config(tiny_data, tmp_path / "run", epochs=2), log=lines.append)
+    assert result.epochs == 2 and not (tmp_path / "run" / "curves.png").exists()
+    said = [line for line in lines if "'plots' extra" in line]
+    assert said == ["No curves.png: drawing curves needs the 'plots' extra: "
+                    "pip install 'keras_alexnet[plots]'"]  # fmt: skip
+
+
+def test_plot_overlays_runs_with_their_settings(tiny_data, tmp_path):
+    one = tmp_path / "towers1_nolrn"
+    two = tmp_path / "paper"
+    train(alexnet_config(tiny_data, one, towers=1, lrn=False), log=quiet)
+    train(alexnet_config(tiny_data, two, pool="non_overlapping", epochs=2), log=quiet)
+    output = tmp_path / "both.png"
+    runs = plot.main(plot.get_args_parser().parse_args([str(one), str(two), "--output",
+                                                        str(output)]))  # fmt: skip
+    assert [r.label for r in runs] == [
+        "towers1_nolrn (1 tower, no LRN, overlapping pool)",
+        "paper (2 towers, LRN, non-overlapping pool)",
+    ]
+    for run, path in zip(runs, (one, two), strict=True):
+        recorded = history(path)
+        assert list(run.epochs) == recorded["epoch"]
+        for key in curves.PANELS:
+            assert list(run.series[key]) == pytest.approx(recorded[key])
+    # Both drawn: the 1-epoch run as markers (one per panel and the legend), the other as lines.
+    assert pixels_of(output, FIRST) > 50 and pixels_of(output, SECOND) > 500
+    with pytest.raises(FileNotFoundError, match="no history.csv"):
+        curves.read_run(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def grey_data(tiny_data, tmp_path_factory):
+    """tiny_data with R = G = B at every pixel: no colour for conv1 to learn."""
+    root = tmp_path_factory.mktemp("grey")
+    for png in tiny_data.rglob("*.png"):
+        target = root / png.relative_to(tiny_data)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        Image.open(png).convert("L").convert("RGB").save(target)
+    return root
+
+
+def tensorboard_events(run):
+    """{tag: [(step, tensor)]} of every summary in the run's TensorBoard files."""
+    events = {}
+    for path in sorted((Path(run) / "tensorboard").iterdir()):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            for value in event.summary.value:
+                events.setdefault(value.tag, []).append((event.step, tf.make_ndarray(value.tensor)))
+    return events
+
+
+def test_tensorboard_has_step_scalars_and_conv1_and_grey_data_is_named(grey_data, tmp_path):
+    run = tmp_path / "run"
+    lines = []
+    config = alexnet_config(grey_data, run, steps_per_epoch=3, lr=0.005)
+    train(config, log=lines.append)
+    assert any(line.endswith("the data is grey, conv1 cannot learn colour from it")
+               for line in lines)  # fmt: skip
+    events = tensorboard_events(run)
+    losses = events["step/loss"]
+    assert [step for step, _ in losses] == [1, 2, 3]
+    # The epoch's loss is the mean of its steps' losses.
+    assert np.mean([float(v) for _, v in losses]) == pytest.approx(history(run)["loss"][0], 1e-5)
+    assert [float(v) for _, v in events["step/lr"]] == pytest.approx([0.005] * 3)
+    [(step, image)] = events["conv1"]
+    assert step == 1
+    width, height, encoded = image
+    # One epoch: best.keras is that epoch's model; the summary is its conv1 as Figure 3.
+    conv1 = filters.conv1_kernels(keras.saving.load_model(run / "best.keras"))
+    expected = filters.conv1_picture(conv1.kernels, conv1.towers)
+    picture = np.asarray(Image.open(io.BytesIO(encoded)).convert("RGB"))
+    assert (int(width), int(height)) == (expected.shape[1], expected.shape[0])
+    np.testing.assert_array_equal(picture, expected)
+    assert conv1.towers == 2 and conv1.kernels.shape == (11, 11, 3, 6)
