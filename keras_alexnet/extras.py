@@ -3,6 +3,8 @@
     pip install 'keras_alexnet[server]'   # the HTTP server (scripts/serve.py)
     pip install 'keras_alexnet[int8]'     # int8 ONNX export (export_onnx --quantize int8)
     pip install 'keras_alexnet[plots]'    # training curves (curves.png, scripts/plot.py)
+    pip install 'keras_alexnet[weights]'  # torchvision .safetensors weights (import_weights)
+    pip install 'keras_alexnet[torch]'    # torchvision .pth weights (PyTorch, CPU wheel)
 
 `require("server")` raises `MissingExtraError` (an ImportError) in one line naming the
 extra to install when one of its modules is missing; the commands print that line.
@@ -16,6 +18,8 @@ EXTRAS = {
     # onnxruntime's quant_pre_process (symbolic shape inference) imports it.
     "int8": ("int8 export", ("sympy",)),
     "plots": ("drawing curves (curves.png, plot)", ("matplotlib",)),
+    "weights": ("reading .safetensors weights", ("safetensors",)),
+    "torch": ("reading PyTorch .pth weights", ("torch",)),
 }
 
 

@@ -1,0 +1,195 @@
+"""Published weights into our models: the file's format, its reader, the fold, the run directory.
+
+A reader is a function ``read_<format>(path, spec) -> (weights, preset)``: `spec` is the
+target's `ModelSpec`; `weights` maps our layer names (``block1_conv1`` ... ``predictions``;
+``conv1`` ... ``fc8``) to ``[kernel, bias]`` NumPy arrays in our layout: convolution
+kernels (kh, kw, in / groups, out), dense kernels (in, out) with fc6's rows in (h, w, c)
+order; the first layer's input channels still in the source's order (`preset.bgr`: the
+importer reverses them). `preset` is the source's `Preset`. Each format is a row of
+FORMATS; its reader is imported only when a file of that format is read.
+"""
+
+import dataclasses
+import importlib
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from keras_alexnet import extras, fileio
+from keras_alexnet.artifacts import KERAS_BEST, METADATA_FILENAME
+
+CLASS_NAMES_FILE = Path(__file__).resolve().parent.parent / "data" / "imagenet_classes.txt"
+IMAGENET = "imagenet2012"  # what the published weights were trained on (TFDS's name)
+
+
+class WeightsError(ValueError):
+    """A weight file that cannot be read, or does not fit the model it is imported into."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Format:
+    """A weight file format: its file name endings, its reader, the extra it needs."""
+
+    name: str
+    suffixes: tuple[str, ...]
+    reader: str  # "module:function", imported on first use
+    extra: str | None = None  # keras_alexnet.extras name, checked before the reader loads
+
+
+FORMATS = [
+    Format("keras_h5", (".h5", ".hdf5"), "keras_alexnet.weights.keras_h5:read_keras_h5"),
+    Format("torchvision", (".pth", ".pt"), "keras_alexnet.weights.torchvision:read_pth", "torch"),
+    Format(
+        "torchvision_safetensors",
+        (".safetensors",),
+        "keras_alexnet.weights.torchvision:read_safetensors",
+        "weights",
+    ),
+]
+
+
+def detect_format(path):
+    """Return the Format of a weight file from its name; WeightsError listing the known ones."""
+    name = Path(path).name.lower()
+    for fmt in FORMATS:
+        if name.endswith(fmt.suffixes):
+            return fmt
+    known = ", ".join(s for fmt in FORMATS for s in fmt.suffixes)
+    raise WeightsError(f"{path}: unknown weight file format; known endings: {known}")
+
+
+def read(path, spec):
+    """Read a weight file with its format's reader: (weights by layer name, Preset)."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"{path} is not a file")
+    fmt = detect_format(path)
+    if fmt.extra is not None:
+        extras.require(fmt.extra)
+    module, function = fmt.reader.split(":")
+    return getattr(importlib.import_module(module), function)(path, spec)
+
+
+def imagenet_class_names():
+    """The 1000 ILSVRC-2012 class names in WordNet-ID order (package data, see its NOTICE)."""
+    lines = CLASS_NAMES_FILE.read_text(encoding="utf-8").splitlines()
+    return tuple(line.split("\t", 1)[1] for line in lines if line and not line.startswith("#"))
+
+
+def _weighted_layers(model):
+    """The model's layers that hold weights, by name, in order."""
+    return {layer.name: layer for layer in model.layers if layer.weights}
+
+
+def _check_names(model, weights, head, spec):
+    """Refuse weights that miss one of the model's layers or have layers it lacks."""
+    ours = _weighted_layers(model)
+    missing = [name for name in ours if name not in weights and name != head]
+    if missing:
+        raise WeightsError(
+            f"the file has no weights for {spec.name}'s {', '.join(missing)} "
+            f"(it has {', '.join(weights)}): is it another model's file?"
+        )
+    extra = [name for name in weights if name not in ours]
+    top = model.layers[-1].name == head
+    if extra and top:
+        raise WeightsError(
+            f"the file has layers {spec.name} lacks: {', '.join(extra)}: "
+            "is it another model's file?"
+        )
+
+
+def set_weights(model, weights, preset, spec):
+    """Load `weights` into `model` by layer name, folding the source's BGR order into conv1.
+
+    The last layer (the classifier) is left as initialised when its shape differs (another
+    number of classes); every other mismatch is a WeightsError. Layers the file has and a
+    headless model lacks (fc1, fc2, predictions) are skipped.
+    """
+    ours = _weighted_layers(model)
+    head = list(ours)[-1]
+    _check_names(model, weights, head, spec)
+    first = next(iter(ours))
+    for name, layer in ours.items():
+        if name not in weights:
+            continue
+        arrays = [np.asarray(a, np.float32) for a in weights[name]]
+        if name == first and preset.bgr:
+            arrays[0] = arrays[0][:, :, ::-1, :]  # BGR inputs -> RGB inputs
+        expected = [tuple(w.shape) for w in layer.weights]
+        got = [a.shape for a in arrays]
+        if got != expected:
+            if name == head and len(got) == len(expected):
+                continue  # another number of classes: the head keeps its initialisation
+            raise WeightsError(
+                f"{spec.name}'s {name} has weights of shapes {expected}; the file's are {got}"
+            )
+        layer.set_weights(arrays)
+
+
+def build(spec, weights, preset, **kwargs):
+    """Build `spec`'s model with the preset's normalisation in-graph and load `weights`."""
+    from keras_alexnet.models import build_model
+
+    size = preset.input_size
+    kwargs.setdefault("input_shape", (size, size, 3))
+    kwargs = {**preset.model_args, **kwargs}
+    model = build_model(spec.name, mean=preset.mean, scale=preset.scale, **kwargs)
+    set_weights(model, weights, preset, spec)
+    return model
+
+
+def _metadata(spec, preset, classes):
+    """The run directory's Metadata: ImageNet's names, the preset's sizes and normalisation."""
+    from keras_alexnet.metadata import Metadata
+
+    names = imagenet_class_names()
+    if classes != len(names):
+        names = tuple(str(i) for i in range(classes))
+    return Metadata(
+        model=spec.name,
+        class_names=names,
+        input_size=preset.input_size,
+        resize=preset.resize,
+        mean=preset.mean,
+        scale=preset.scale,
+        protocol=preset.protocol,
+        data=IMAGENET,
+    )
+
+
+def import_weights(source_path, model, output, argv=None, **overrides):
+    """Import a published weight file into `model` and write a run directory at `output`.
+
+    `overrides` replace the source's Preset fields (bgr, mean, std, input_size, resize,
+    protocol). The run directory holds best.keras, metadata.json and command.json, written
+    atomically; an output that exists and is not empty is refused. Returns `output`.
+    """
+    from keras_alexnet.models import get_spec
+    from keras_alexnet.rundir import versions
+
+    spec = get_spec(model)
+    output = Path(output)
+    if output.exists() and (not output.is_dir() or any(output.iterdir())):
+        raise WeightsError(
+            f"{output} exists and is not an empty directory: choose another --output"
+        )
+    fileio.check_writable(output / KERAS_BEST)
+    weights, preset = read(source_path, spec)
+    preset = preset.replace(**overrides)
+    keras_model = build(spec, weights, preset)
+    metadata = _metadata(spec, preset, keras_model.output_shape[-1])
+    with fileio.atomic_path(output / KERAS_BEST) as tmp:
+        keras_model.save(tmp)
+    metadata.save(output / METADATA_FILENAME)
+    record = {
+        "argv": list(argv if argv is not None else sys.argv),
+        "source": str(source_path),
+        "format": detect_format(source_path).name,
+        "preset": json.loads(json.dumps(dataclasses.asdict(preset))),
+        "versions": versions(),
+    }
+    fileio.write_json(output / "command.json", record)
+    return output
