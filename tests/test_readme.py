@@ -294,6 +294,17 @@ def check_predict_json(readme, outcome):
 
 
 # The table: every README command and how it runs here.
+def check_filters(readme, outcome, png, json_name=None):
+    picture = np.asarray(Image.open(readme.paths["tmp"] / png))
+    assert picture.ndim == 3 and (picture[picture.shape[0] // 2] == 255).all()  # the gap
+    assert "Mann-Whitney U" in outcome.stdout and "cannot learn colour" in outcome.stdout
+    if json_name:
+        report = json.loads((readme.paths["tmp"] / json_name).read_text())
+        assert report["towers"] == 2 and report["data"]["colour"] is False
+
+
+FILTERS = {"conv1.png": "{tmp}/conv1.png", "conv1.json": "{tmp}/conv1.json"}
+
 TINY = {
     DEMO: Tiny(check_demo, extra=(*SHORT, "--output", "{runs}/alexnet")),
     FLOWERS: Tiny(
@@ -368,6 +379,16 @@ TINY = {
         check_predict_json,
         replace={**RUN_DIR, "photos/": "{tmp}/photos/"},
         needs=(DEMO,),
+    ),
+    "python scripts/filters.py --model runs/alexnet --output conv1.png --json conv1.json": Tiny(
+        lambda readme, outcome: check_filters(readme, outcome, "conv1.png", "conv1.json"),
+        replace={**RUN_DIR, **FILTERS},
+        needs=(DEMO,),
+    ),
+    "python scripts/filters.py --model export/alexnet.onnx --output conv1_onnx.png": Tiny(
+        lambda readme, outcome: check_filters(readme, outcome, "conv1_onnx.png"),
+        replace={**ONNX, "conv1_onnx.png": "{tmp}/conv1_onnx.png"},
+        needs=(EXPORT_ONNX,),
     ),
 }
 TRAINING = [c for c in TINY if c.startswith("python scripts/train.py")]
