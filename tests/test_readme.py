@@ -293,7 +293,6 @@ def check_predict_json(readme, outcome):
         check_top5(r["top5"], DIGITS)
 
 
-# The table: every README command and how it runs here.
 def check_filters(readme, outcome, png, json_name=None):
     picture = np.asarray(Image.open(readme.paths["tmp"] / png))
     assert picture.ndim == 3 and (picture[picture.shape[0] // 2] == 255).all()  # the gap
@@ -305,6 +304,8 @@ def check_filters(readme, outcome, png, json_name=None):
 
 FILTERS = {"conv1.png": "{tmp}/conv1.png", "conv1.json": "{tmp}/conv1.json"}
 
+
+# The table: every README command and how it runs here.
 TINY = {
     DEMO: Tiny(check_demo, extra=(*SHORT, "--output", "{runs}/alexnet")),
     FLOWERS: Tiny(
