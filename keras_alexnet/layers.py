@@ -277,12 +277,14 @@ class InputNormalization(keras.layers.Layer):
     Both papers subtract the mean RGB value of the training set from every pixel
     (AlexNet Section 2, VGG Section 2.1). Keeping it in the graph means the mean travels
     with the saved model and its ONNX export: clients send RGB pixels on a 0-255 scale.
+    `scale` is one float or one per channel (torchvision's weights divide by a per-channel
+    std); a per-channel scale whose values are equal is kept as the one float.
     """
 
     def __init__(self, mean=(0.0, 0.0, 0.0), scale=1.0, **kwargs):
         super().__init__(**kwargs)
         self.mean = tuple(float(m) for m in mean)
-        self.scale = float(scale)
+        self.scale = _scale(scale, len(self.mean))
 
     def call(self, inputs):
         """Return (inputs - mean) * scale in the input's dtype."""
@@ -297,8 +299,22 @@ class InputNormalization(keras.layers.Layer):
     def get_config(self):
         """Return the constructor's arguments."""
         config = super().get_config()
-        config.update(mean=list(self.mean), scale=self.scale)
+        scale = self.scale if isinstance(self.scale, float) else list(self.scale)
+        config.update(mean=list(self.mean), scale=scale)
         return config
+
+
+def _scale(scale, channels):
+    """A float, or a tuple of one float per channel when they differ."""
+    if isinstance(scale, int | float):
+        return float(scale)
+    values = tuple(float(v) for v in scale)
+    if len(values) != channels:
+        raise ValueError(
+            f"scale must be a float or one value per channel ({channels}). Received: "
+            f"scale={scale!r}"
+        )
+    return values[0] if len(set(values)) == 1 else values
 
 
 def _pair(value, name):

@@ -23,7 +23,8 @@ class Metadata:
     input_size: int  # the crop the model takes (227 AlexNet, 224 VGG)
     resize: int  # shorter side before the centre crop (256)
     mean: tuple[float, float, float]  # RGB mean on the 0-255 scale, subtracted in-graph
-    scale: float = 1.0  # multiplier after mean subtraction, in-graph
+    # multiplier after mean subtraction, in-graph: one, or one per RGB channel
+    scale: float | tuple[float, float, float] = 1.0
     protocol: str = "center"  # the paper's test protocol for this model
     data: str | None = None  # what it was trained on (None: the bundled demo set)
     data_dir: str | None = None
@@ -45,6 +46,8 @@ class Metadata:
         obj = {k: v for k, v in obj.items() if k in names}
         obj["class_names"] = tuple(obj["class_names"])
         obj["mean"] = tuple(float(m) for m in obj["mean"])
+        if isinstance(obj.get("scale"), list):
+            obj["scale"] = tuple(float(s) for s in obj["scale"])
         return cls(**obj)
 
     def to_properties(self):

@@ -75,10 +75,25 @@ def build_model(
     include_top=True,
     classifier_activation="softmax",
     pooling=None,
+    weights=None,
     **kwargs,
 ):
-    """Build a published model by name as a `keras.Model` (see `alexnet` and `vgg` for kwargs)."""
+    """Build a published model by name as a `keras.Model` (see `alexnet` and `vgg` for kwargs).
+
+    `weights`: None (initialised as `init` says) or the path of a published weight file
+    (Keras Applications' .h5, torchvision's .pth / .safetensors, and the formats of
+    `keras_alexnet.weights.FORMATS`), loaded with the source's preprocessing folded into the
+    model, which still takes RGB pixels on the 0-255 scale. With another `classes` the
+    classifier keeps its initialisation; with `include_top=False` the FC layers are left out.
+    """
     spec = get_spec(name)
+    if weights is not None:
+        from keras_alexnet.weights.importer import load
+
+        return load(
+            spec, weights, classes=classes, input_shape=input_shape, include_top=include_top,
+            classifier_activation=classifier_activation, pooling=pooling, **kwargs,
+        )  # fmt: skip
     if spec.family != "alexnet" and "towers" in kwargs:
         towers = kwargs.pop("towers")
         if towers != 1:

@@ -130,15 +130,31 @@ def set_weights(model, weights, preset, spec):
 
 
 def build(spec, weights, preset, **kwargs):
-    """Build `spec`'s model with the preset's normalisation in-graph and load `weights`."""
+    """Build `spec`'s model with the preset's normalisation in-graph and load `weights`.
+
+    `kwargs` go to `build_model` (include_top, classes, input_shape, pooling, ...); the
+    input shape defaults to the preset's crop.
+    """
     from keras_alexnet.models import build_model
 
-    size = preset.input_size
-    kwargs.setdefault("input_shape", (size, size, 3))
-    kwargs = {**preset.model_args, **kwargs}
+    given = sorted(key for key in ("mean", "scale") if kwargs.get(key) is not None)
+    if given:
+        raise ValueError(
+            f"weights come with their source's preprocessing; override it with the Preset, "
+            f"not {' and '.join(given)}. Received: {', '.join(f'{k}={kwargs[k]!r}' for k in given)}"
+        )
+    if kwargs.get("input_shape") is None:
+        kwargs["input_shape"] = (preset.input_size, preset.input_size, 3)
+    kwargs = {**preset.model_args, **{k: v for k, v in kwargs.items() if k not in given}}
     model = build_model(spec.name, mean=preset.mean, scale=preset.scale, **kwargs)
     set_weights(model, weights, preset, spec)
     return model
+
+
+def load(spec, path, **kwargs):
+    """`build_model(name, weights=path, **kwargs)`: read the file, build, load, fold."""
+    weights, preset = read(path, spec)
+    return build(spec, weights, preset, **kwargs)
 
 
 def _metadata(spec, preset, classes):

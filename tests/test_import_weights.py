@@ -1,0 +1,287 @@
+"""Published weights imported, checked against the sources' own code on the same pixels.
+
+Nothing is downloaded: each test writes the source's file with random weights in the
+source's own layout (Keras's legacy HDF5 writer; a torchvision-layout VGG in PyTorch),
+imports it, and compares our model on RGB 0-255 pixels with the source's model on its own
+preprocessing of the same pixels (keras.applications' preprocess_input; torchvision's
+/255, mean, std).
+"""
+
+import h5py
+import keras
+import numpy as np
+import pytest
+from keras.src.legacy.saving import legacy_h5_format
+
+from keras_alexnet.export import relative_error
+from keras_alexnet.layers import InputNormalization
+from keras_alexnet.metadata import Metadata
+from keras_alexnet.models import build_model, get_spec
+from keras_alexnet.preprocess import center_crop_resized
+from keras_alexnet.weights import (
+    PRESETS,
+    WeightsError,
+    build,
+    imagenet_class_names,
+    import_weights,
+    read,
+)
+
+torch = pytest.importorskip("torch")  # in the dev extra: CI runs these
+safetensors_torch = pytest.importorskip("safetensors.torch")
+
+TOLERANCE = 1e-5
+
+
+def photo_like(count, height, width, seed=0):
+    """RGB 0-255 images with structure: colour gradients, a disc, a bar, a little noise."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    images = []
+    for _ in range(count):
+        r, g, b = rng.uniform(0, 255, 3)
+        image = np.stack(
+            [r * x / width, g * y / height, b * (1 - x / width) * (1 - y / height)], axis=-1
+        )
+        cy, cx, radius = rng.uniform(0.2, 0.8) * height, rng.uniform(0.2, 0.8) * width, height / 5
+        image[(y - cy) ** 2 + (x - cx) ** 2 < radius**2] = rng.uniform(0, 255, 3)
+        top = int(rng.integers(0, height // 2))
+        image[top : top + height // 8, width // 8 : width // 2] = rng.uniform(0, 255, 3)
+        image += rng.normal(0, 4, image.shape)
+        images.append(np.clip(image, 0, 255))
+    return np.stack(images).astype(np.float32)
+
+
+def randomise(model, seed):
+    """Random kernels and biases in every layer (biases too, so a lost bias shows)."""
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if layer.weights:
+            kernel, bias = layer.get_weights()
+            fan_in = np.prod(kernel.shape[:-1])
+            layer.set_weights([
+                rng.normal(0, np.sqrt(2 / fan_in), kernel.shape).astype(np.float32),
+                rng.normal(0, 0.1, bias.shape).astype(np.float32),
+            ])  # fmt: skip
+
+
+def temper_head(model, inputs, spread=3.0):
+    """Scale the last layer so its logits on `inputs` have std `spread`: a softmax that is
+    neither flat nor one-hot, where a difference between two models shows in the scores."""
+    head = model.layers[-1]
+    features = keras.Model(model.input, head.input).predict_on_batch(inputs)
+    kernel, bias = head.get_weights()
+    factor = spread / np.std(features @ kernel + bias)
+    head.set_weights([kernel * factor, bias * factor])
+
+
+def save_legacy_h5(model, path):
+    """Write `model`'s weights as Keras Applications' files are: the legacy HDF5 layout."""
+    with h5py.File(path, "w") as f:
+        legacy_h5_format.save_weights_to_hdf5_group(f, model)
+
+
+# --- Keras Applications ---------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_keras_vgg16_h5_imports_into_a_run_directory_equal_to_keras_applications(tmp_path):
+    reference = keras.applications.VGG16(weights=None)
+    randomise(reference, seed=1)
+    images = photo_like(2, 224, 224)
+    preprocessed = keras.applications.vgg16.preprocess_input(images.copy())
+    temper_head(reference, preprocessed)
+    save_legacy_h5(reference, tmp_path / "vgg16_weights_tf_dim_ordering_tf_kernels.h5")
+    run = import_weights(
+        tmp_path / "vgg16_weights_tf_dim_ordering_tf_kernels.h5", "vgg16", tmp_path / "run"
+    )
+    ours = keras.saving.load_model(run / "best.keras")
+    expected = reference.predict_on_batch(preprocessed)
+    got = ours.predict_on_batch(images)
+    assert expected.max() > 0.05  # not a flat softmax: the comparison can tell models apart
+    assert relative_error(got, expected) < TOLERANCE
+    metadata = Metadata.load(run / "metadata.json")
+    assert metadata.class_names == imagenet_class_names()
+    assert (metadata.model, metadata.input_size, metadata.resize) == ("vgg_d", 224, 256)
+    assert metadata.mean == (123.68, 116.779, 103.939) and metadata.scale == 1.0
+    assert metadata.data == "imagenet2012"
+
+
+def test_keras_vgg19_notop_h5_equals_keras_applications_and_bgr_is_folded(tmp_path):
+    shape = (48, 64, 3)
+    reference = keras.applications.VGG19(weights=None, include_top=False, input_shape=shape)
+    randomise(reference, seed=2)
+    save_legacy_h5(reference, tmp_path / "vgg19_notop.h5")
+    images = photo_like(3, *shape[:2], seed=3)
+    expected = reference.predict_on_batch(keras.applications.vgg19.preprocess_input(images.copy()))
+    ours = build_model("vgg19", weights=tmp_path / "vgg19_notop.h5", include_top=False,
+                       input_shape=shape)  # fmt: skip
+    assert relative_error(ours.predict_on_batch(images), expected) < TOLERANCE
+    # The same weights without the BGR fold are far off: the comparison sees channel order.
+    weights, preset = read(tmp_path / "vgg19_notop.h5", get_spec("vgg19"))
+    unfolded = build(get_spec("vgg19"), weights, preset.replace(bgr=False), include_top=False,
+                     input_shape=shape)  # fmt: skip
+    assert relative_error(unfolded.predict_on_batch(images), expected) > 1e-2
+
+
+def test_transfer_keeps_the_features_and_reinitialises_a_head_of_other_classes(tmp_path):
+    reference = keras.applications.VGG16(weights=None, include_top=False, input_shape=(32, 32, 3))
+    randomise(reference, seed=4)
+    save_legacy_h5(reference, tmp_path / "notop.h5")
+    model = build_model("vgg16", weights=tmp_path / "notop.h5", include_top=False,
+                        input_shape=(32, 32, 3), pooling="avg")  # fmt: skip
+    assert model.output_shape == (None, 512)
+    for layer in reference.layers:
+        if layer.weights:
+            for a, b in zip(layer.get_weights()[1:], model.get_layer(layer.name).get_weights()[1:],
+                            strict=True):  # fmt: skip
+                np.testing.assert_array_equal(a, b)
+
+
+def test_a_vgg16_file_is_refused_for_vgg19_in_one_line(tmp_path):
+    reference = keras.applications.VGG16(weights=None, include_top=False, input_shape=(32, 32, 3))
+    save_legacy_h5(reference, tmp_path / "vgg16_notop.h5")
+    with pytest.raises(WeightsError, match="block3_conv4"):
+        build_model("vgg19", weights=tmp_path / "vgg16_notop.h5", include_top=False,
+                    input_shape=(32, 32, 3))  # fmt: skip
+
+
+# --- torchvision ----------------------------------------------------------------------
+
+TORCH_CFGS = {"vgg11": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+              "vgg16": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M",
+                        512, 512, 512, "M"]}  # fmt: skip
+
+
+class TorchVGG(torch.nn.Module):
+    """torchvision's VGG written out (models/vgg.py): the same modules, so the same keys."""
+
+    def __init__(self, cfg, width, fc, classes):
+        super().__init__()
+        layers, channels = [], 3
+        for cell in cfg:
+            if cell == "M":
+                layers.append(torch.nn.MaxPool2d(kernel_size=2, stride=2))
+            else:
+                out = int(cell * width)
+                layers += [torch.nn.Conv2d(channels, out, kernel_size=3, padding=1),
+                           torch.nn.ReLU(inplace=True)]  # fmt: skip
+                channels = out
+        self.features = torch.nn.Sequential(*layers)
+        self.avgpool = torch.nn.AdaptiveAvgPool2d((7, 7))
+        self.classifier = torch.nn.Sequential(
+            torch.nn.Linear(channels * 7 * 7, fc), torch.nn.ReLU(True), torch.nn.Dropout(),
+            torch.nn.Linear(fc, fc), torch.nn.ReLU(True), torch.nn.Dropout(),
+            torch.nn.Linear(fc, classes),
+        )  # fmt: skip
+
+    def forward(self, x):
+        return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
+
+
+def torch_vgg(name, width, seed):
+    """A torchvision-layout VGG with random weights and biases, in eval mode."""
+    torch.manual_seed(seed)
+    model = TorchVGG(TORCH_CFGS[name], width, int(4096 * width), 1000).eval()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.Conv2d | torch.nn.Linear):
+                fan_in = module.weight[0].numel()
+                module.weight.normal_(0, (2 / fan_in) ** 0.5)
+                module.bias.normal_(0, 0.1)
+    return model
+
+
+def torchvision_forward(model, crops):
+    """torchvision's ImageClassification after the crop: /255, mean, std; then softmax."""
+    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+    x = ((crops / 255.0 - mean) / std).astype(np.float32).transpose(0, 3, 1, 2)
+    with torch.inference_mode():
+        return torch.softmax(model(torch.from_numpy(x.copy())), dim=1).numpy()
+
+
+def crops_of(images, preset):
+    """The centre crops both sides are fed: shorter side to `resize`, central square."""
+    return np.stack([center_crop_resized(i, preset.resize, preset.input_size) for i in images])
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_torchvision_vgg_state_dict_equals_its_pytorch_forward(tmp_path, suffix):
+    width = 1 / 8
+    reference = torch_vgg("vgg16", width, seed=5)
+    path = tmp_path / f"vgg16{suffix}"
+    if suffix == ".pth":
+        torch.save(reference.state_dict(), path)
+    else:
+        safetensors_torch.save_file(reference.state_dict(), path)
+    spec = get_spec("vgg16")
+    weights, preset = read(path, spec)
+    assert preset == PRESETS["torchvision"]
+    ours = build(spec, weights, preset, width=width)
+    crops = crops_of(photo_like(2, 240, 320, seed=6), preset)
+    expected = torchvision_forward(reference, crops)
+    assert expected.max() > 0.05
+    assert relative_error(ours.predict_on_batch(crops), expected) < TOLERANCE
+    norm = next(layer for layer in ours.layers if isinstance(layer, InputNormalization))
+    assert len(norm.scale) == 3  # torchvision's std is per channel
+
+
+def test_torchvision_fc1_rows_are_permuted_from_chw_to_hwc(tmp_path):
+    reference = torch_vgg("vgg11", 1 / 16, seed=7)
+    safetensors_torch.save_file(reference.state_dict(), tmp_path / "vgg11.safetensors")
+    weights, _ = read(tmp_path / "vgg11.safetensors", get_spec("vgg11"))
+    chw = reference.classifier[0].weight.detach().numpy()  # (out, c * 7 * 7)
+    c = chw.shape[1] // 49
+    h, w, ch = 3, 5, c - 1
+    np.testing.assert_array_equal(
+        weights["fc1"][0][(h * 7 + w) * c + ch], chw[:, ch * 49 + h * 7 + w]
+    )
+    assert list(weights)[:3] == ["block1_conv1", "block2_conv1", "block3_conv1"]
+
+
+@pytest.mark.slow
+def test_torchvision_vgg11_safetensors_imports_into_a_run_directory(tmp_path):
+    reference = torch_vgg("vgg11", 1.0, seed=8)
+    safetensors_torch.save_file(reference.state_dict(), tmp_path / "vgg11.safetensors")
+    run = import_weights(tmp_path / "vgg11.safetensors", "vgg11", tmp_path / "run")
+    ours = keras.saving.load_model(run / "best.keras")
+    metadata = Metadata.load(run / "metadata.json")
+    crops = crops_of(photo_like(2, 256, 300, seed=9), PRESETS["torchvision"])
+    expected = torchvision_forward(reference, crops)
+    assert relative_error(ours.predict_on_batch(crops), expected) < TOLERANCE
+    assert metadata.scale == PRESETS["torchvision"].scale
+    assert metadata.class_names[:2] == ("tench", "goldfish") and len(metadata.class_names) == 1000
+
+
+# --- the framework --------------------------------------------------------------------
+
+
+def test_imagenet_class_names_are_the_1000_in_wordnet_id_order():
+    names = imagenet_class_names()
+    assert len(names) == len(set(names)) == 1000
+    assert (names[0], names[1], names[-1]) == ("tench", "goldfish", "toilet tissue")
+
+
+def test_per_channel_scale_normalises_each_channel_and_round_trips_its_config():
+    layer = InputNormalization(mean=(10.0, 20.0, 30.0), scale=(0.5, 0.25, 2.0))
+    x = np.random.default_rng(0).uniform(0, 255, (2, 4, 4, 3)).astype(np.float32)
+    expected = (x - np.array([10, 20, 30])) * np.array([0.5, 0.25, 2.0])
+    np.testing.assert_allclose(layer(x).numpy(), expected, rtol=1e-6)
+    again = InputNormalization.from_config(layer.get_config())
+    assert again.scale == (0.5, 0.25, 2.0)
+    assert InputNormalization.from_config({"mean": [0, 0, 0], "scale": 0.5}).scale == 0.5
+    with pytest.raises(ValueError, match="one value per channel"):
+        InputNormalization(scale=(1.0, 2.0))
+
+
+def test_unknown_formats_and_existing_outputs_are_refused_in_one_line(tmp_path):
+    (tmp_path / "w.bin").write_bytes(b"")
+    with pytest.raises(WeightsError, match="unknown weight file format"):
+        read(tmp_path / "w.bin", get_spec("vgg16"))
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "best.keras").write_bytes(b"")
+    with pytest.raises(WeightsError, match="not an empty directory"):
+        import_weights(tmp_path / "w.h5", "vgg16", tmp_path / "run")
+    (tmp_path / "x.safetensors").write_bytes(b"")
+    with pytest.raises(WeightsError, match="one-weird-trick"):
+        read(tmp_path / "x.safetensors", get_spec("alexnet"))
