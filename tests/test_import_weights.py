@@ -7,17 +7,22 @@ preprocessing of the same pixels (keras.applications' preprocess_input; torchvis
 /255, mean, std).
 """
 
+import importlib.util
+
 import h5py
 import keras
 import numpy as np
 import pytest
 from keras.src.legacy.saving import legacy_h5_format
 
+from keras_alexnet.commands import import_weights as import_weights_command
 from keras_alexnet.export import relative_error
+from keras_alexnet.extras import MissingExtraError
 from keras_alexnet.layers import InputNormalization
 from keras_alexnet.metadata import Metadata
 from keras_alexnet.models import build_model, get_spec
 from keras_alexnet.preprocess import center_crop_resized
+from keras_alexnet.runtime import load
 from keras_alexnet.weights import (
     PRESETS,
     WeightsError,
@@ -240,16 +245,19 @@ def test_torchvision_fc1_rows_are_permuted_from_chw_to_hwc(tmp_path):
 
 
 @pytest.mark.slow
-def test_torchvision_vgg11_safetensors_imports_into_a_run_directory(tmp_path):
+def test_import_weights_command_writes_a_run_directory_the_runtime_loads(tmp_path):
     reference = torch_vgg("vgg11", 1.0, seed=8)
     safetensors_torch.save_file(reference.state_dict(), tmp_path / "vgg11.safetensors")
-    run = import_weights(tmp_path / "vgg11.safetensors", "vgg11", tmp_path / "run")
-    ours = keras.saving.load_model(run / "best.keras")
-    metadata = Metadata.load(run / "metadata.json")
+    parser = import_weights_command.get_args_parser()
+    argv = [str(tmp_path / "vgg11.safetensors"), "--model", "vgg11", "--output",
+            str(tmp_path / "run"), "--resize", "288"]  # fmt: skip
+    import_weights_command.main(parser.parse_args(argv))
+    runtime = load(tmp_path / "run")
     crops = crops_of(photo_like(2, 256, 300, seed=9), PRESETS["torchvision"])
     expected = torchvision_forward(reference, crops)
-    assert relative_error(ours.predict_on_batch(crops), expected) < TOLERANCE
-    assert metadata.scale == PRESETS["torchvision"].scale
+    assert relative_error(runtime.predict(crops), expected) < TOLERANCE
+    metadata = runtime.metadata
+    assert metadata.scale == PRESETS["torchvision"].scale and metadata.resize == 288
     assert metadata.class_names[:2] == ("tench", "goldfish") and len(metadata.class_names) == 1000
 
 
@@ -272,6 +280,14 @@ def test_per_channel_scale_normalises_each_channel_and_round_trips_its_config():
     assert InputNormalization.from_config({"mean": [0, 0, 0], "scale": 0.5}).scale == 0.5
     with pytest.raises(ValueError, match="one value per channel"):
         InputNormalization(scale=(1.0, 2.0))
+
+
+def test_a_pth_file_without_pytorch_names_the_extra_in_one_line(tmp_path, monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n: None if n == "torch" else real(n))
+    (tmp_path / "vgg16.pth").write_bytes(b"")
+    with pytest.raises(MissingExtraError, match=r"pip install 'keras_alexnet\[torch\]'"):
+        read(tmp_path / "vgg16.pth", get_spec("vgg16"))
 
 
 def test_unknown_formats_and_existing_outputs_are_refused_in_one_line(tmp_path):

@@ -24,6 +24,7 @@ COMMANDS = {
     "summary": None,
     "plot": None,
     "filters": "filters",
+    "import_weights": "import_weights",
 }
 
 
@@ -61,3 +62,4 @@ run_compute_stats = functools.partial(launch, "compute_stats")
 run_summary = functools.partial(launch, "summary")
 run_plot = functools.partial(launch, "plot")
 run_filters = functools.partial(launch, "filters")
+run_import_weights = functools.partial(launch, "import_weights")
