@@ -12,11 +12,12 @@ import importlib.util
 import h5py
 import keras
 import numpy as np
+import onnx
 import pytest
 from keras.src.legacy.saving import legacy_h5_format
 
 from keras_alexnet.commands import import_weights as import_weights_command
-from keras_alexnet.export import relative_error
+from keras_alexnet.export import export_onnx, relative_error
 from keras_alexnet.extras import MissingExtraError
 from keras_alexnet.layers import InputNormalization
 from keras_alexnet.metadata import Metadata
@@ -301,3 +302,23 @@ def test_unknown_formats_and_existing_outputs_are_refused_in_one_line(tmp_path):
     (tmp_path / "x.safetensors").write_bytes(b"")
     with pytest.raises(WeightsError, match="one-weird-trick"):
         read(tmp_path / "x.safetensors", get_spec("alexnet"))
+
+
+@pytest.mark.parametrize("name", ["alexnet", "vgg11"])
+def test_a_per_channel_scale_exports_to_onnx_and_folds_into_alexnet_conv1(tmp_path, name):
+    scale = PRESETS["torchvision"].scale
+    model = build_model(name, width=1 / 16, classes=10, seed=0, init="he",
+                        mean=PRESETS["torchvision"].mean, scale=scale)  # fmt: skip
+    size = model.input_shape[1]
+    model.save(tmp_path / "best.keras")
+    Metadata(model=get_spec(name).name, class_names=tuple("abcdefghij"), input_size=size,
+             resize=size + 16, mean=PRESETS["torchvision"].mean, scale=scale).save(
+        tmp_path / "metadata.json")  # fmt: skip
+    result = export_onnx(tmp_path, tmp_path / "m.onnx", log=lambda *_: None)
+    assert result["max_relative_error"] < TOLERANCE  # export verifies against Keras
+    runtime = load(tmp_path / "m.onnx")
+    assert runtime.metadata.scale == scale
+    x = photo_like(2, size, size, seed=10)
+    assert relative_error(runtime.predict(x), model.predict_on_batch(x)) < TOLERANCE
+    ops = [n.op_type for n in onnx.load(tmp_path / "m.onnx").graph.node]
+    assert ("Mul" not in ops[: ops.index("Conv")]) == (name == "alexnet")  # VGG's conv1 pads
