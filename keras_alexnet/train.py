@@ -28,8 +28,6 @@ from keras_alexnet.train_config import TrainConfig, TrainingError, check_config
 # deeper net ("the first four convolutional layers and the last three fully-connected
 # layers"); the rest is initialised as usual.
 NET_A_CONVS = 4
-
-
 NET_A_FC = ("fc1", "fc2", "predictions")
 
 
