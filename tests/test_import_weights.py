@@ -71,7 +71,7 @@ def randomise(model, seed):
             ])  # fmt: skip
 
 
-def temper_head(model, inputs, spread=3.0):
+def temper_head(model, inputs, spread=2.0):
     """Scale the last layer so its logits on `inputs` have std `spread`: a softmax that is
     neither flat nor one-hot, where a difference between two models shows in the scores."""
     head = model.layers[-1]
