@@ -308,8 +308,11 @@ def _onnx_conv1(path):
     if kernel.shape[1] != 3:
         raise ValueError(f"{path}'s first Conv takes {kernel.shape[1]} channels, not 3 (RGB)")
     normalized = any(node.op_type in ("Sub", "Mul") for node in nodes[: convs[0]])
-    if metadata is not None and not normalized and metadata.scale not in (0, 1):
-        kernel = kernel / metadata.scale  # folded: conv1 holds kernel * scale
+    if metadata is not None and not normalized:
+        # Folded: conv1 holds kernel * scale, per input channel when the scale is per channel.
+        scale = np.asarray(metadata.scale, np.float64).reshape(1, -1, 1, 1)
+        if np.all(scale != 0):
+            kernel = kernel / scale
     groups = [
         attr.i
         for node in nodes
