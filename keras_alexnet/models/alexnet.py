@@ -57,6 +57,7 @@ def alexnet(
     lrn_per_tower=True,
     use_lrn=True,
     pool="overlapping",
+    ceil_mode=False,
     dropout=0.5,
     init="paper",
     width=1.0,
@@ -93,6 +94,8 @@ def alexnet(
             top-5 error in the paper).
         pool: "overlapping" (3/2, the paper) or "non_overlapping" (2/2; Section 3.4's
             ablation: 0.4 / 0.3 points).
+        ceil_mode: round pooled sizes up as Caffe does (its last window may overhang the
+            map); at 227 every pool fits evenly and it changes nothing.
         dropout: dropout rate of fc6 and fc7.
         init: "paper" (weights N(0, 0.01), biases 1 in conv2/4/5, fc6, fc7), "glorot" or
             "he" (biases 0).
@@ -119,6 +122,7 @@ def alexnet(
         "towers": towers,
         "lrn": {**lrn, "groups": towers if lrn_per_tower else 1} if use_lrn else None,
         "pool": POOLS[pool],
+        "ceil_mode": ceil_mode,
         "init": init,
         "seed": seed,
         "input_shape": input_shape,
@@ -161,7 +165,20 @@ def conv_filters(width, towers):
     return counts
 
 
-def _conv_stage(x, layer, index, filters, *, towers, lrn, pool, init, seed, input_shape):
+def _ceil_padding(x, window, stride, index):
+    """Zeros at the maps' end so that a valid pool rounds its size up, as Caffe's pools do.
+
+    Caffe pools to ceil((n - window) / stride) + 1, its last window overhanging the map.
+    Zeros there change no maximum: the pooled maps are ReLU outputs (LRN keeps the sign),
+    >= 0, and with stride <= window every window still holds one of them.
+    """
+    pads = [(window - n) % stride for n in x.shape[1:3]]
+    if not any(pads):
+        return x
+    return keras.layers.ZeroPadding2D(((0, pads[0]), (0, pads[1])), name=f"pool{index}_pad")(x)
+
+
+def _conv_stage(x, layer, index, filters, *, towers, lrn, pool, ceil_mode, init, seed, input_shape):
     """One ConvLayer row: the (grouped) convolution with ReLU, then its LRN (if any) and pool."""
     kwargs = {
         "strides": layer.stride,
@@ -182,5 +199,7 @@ def _conv_stage(x, layer, index, filters, *, towers, lrn, pool, init, seed, inpu
     if layer.pool:
         window, stride = pool
         common.check_window_fits(x, window, f"pool{index}", input_shape)
+        if ceil_mode:
+            x = _ceil_padding(x, window, stride, index)
         x = keras.layers.MaxPooling2D(window, strides=stride, name=f"pool{index}")(x)
     return x

@@ -12,6 +12,7 @@ FORMATS; its reader is imported only when a file of that format is read.
 import dataclasses
 import importlib
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -47,6 +48,7 @@ FORMATS = [
         "keras_alexnet.weights.torchvision:read_safetensors",
         "weights",
     ),
+    Format("caffe", (".caffemodel",), "keras_alexnet.weights.caffe:read_caffemodel"),
 ]
 
 
@@ -70,6 +72,17 @@ def read(path, spec):
         extras.require(fmt.extra)
     module, function = fmt.reader.split(":")
     return getattr(importlib.import_module(module), function)(path, spec)
+
+
+def dense_from_chw(weight, channels, layer):
+    """A (out, c * h * w) weight over a flattened (c, h, w) map as our (h * w * c, out) kernel."""
+    out, inputs = weight.shape
+    side = math.isqrt(inputs // channels)
+    if side * side * channels != inputs:
+        raise WeightsError(
+            f"{layer} takes {inputs} inputs, not a square map of {channels} channels"
+        )
+    return weight.reshape(out, channels, side, side).transpose(2, 3, 1, 0).reshape(-1, out)
 
 
 def imagenet_class_names():

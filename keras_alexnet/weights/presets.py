@@ -86,4 +86,44 @@ TORCHVISION = Preset(
     "torchvision/transforms/_presets.py ImageClassification",
 )
 
-PRESETS = {p.name: p for p in (KERAS_CAFFE, TORCHVISION)}
+# Caffe's bvlc_alexnet: its deploy net reads BGR 0-255 crops of 227 from 256 x 256 images
+# minus the ILSVRC-2012 mean image, whose channel means are B 104.007, G 116.669, R 122.679.
+CAFFE_ALEXNET = Preset(
+    name="caffe",
+    bgr=True,
+    mean=(122.679, 116.669, 104.007),
+    input_size=227,
+    resize=256,
+    documented_at="https://github.com/BVLC/caffe/tree/master/models/bvlc_alexnet (readme: "
+    "57.1 / 80.2 %, centre crop; deploy.prototxt: 227 input, LRN local_size 5, alpha 1e-4, "
+    "beta 0.75, group 2); caffe/examples/00-classification.ipynb (BGR channel swap, the "
+    "ilsvrc_2012_mean channel means [104.00698793, 116.66876762, 122.67891434])",
+)
+# The ONNX model zoo's bvlcalexnet (Caffe -> Caffe2 -> ONNX, 224 input): its README gives no
+# preprocessing and cites the evaluation behind its 54.80 / 78.23 %: Intel Neural Compressor's
+# main.py, which resizes to 224 x 224, subtracts R 123.68, G 116.779, B 103.939, and feeds BGR.
+ONNX_ZOO_ALEXNET = Preset(
+    name="onnx_zoo_alexnet",
+    bgr=True,
+    mean=(123.68, 116.779, 103.939),
+    input_size=224,
+    resize=224,
+    documented_at="https://github.com/onnx/models/tree/main/validated/vision/classification/"
+    "alexnet (README: input data_0 float[1, 3, 224, 224], accuracy by the cited preprocess "
+    "method); intel/neural-compressor examples/onnxrt/image_recognition/onnx_model_zoo/"
+    "alexnet/quantization/ptq_static/main.py (resize to 224 x 224, mean R 123.68 G 116.779 "
+    "B 103.939 subtracted, RGB -> BGR)",
+)
+# The ONNX model zoo's VGG 16 / 19 (MXNet Gluon -> ONNX): RGB in [0, 1], ImageNet mean and std.
+ONNX_ZOO_VGG = dataclasses.replace(
+    TORCHVISION,
+    name="onnx_zoo_vgg",
+    documented_at="https://github.com/onnx/models/tree/main/validated/vision/classification/"
+    "vgg (README, Preprocessing: 'loaded in to a range of [0, 1] and then normalized using "
+    "mean = [0.485, 0.456, 0.406] and std = [0.229, 0.224, 0.225]'; imagenet_preprocess.py: "
+    "resize 256, centre crop 224)",
+)
+
+PRESETS = {
+    p.name: p for p in (KERAS_CAFFE, TORCHVISION, CAFFE_ALEXNET, ONNX_ZOO_ALEXNET, ONNX_ZOO_VGG)
+}

@@ -8,11 +8,9 @@ flattened (c, h, w) map. Inputs are RGB / 255 with a per-channel mean and std
 (presets.TORCHVISION). The batch-norm variants (vgg16_bn) have no counterpart here.
 """
 
-import math
-
 import numpy as np
 
-from keras_alexnet.weights.importer import WeightsError
+from keras_alexnet.weights.importer import WeightsError, dense_from_chw
 from keras_alexnet.weights.presets import TORCHVISION
 
 CLASSIFIER = {"classifier.0": "fc1", "classifier.3": "fc2", "classifier.6": "predictions"}
@@ -39,13 +37,7 @@ def _conv_names(indices):
 
 def _fc1_kernel(weight, channels):
     """classifier.0's (out, c * h * w) weight as our fc1 kernel, (h * w * c, out)."""
-    out, inputs = weight.shape
-    side = math.isqrt(inputs // channels)
-    if side * side * channels != inputs:
-        raise WeightsError(
-            f"classifier.0 takes {inputs} inputs, not a square map of {channels} channels"
-        )
-    return weight.reshape(out, channels, side, side).transpose(2, 3, 1, 0).reshape(-1, out)
+    return dense_from_chw(weight, channels, "classifier.0")
 
 
 def convert_state_dict(state):

@@ -1,0 +1,245 @@
+"""Caffe's bvlc_alexnet and the ONNX model zoo's AlexNet / VGG files, imported and checked.
+
+Nothing is downloaded. The Caffe tests write a .caffemodel with random weights (a protobuf
+writer here, not the importer's reader) and compare our model with a Caffe-semantics forward
+in NumPy written here (BGR minus the mean, grouped convolutions, LRN across all channels
+with alpha / n, max-pools that round up). The ONNX tests build files in the zoo's layout
+with onnx.helper (initializer names meaningless on purpose) and compare with onnxruntime.
+"""
+
+import keras
+import numpy as np
+import pytest
+from numpy.lib.stride_tricks import sliding_window_view
+from PIL import Image
+
+from keras_alexnet.export import relative_error
+from keras_alexnet.metadata import Metadata
+from keras_alexnet.models import build_model
+from keras_alexnet.weights import WeightsError, import_weights
+
+TOLERANCE = 1e-5
+CAFFE_MEAN_BGR = (104.007, 116.669, 122.679)
+# Caffe's AlexNet at width 1/8: (name, filters, kernel, stride, pad, group), then FC units.
+CONVS = [
+    ("conv1", 12, 11, 4, 0, 1),
+    ("conv2", 32, 5, 1, 2, 2),
+    ("conv3", 48, 3, 1, 1, 1),
+    ("conv4", 48, 3, 1, 1, 2),
+    ("conv5", 32, 3, 1, 1, 2),
+]
+FC = [("fc6", 512), ("fc7", 512), ("fc8", 1000)]
+WIDTH = 1 / 8
+
+
+def smooth_images(count, size, seed=0):
+    """RGB 0-255 images: random colours bilinearly enlarged from 6 x 6, a little noise."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (count, 6, 6, 3)).astype(np.uint8)
+    big = np.stack([np.asarray(Image.fromarray(s).resize((size, size))) for s in small])
+    return np.clip(big + rng.normal(0, 3, big.shape), 0, 255).astype(np.float32)
+
+
+def caffe_alexnet_weights(seed):
+    """Random weights in Caffe's layout: conv (out, in / group, kh, kw), fc (out, in)."""
+    rng = np.random.default_rng(seed)
+    weights, channels = {}, 3
+    for name, filters, kernel, _, _, group in CONVS:
+        fan_in = channels // group * kernel * kernel
+        w = rng.normal(0, np.sqrt(2 / fan_in), (filters, channels // group, kernel, kernel))
+        weights[name] = [w, rng.normal(0, 0.1, filters)]
+        channels = filters
+    inputs = channels * 6 * 6
+    for name, units in FC:
+        weights[name] = [rng.normal(0, np.sqrt(2 / inputs), (units, inputs)),
+                         rng.normal(0, 0.1, units)]  # fmt: skip
+        inputs = units
+    return {k: [a.astype(np.float32) for a in v] for k, v in weights.items()}
+
+
+# --- an independent Caffe-semantics forward (NCHW, float64) ------------------------------
+
+
+def caffe_conv(x, weight, bias, stride, pad, group):
+    """Caffe's ConvolutionLayer: zero padding, `group` groups of filters and channels."""
+    x = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    out, per_group, kh, kw = weight.shape
+    windows = sliding_window_view(x, (kh, kw), axis=(2, 3))[:, :, ::stride, ::stride]
+    parts = [
+        np.einsum("ncyxij,ocij->noyx", windows[:, g * per_group : (g + 1) * per_group],
+                  weight[g * out // group : (g + 1) * out // group])
+        for g in range(group)
+    ]  # fmt: skip
+    return np.concatenate(parts, axis=1) + bias[None, :, None, None]
+
+
+def caffe_lrn(x, size=5, alpha=1e-4, beta=0.75, k=1.0):
+    """Caffe's LRN ACROSS_CHANNELS: a / (k + alpha / size * sum of squares) ** beta."""
+    squares = np.pad(x**2, ((0, 0), (size // 2, size // 2), (0, 0), (0, 0)))
+    total = sum(squares[:, i : i + x.shape[1]] for i in range(size))
+    return x / (k + alpha / size * total) ** beta
+
+
+def caffe_max_pool(x, kernel=3, stride=2):
+    """Caffe's max PoolingLayer: ceil((n - kernel) / stride) + 1 windows, clipped at the end."""
+    h, w = x.shape[2:]
+    oh, ow = -(-(h - kernel) // stride) + 1, -(-(w - kernel) // stride) + 1
+    out = np.empty((*x.shape[:2], oh, ow))
+    for i in range(oh):
+        for j in range(ow):
+            window = x[:, :, i * stride : i * stride + kernel, j * stride : j * stride + kernel]
+            out[:, :, i, j] = window.max(axis=(2, 3))
+    return out
+
+
+def caffe_features(weights, images):
+    """bvlc_alexnet's deploy net up to fc7 on RGB 0-255 images: BGR minus the mean first."""
+    x = (images[..., ::-1].astype(np.float64) - CAFFE_MEAN_BGR).transpose(0, 3, 1, 2)
+    for name, _, _, stride, pad, group in CONVS:
+        x = np.maximum(caffe_conv(x, *weights[name], stride, pad, group), 0)
+        if name in ("conv1", "conv2"):
+            x = caffe_lrn(x)
+        if name in ("conv1", "conv2", "conv5"):
+            x = caffe_max_pool(x)
+    x = x.reshape(len(x), -1)  # Caffe's InnerProduct flattens (c, h, w)
+    for name in ("fc6", "fc7"):
+        w, b = weights[name]
+        x = np.maximum(x @ w.T + b, 0)
+    return x
+
+
+def softmax(logits):
+    """Softmax over the last axis."""
+    e = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def temper_fc8(weights, features, spread=2.0):
+    """Scale fc8 so its logits have std `spread`: a softmax where differences show."""
+    w, b = weights["fc8"]
+    factor = spread / np.std(features @ w.T + b)
+    weights["fc8"] = [(w * factor).astype(np.float32), (b * factor).astype(np.float32)]
+
+
+def caffe_probabilities(weights, images):
+    """The Caffe-semantics forward's softmax scores."""
+    w, b = weights["fc8"]
+    return softmax(caffe_features(weights, images) @ w.T + b)
+
+
+# --- a protobuf writer (not the importer's reader) ---------------------------------------
+
+
+def varint(value):
+    """Protobuf's base-128 varint."""
+    out = bytearray()
+    while True:
+        low, value = value & 0x7F, value >> 7
+        out.append(low | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def field(number, payload):
+    """A length-delimited field (wire type 2)."""
+    return varint(number << 3 | 2) + varint(len(payload)) + payload
+
+
+def int_field(number, value):
+    """A varint field (wire type 0)."""
+    return varint(number << 3) + varint(value)
+
+
+def blob_v2(array):
+    """BlobProto with a BlobShape (packed int64 dims) and packed float data."""
+    dims = b"".join(varint(d) for d in array.shape)
+    data = np.ascontiguousarray(array, "<f4").tobytes()
+    return field(7, field(1, dims)) + field(5, data)
+
+
+def blob_legacy(array):
+    """BlobProto as old files have it: num, channels, height, width; one float per field."""
+    shape = (1,) * (4 - array.ndim) + array.shape
+    header = b"".join(int_field(n, d) for n, d in zip((1, 2, 3, 4), shape, strict=True))
+    floats = np.empty(array.size, dtype=[("key", "u1"), ("value", "<f4")])
+    floats["key"], floats["value"] = 5 << 3 | 5, array.reshape(-1)  # field 5, fixed32
+    return header + floats.tobytes()
+
+
+def caffemodel(weights, version):
+    """A NetParameter with AlexNet's deploy layers: V2 `layer` (100) or V1 `layers` (2)."""
+    steps = [("data", "Input", None)]
+    for name in (n for n in weights if n.startswith("conv")):
+        steps.append((name, "Convolution", name))
+        steps.append((f"relu{name[-1]}", "ReLU", None))
+        if name in ("conv1", "conv2", "conv5"):
+            steps.append((f"pool{name[-1]}", "Pooling", None))
+    for name in (n for n in weights if n.startswith("fc")):
+        steps += [(name, "InnerProduct", name), (f"drop{name[-1]}", "Dropout", None)]
+    enums = {"Convolution": 4, "InnerProduct": 14, "ReLU": 18, "Pooling": 17, "Dropout": 6,
+             "Input": 5}  # fmt: skip
+    net = field(1, b"AlexNet")
+    for name, kind, key in steps:
+        arrays = weights[key] if key else []
+        if version == 2:  # LayerParameter: name 1, type 2, bottom 3, top 4, blobs 7
+            body = field(1, name.encode()) + field(2, kind.encode()) + field(4, name.encode())
+            body += b"".join(field(7, blob_v2(a)) for a in arrays)
+            net += field(100, body)
+        else:  # V1LayerParameter: bottom 2, top 3, name 4, type 5 (enum), blobs 6
+            body = field(3, name.encode()) + field(4, name.encode()) + int_field(5, enums[kind])
+            body += b"".join(field(6, blob_legacy(a)) for a in arrays)
+            net += field(2, body)
+    return net
+
+
+# --- Caffe ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def caffe_weights():
+    """Random Caffe AlexNet weights at width 1/8, fc8 tempered on the test images at 227."""
+    weights = caffe_alexnet_weights(seed=11)
+    temper_fc8(weights, caffe_features(weights, smooth_images(2, 227, seed=1)))
+    return weights
+
+
+def test_caffemodel_imports_into_a_run_directory_equal_to_a_caffe_forward(tmp_path, caffe_weights):
+    path = tmp_path / "bvlc_alexnet.caffemodel"
+    path.write_bytes(caffemodel(caffe_weights, version=2))
+    run = import_weights(path, "alexnet", tmp_path / "run")
+    ours = keras.saving.load_model(run / "best.keras")
+    images = smooth_images(2, 227, seed=1)
+    expected = caffe_probabilities(caffe_weights, images)
+    assert expected.max() > 0.05  # not a flat softmax: the comparison tells models apart
+    assert relative_error(ours.predict_on_batch(images), expected) < TOLERANCE
+    assert ours.get_layer("conv1").kernel.shape == (11, 11, 3, 12)  # width 1/8 from the blobs
+    metadata = Metadata.load(run / "metadata.json")
+    assert (metadata.model, metadata.input_size, metadata.resize) == ("alexnet", 227, 256)
+    assert metadata.mean == (122.679, 116.669, 104.007) and metadata.protocol == "center"
+
+
+def test_v1_caffemodel_at_224_pools_with_caffes_ceil_rounding(tmp_path, caffe_weights):
+    # Old files use V1 `layers`, enum types and num/channels/height/width blobs. At 224
+    # conv1 gives 54 maps: Caffe pools them to 27 (ceil), a floor pool to 26 (fc6 then
+    # would not fit), so this also checks that the import pools as Caffe does.
+    path = tmp_path / "old.caffemodel"
+    path.write_bytes(caffemodel(caffe_weights, version=1))
+    ours = build_model("alexnet", weights=path, input_shape=(224, 224, 3))
+    images = smooth_images(2, 224, seed=2)
+    expected = caffe_probabilities(caffe_weights, images)
+    assert relative_error(ours.predict_on_batch(images), expected) < TOLERANCE
+    assert ours.get_layer("pool1").output.shape[1] == 27
+
+
+def test_caffemodel_with_other_layers_or_cut_short_is_refused_in_one_line(tmp_path, caffe_weights):
+    short = tmp_path / "short.caffemodel"
+    short.write_bytes(caffemodel(caffe_weights, version=2)[:5000])
+    with pytest.raises(WeightsError, match="truncated"):
+        build_model("alexnet", weights=short)
+    fewer = {k: v for k, v in caffe_weights.items() if k != "conv5"}
+    other = tmp_path / "other.caffemodel"
+    other.write_bytes(caffemodel(fewer, version=2))
+    with pytest.raises(WeightsError, match="not Caffe's AlexNet"):
+        build_model("alexnet", weights=other)
+    with pytest.raises(WeightsError, match="imports into alexnet"):
+        build_model("vgg16", weights=other)
