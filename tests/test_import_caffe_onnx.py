@@ -9,8 +9,11 @@ with onnx.helper (initializer names meaningless on purpose) and compare with onn
 
 import keras
 import numpy as np
+import onnx
+import onnxruntime as ort
 import pytest
 from numpy.lib.stride_tricks import sliding_window_view
+from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
 from keras_alexnet.export import relative_error
@@ -243,3 +246,136 @@ def test_caffemodel_with_other_layers_or_cut_short_is_refused_in_one_line(tmp_pa
         build_model("alexnet", weights=other)
     with pytest.raises(WeightsError, match="imports into alexnet"):
         build_model("vgg16", weights=other)
+
+
+# --- the ONNX model zoo -----------------------------------------------------------------
+
+ZOO_ALEXNET_MEAN_BGR = (103.939, 116.779, 123.68)  # presets.ONNX_ZOO_ALEXNET's source
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+VGG_A = [8, "M", 16, "M", 32, 32, "M", 64, 64, "M", 64, 64, "M"]  # config A at width 1/8
+
+
+class GraphWriter:
+    """Nodes and initializers of a chain graph; initializers get meaningless shuffled names."""
+
+    def __init__(self, seed=0):
+        self.rng = np.random.default_rng(seed)
+        self.nodes, self.initializers, self.x = [], [], "data_0"
+
+    def const(self, array):
+        name = f"w{self.rng.integers(10**9)}"
+        self.initializers.append(numpy_helper.from_array(np.asarray(array, np.float32), name))
+        return name
+
+    def add(self, op, *inputs, **attributes):
+        y = f"y{len(self.nodes)}"
+        self.nodes.append(helper.make_node(op, [self.x, *inputs], [y], **attributes))
+        self.x = y
+
+    def save(self, path, size, opset):
+        order = self.rng.permutation(len(self.initializers))
+        graph = helper.make_graph(
+            self.nodes, "zoo", [helper.make_tensor_value_info("data_0", TensorProto.FLOAT,
+                                                              [1, 3, size, size])],
+            [helper.make_tensor_value_info(self.x, TensorProto.FLOAT, [1, "classes"])],
+            [self.initializers[i] for i in order],
+        )  # fmt: skip
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+        model.ir_version = 7
+        onnx.checker.check_model(model)
+        onnx.save(model, path)
+
+
+def zoo_alexnet(path, weights, size=224, lrn=(5, 1e-4, 0.75, 1.0)):
+    """bvlcalexnet's layout (Caffe -> Caffe2 -> ONNX, opset 12): pools padded at the end."""
+    g, side = GraphWriter(seed=3), size
+    for name, _, kernel, stride, pad, group in CONVS:
+        w, b = (g.const(a) for a in weights[name])
+        g.add("Conv", w, b, kernel_shape=[kernel] * 2, strides=[stride] * 2, pads=[pad] * 4,
+              group=group)  # fmt: skip
+        side = (side + 2 * pad - kernel) // stride + 1
+        g.add("Relu")
+        if name in ("conv1", "conv2"):
+            g.add("LRN", size=lrn[0], alpha=lrn[1], beta=lrn[2], bias=lrn[3])
+        if name in ("conv1", "conv2", "conv5"):
+            end = (3 - side) % 2  # Caffe's ceil rounding as Caffe2 exports it
+            g.add("MaxPool", kernel_shape=[3, 3], strides=[2, 2], pads=[0, 0, end, end])
+            side = (side + end - 3) // 2 + 1
+    g.add("Flatten", axis=1)
+    for name, _ in FC:
+        g.add("Gemm", g.const(weights[name][0]), g.const(weights[name][1]), transB=1)
+        if name != "fc8":
+            g.add("Relu")
+            g.add("Dropout")
+    g.add("Softmax", axis=1)
+    g.save(path, size, opset=12)
+
+
+def ort_run(path, nchw):
+    """onnxruntime's output for an NCHW float32 batch, one image at a time (batch 1 graphs)."""
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return np.concatenate([session.run(None, {name: x[None]})[0] for x in nchw.astype(np.float32)])
+
+
+def test_zoo_alexnet_at_224_equals_onnxruntime_on_the_file(tmp_path, caffe_weights):
+    path = tmp_path / "bvlcalexnet-12.onnx"
+    zoo_alexnet(path, caffe_weights)
+    run = import_weights(path, "alexnet", tmp_path / "run")
+    ours = keras.saving.load_model(run / "best.keras")
+    images = smooth_images(2, 224, seed=4)
+    bgr = (images[..., ::-1] - ZOO_ALEXNET_MEAN_BGR).transpose(0, 3, 1, 2)
+    expected = ort_run(path, bgr)
+    assert expected.max() > 0.05
+    assert relative_error(ours.predict_on_batch(images), expected) < TOLERANCE
+    metadata = Metadata.load(run / "metadata.json")
+    assert (metadata.input_size, metadata.resize) == (224, 224)
+    assert metadata.mean == (123.68, 116.779, 103.939)
+
+
+def test_zoo_alexnet_with_other_lrn_constants_is_refused(tmp_path, caffe_weights):
+    path = tmp_path / "paper_lrn.onnx"
+    zoo_alexnet(path, caffe_weights, lrn=(5, 5e-4, 0.75, 2.0))  # the paper's k = 2
+    with pytest.raises(WeightsError, match="not Caffe's AlexNet's"):
+        build_model("alexnet", weights=path)
+
+
+def zoo_vgg(path, size, scale=1.0, seed=5):
+    """The zoo's MXNet VGG layout (opset 7): padded 3x3 Conv, MaxPool 2/2, Gemm, no softmax."""
+    rng, g = np.random.default_rng(seed), GraphWriter(seed=seed)
+    channels, side = 3, size
+    for cell in VGG_A:
+        if cell == "M":
+            g.add("MaxPool", kernel_shape=[2, 2], strides=[2, 2], pads=[0, 0, 0, 0])
+            side //= 2
+            continue
+        w = rng.normal(0, np.sqrt(2 / (9 * channels)), (cell, channels, 3, 3))
+        g.add("Conv", g.const(w), g.const(rng.normal(0, 0.1, cell)), kernel_shape=[3, 3],
+              strides=[1, 1], pads=[1, 1, 1, 1])  # fmt: skip
+        g.add("Relu")
+        channels = cell
+    g.add("Flatten", axis=1)
+    inputs = channels * side * side
+    for units, last in ((512, False), (512, False), (1000, True)):
+        w, b = rng.normal(0, np.sqrt(2 / inputs), (units, inputs)), rng.normal(0, 0.1, units)
+        g.add("Gemm", g.const(w * (scale if last else 1)), g.const(b * (scale if last else 1)),
+              alpha=1.0, beta=1.0, transB=1)  # fmt: skip
+        if not last:
+            g.add("Relu")
+            g.add("Dropout", ratio=0.5)
+        inputs = units
+    g.save(path, size, opset=7)
+
+
+def test_zoo_vgg_equals_onnxruntime_on_the_file_with_its_preprocessing(tmp_path):
+    # 64 x 64 leaves fc1 a 2 x 2 map, so fc1's (c, h, w) -> (h, w, c) reordering shows.
+    images = smooth_images(2, 64, seed=6)
+    normalised = ((images / 255 - IMAGENET_MEAN) / IMAGENET_STD).transpose(0, 3, 1, 2)
+    zoo_vgg(tmp_path / "probe.onnx", 64)
+    logits = ort_run(tmp_path / "probe.onnx", normalised)
+    path = tmp_path / "vgg11.onnx"
+    zoo_vgg(path, 64, scale=2.0 / np.std(logits))  # logits of std 2: differences show
+    expected = softmax(ort_run(path, normalised).astype(np.float64))  # the zoo applies softmax
+    ours = build_model("vgg11", weights=path)
+    assert ours.input_shape == (None, 64, 64, 3) and expected.max() > 0.05
+    assert relative_error(ours.predict_on_batch(images), expected) < TOLERANCE

@@ -49,6 +49,7 @@ FORMATS = [
         "weights",
     ),
     Format("caffe", (".caffemodel",), "keras_alexnet.weights.caffe:read_caffemodel"),
+    Format("onnx_zoo", (".onnx",), "keras_alexnet.weights.onnx_zoo:read_onnx_zoo"),
 ]
 
 
