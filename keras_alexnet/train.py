@@ -108,9 +108,10 @@ def _train_locked(config, spec, strategy, run, argv, log):
     if not colour["colour"]:
         log(f"{source.name}: {colour['reason']}")
     steps_per_epoch = _steps_per_epoch(config, source)
-    metadata = _metadata(config, spec, source)
-    state = _build_state(config, spec, strategy, run, metadata)
-    history = _restore_or_start(state, config, run, metadata, steps_per_epoch, argv, log)
+    start = _starting_point(config, spec)
+    metadata = _metadata(config, spec, source, start)
+    state = _build_state(config, spec, strategy, run, metadata, start)
+    history = _restore_or_start(state, config, run, metadata, steps_per_epoch, argv, log, start)
     if run.is_chief and source.skipped:
         fileio.write_json(run.path / "skipped_files.json", dict(source.skipped))
     if int(state.epoch.numpy()) >= config.epochs:
@@ -210,20 +211,33 @@ def _end_epoch(state, config, run, history, writer, log):
     state.manager.save()
 
 
-def _metadata(config, spec, source):
+def _starting_point(config, spec):
+    """`--weights`: (weights by layer name, Preset) to fine-tune from; None to start afresh."""
+    if not config.weights:
+        return None
+    from keras_alexnet.weights.importer import read_start
+
+    return read_start(config.weights, spec)
+
+
+def _metadata(config, spec, source, start=None):
     """The run's Metadata; its protocol fits how the model was trained.
 
     The papers' protocols average in mirrored views (AlexNet's ten crops, VGG's flipped
     dense pass), which only fit a model trained with reflections: without them, centre crop.
+    Fine-tuned weights keep the normalisation they were trained with (`start`'s Preset).
     """
+    mean, scale = tuple(source.stats.mean), config.scale
+    if start is not None:
+        mean, scale = start[1].mean, start[1].scale
     experiment = {"towers": config.towers, "lrn": config.lrn, "pool": config.pool}
     return Metadata(
         model=spec.name,
         class_names=tuple(source.class_names),
         input_size=config.image_size,
         resize=config.resize[0],
-        mean=tuple(source.stats.mean),
-        scale=config.scale,
+        mean=mean,
+        scale=scale,
         protocol=spec.protocol if config.flip else "center",
         data=config.data,
         data_dir=config.data_dir,
@@ -231,7 +245,7 @@ def _metadata(config, spec, source):
     )
 
 
-def _build_state(config, spec, strategy, run, metadata):
+def _build_state(config, spec, strategy, run, metadata, start=None):
     """Build the model, optimizer and checkpointed variables inside the strategy's scope."""
     import keras
     import tensorflow as tf
@@ -245,12 +259,15 @@ def _build_state(config, spec, strategy, run, metadata):
         "width": config.width,
         "seed": config.seed,
         "mean": metadata.mean,
-        "scale": config.scale,
+        "scale": metadata.scale,
+        **(start[1].model_args if start is not None else {}),
     }
     if spec.family == "alexnet":
         model_kwargs.update(towers=config.towers, use_lrn=config.lrn, pool=config.pool)
     with strategy.scope():
         model = build_model(spec.name, classifier_activation=None, **model_kwargs)
+        if config.freeze_up_to:
+            freeze_up_to(model, config.freeze_up_to)
         optimizer = keras.optimizers.SGD(learning_rate=config.lr, momentum=config.momentum)
         if config.precision == "mixed_float16":
             optimizer = keras.mixed_precision.LossScaleOptimizer(optimizer)
@@ -281,12 +298,14 @@ def _build_state(config, spec, strategy, run, metadata):
     )  # fmt: skip
 
 
-def _restore_or_start(state, config, run, metadata, steps_per_epoch, argv, log):
+def _restore_or_start(state, config, run, metadata, steps_per_epoch, argv, log, start=None):
     """Resume from the latest checkpoint, or start the run directory; return its history."""
     latest = state.manager.latest_checkpoint
     if not latest:
         if config.init_from:
             init_from_net_a(state.model, config.init_from, log)
+        if start is not None:
+            _load_start(state.model, start, config, log)
         if run.is_chief:
             run.start(config, metadata, argv)
         return []
@@ -329,6 +348,30 @@ def _finished_result(run, history, strategy, log):
         best_model=best, output=run.path, seconds=0.0,
         replicas=strategy.num_replicas_in_sync, already_finished=True,
     )  # fmt: skip
+
+
+def _load_start(model, start, config, log):
+    """Set `--weights` into the model; a head of another class count keeps its init."""
+    from keras_alexnet.models import get_spec
+    from keras_alexnet.weights.importer import WeightsError, set_weights
+
+    weights, preset = start
+    try:
+        set_weights(model, weights, preset, get_spec(config.model))
+    except WeightsError as e:
+        raise TrainingError(f"--weights {config.weights}: {e}") from None
+    log(f"Started from {config.weights} ({preset.name}): mean {preset.mean}, scale {preset.scale}")
+
+
+def freeze_up_to(model, name):
+    """Make every layer up to and including `name` untrainable (fine-tuning the rest)."""
+    names = [layer.name for layer in model.layers]
+    if name not in names:
+        weighted = ", ".join(layer.name for layer in model.layers if layer.weights)
+        raise TrainingError(f"--freeze-up-to: {model.name} has no layer {name!r} ({weighted})")
+    for layer in model.layers[: names.index(name) + 1]:
+        layer.trainable = False
+    return names[: names.index(name) + 1]
 
 
 def init_from_net_a(model, path, log=print):

@@ -60,6 +60,8 @@ class TrainConfig:
     pool: str | None = None  # AlexNet's pooling, a POOLS name (overlapping, Section 3.4)
     precision: str = "float32"
     init_from: str | None = None
+    weights: str | None = None
+    freeze_up_to: str | None = None
     seed: int = 0
     deterministic: bool = False
     steps_per_epoch: int | None = None
@@ -126,6 +128,8 @@ def check_config(config):
         raise TrainingError(
             f"--image-size {config.image_size} is larger than the resize size {config.resize[0]}"
         )
+    if config.weights and config.init_from:
+        raise TrainingError("--weights and --init-from both choose the starting weights: pick one")
     if config.init_from and not config.model.lower().startswith("vgg"):
         raise TrainingError("--init-from starts a VGG configuration from a trained VGG A")
     _check_architecture(config)

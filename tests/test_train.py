@@ -455,3 +455,54 @@ def test_flag_checks_hold_for_the_python_api_too(tiny_data, tmp_path):
     for change in ({"lr": float("nan")}, {"step_epochs": 0}, {"momentum": 1.0}):
         with pytest.raises(TrainingError, match="must be"):
             train(tiny_config(tiny_data, tmp_path / "run", **change), log=lambda *a: None)
+
+
+def _layer_weights(path):
+    from keras_alexnet.runtime import load_keras_model
+
+    model, _ = load_keras_model(path)
+    return {layer.name: layer.get_weights() for layer in model.layers if layer.weights}
+
+
+def test_weights_fine_tunes_from_a_run_keeping_its_normalisation(tiny_data, tmp_path):
+    import shutil
+
+    train(tiny_config(tiny_data, tmp_path / "a", scale=0.01), log=lambda *a: None)
+    # A third class: the head is re-initialised, everything else starts from run a.
+    three = tmp_path / "three"
+    shutil.copytree(tiny_data, three)
+    for split in ("train", "val"):
+        shutil.copytree(three / split / "dark", three / split / "mid")
+    lines = []
+    config = tiny_config(three, tmp_path / "b", weights=str(tmp_path / "a"), lr=1e-9, scale=0.5)
+    assert train(config, log=lines.append).epochs == 1
+    assert any(line.startswith(f"Started from {tmp_path / 'a'}") for line in lines)
+    a, b = _layer_weights(tmp_path / "a"), _layer_weights(tmp_path / "b")
+    for name in a:
+        if name == "predictions":
+            assert a[name][0].shape[-1] == 2 and b[name][0].shape[-1] == 3
+            continue
+        for ours, theirs in zip(b[name], a[name], strict=True):
+            np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-7, err_msg=name)
+    meta_a = Metadata.load(tmp_path / "a" / "metadata.json")
+    meta_b = Metadata.load(tmp_path / "b" / "metadata.json")
+    assert (meta_b.mean, meta_b.scale) == (meta_a.mean, meta_a.scale) != (meta_b.mean, 0.5)
+    assert len(meta_b.class_names) == 3
+
+
+def test_freeze_up_to_keeps_those_layers_and_trains_the_rest(tiny_data, tmp_path):
+    train(tiny_config(tiny_data, tmp_path / "a"), log=lambda *a: None)
+    config = tiny_config(tiny_data, tmp_path / "b", weights=str(tmp_path / "a"),
+                         freeze_up_to="block3_conv2", lr=0.05)  # fmt: skip
+    train(config, log=lambda *a: None)
+    a, b = _layer_weights(tmp_path / "a"), _layer_weights(tmp_path / "b")
+    frozen = ["block1_conv1", "block2_conv1", "block3_conv1", "block3_conv2"]
+    for name in a:
+        same = all(np.array_equal(x, y) for x, y in zip(a[name], b[name], strict=True))
+        assert same == (name in frozen), name
+    wrong = tiny_config(tiny_data, tmp_path / "c", freeze_up_to="conv9")
+    with pytest.raises(TrainingError, match="has no layer 'conv9'"):
+        train(wrong, log=lambda *a: None)
+    both = tiny_config(tiny_data, tmp_path / "d", weights="x", init_from="y")
+    with pytest.raises(TrainingError, match="pick one"):
+        train(both, log=lambda *a: None)

@@ -38,9 +38,30 @@ def get_args_parser():
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    for add in (_model_args, _data_args, _optimisation_args, _run_args):
+    for add in (_model_args, _start_args, _data_args, _optimisation_args, _run_args):
         add(p)
     return p
+
+
+def _start_args(parser):
+    """Add the flags of fine-tuning from published or trained weights."""
+    p = parser.add_argument_group("starting weights (fine-tuning)")
+    p.add_argument(
+        "--weights",
+        default=None,
+        metavar="PATH_OR_RUN",
+        help="start from a published weight file (.caffemodel, .onnx, Keras .h5, torchvision "
+        ".pth/.safetensors: see import_weights) or a run directory / .keras file; the model "
+        "keeps their normalisation, and a head of another class count is re-initialised "
+        "(default: off)",
+    )
+    p.add_argument(
+        "--freeze-up-to",
+        default=None,
+        metavar="LAYER",
+        help="keep every layer up to and including LAYER (e.g. conv5, block5_pool) fixed "
+        "and train the rest (default: train every layer)",
+    )
 
 
 def _model_args(parser):

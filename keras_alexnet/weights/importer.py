@@ -20,6 +20,7 @@ import numpy as np
 
 from keras_alexnet import extras, fileio
 from keras_alexnet.artifacts import KERAS_BEST, METADATA_FILENAME
+from keras_alexnet.weights.presets import Preset
 
 CLASS_NAMES_FILE = Path(__file__).resolve().parent.parent / "data" / "imagenet_classes.txt"
 IMAGENET = "imagenet2012"  # what the published weights were trained on (TFDS's name)
@@ -73,6 +74,32 @@ def read(path, spec):
         extras.require(fmt.extra)
     module, function = fmt.reader.split(":")
     return getattr(importlib.import_module(module), function)(path, spec)
+
+
+def read_start(path, spec):
+    """Weights to fine-tune from: a published file (`read`), or a run directory of ours.
+
+    A run directory or `.keras` file gives its weights by layer name and a Preset made from
+    its metadata (its mean and scale, sizes and protocol).
+    """
+    from keras_alexnet import runtime
+
+    try:
+        kind = runtime.resolve(path)[0]
+    except runtime.ModelPathError:
+        kind = None
+    if kind != "keras":
+        return read(path, spec)
+    model, metadata = runtime.load_keras_model(path)
+    if metadata.model != spec.name:
+        raise WeightsError(f"{path} holds a {metadata.model}, not a {spec.name}")
+    scale = np.broadcast_to(np.asarray(metadata.scale, np.float64), [3])
+    preset = Preset(
+        name=f"run {path}", bgr=False, mean=tuple(metadata.mean),
+        std=tuple(float(1 / s) for s in scale), input_size=metadata.input_size,
+        resize=metadata.resize, protocol=metadata.protocol, documented_at=str(path),
+    )  # fmt: skip
+    return {name: layer.get_weights() for name, layer in _weighted_layers(model).items()}, preset
 
 
 def dense_from_chw(weight, channels, layer):
