@@ -106,7 +106,7 @@ def describe(error):
     return text or type(error).__name__
 
 
-def _number(convert, accept, requirement):
+def number(convert, accept, requirement):
     """An argparse `type=` function: `convert(text)` must be finite and pass `accept`."""
 
     def parse(text):
@@ -122,8 +122,41 @@ def _number(convert, accept, requirement):
     return parse
 
 
-positive_int = _number(int, lambda v: v >= 1, "an integer >= 1")
-non_negative_int = _number(int, lambda v: v >= 0, "an integer >= 0")
-positive_float = _number(float, lambda v: v > 0, "a finite number > 0")
-non_negative_float = _number(float, lambda v: v >= 0, "a finite number >= 0")
-fraction = _number(float, lambda v: 0 < v < 1, "a number between 0 and 1, both excluded")
+positive_int = number(int, lambda v: v >= 1, "an integer >= 1")
+non_negative_int = number(int, lambda v: v >= 0, "an integer >= 0")
+positive_float = number(float, lambda v: v > 0, "a finite number > 0")
+non_negative_float = number(float, lambda v: v >= 0, "a finite number >= 0")
+fraction = number(float, lambda v: 0 < v < 1, "a number between 0 and 1, both excluded")
+
+
+def add_source_arguments(parser):
+    """Add the flags naming a data source (--data, --data-dir, --val-fraction, --seed, ...)."""
+    parser.add_argument(
+        "--data",
+        default=None,
+        help="a class-folder directory, a prepared directory (prepare.py) or a TFDS name; "
+        "none: the bundled digits demo set (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--data-dir",
+        default=None,
+        help="TFDS data directory for a TFDS name; none: TFDS's default (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--val-fraction",
+        type=fraction,
+        default=0.1,
+        help="validation share of a folder without train/ and val/ (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=non_negative_int,
+        default=0,
+        help="seed of that validation split (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--cache-dir",
+        default=None,
+        help="cache directory; none: $KERAS_ALEXNET_CACHE or ~/.cache/keras_alexnet "
+        "(default: %(default)s)",
+    )

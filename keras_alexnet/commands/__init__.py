@@ -21,6 +21,7 @@ COMMANDS = {
     "predict": None,
     "serve": None,
     "compute_stats": "compute_stats",
+    "prepare": "prepare",
     "summary": None,
     "plot": None,
     "filters": "filters",
@@ -59,6 +60,7 @@ run_export_savedmodel = functools.partial(launch, "export_savedmodel")
 run_predict = functools.partial(launch, "predict")
 run_serve = functools.partial(launch, "serve")
 run_compute_stats = functools.partial(launch, "compute_stats")
+run_prepare = functools.partial(launch, "prepare")
 run_summary = functools.partial(launch, "summary")
 run_plot = functools.partial(launch, "plot")
 run_filters = functools.partial(launch, "filters")

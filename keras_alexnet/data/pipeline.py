@@ -51,7 +51,7 @@ def train_dataset(
     (the global batch) becomes the per-replica batch. `shuffle_buffer` bounds the shuffle of
     TFDS records and of cached images; a folder's file list is shuffled whole.
     """
-    scale_range = _scale_range(resize, image_size)
+    scale_range = _scale_range(resize, image_size, source)
     shard = None
     if input_context is not None:
         shard = (input_context.num_input_pipelines, input_context.input_pipeline_id)
@@ -61,23 +61,40 @@ def train_dataset(
     ds = _training_records(source, shard, order_seed, shuffle_buffer, cache)
     element_seed = None if seed is None else _mix(seed, epoch, pipeline_id, 1)
     seeds = tf.data.Dataset.random(seed=element_seed, rerandomize_each_iteration=True).batch(2)
-    augment = _augmentation(
-        source.stats, scale_range, image_size, decode=not cache, flip=flip,
-        pca_lighting=pca_lighting, subtract_mean=subtract_mean,
-    )  # fmt: skip
+    # Per image: decode, rescale, crop, flip and the lighting draw; per batch: the cast and
+    # the lighting and mean offsets, one vectorised op for the whole batch.
+    augment = _augmentation(source, scale_range, image_size, decode=not cache, flip=flip)
     ds = tf.data.Dataset.zip(ds, seeds).map(augment, num_parallel_calls=AUTOTUNE)
-    ds = ds.batch(batch_size, drop_remainder=True).prefetch(AUTOTUNE)
+    ds = ds.batch(batch_size, drop_remainder=True)
+    finish = _batch_finish(source.stats, pca_lighting=pca_lighting, subtract_mean=subtract_mean)
+    ds = ds.map(finish, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
     return ds.with_options(_options())
 
 
-def _scale_range(resize, image_size):
+def _scale_range(resize, image_size, source=None):
     """The training scales (lo, hi) from an int or a pair; ValueError for impossible ones."""
     lo, hi = (int(v) for v in np.broadcast_to(resize, [2]))
     if not 0 < lo <= hi:
         raise ValueError(f"resize must be an int or (lo, hi) with 0 < lo <= hi. Received: {resize}")
     if image_size > lo:
         raise ValueError(f"image_size {image_size} is larger than the resize size {lo}")
+    _check_prepared_scale(source, hi)
     return lo, hi
+
+
+def _check_prepared_scale(source, scale):
+    """Refuse a scale above a prepared set's: it would up-sample images already down-sampled."""
+    layout = getattr(source, "layout", None)
+    if layout is not None and scale > layout.size:
+        raise ValueError(
+            f"{source.name} was prepared at shorter side {layout.size}; scale {scale} needs "
+            f"images prepared at {scale} or more (prepare.py --size {scale})"
+        )
+
+
+def decoder(source):
+    """The bytes-to-uint8-RGB decoder of a source's images (prepared ones are plain JPEG)."""
+    return transforms.decode_prepared if source.kind == "prepared" else transforms.decode
 
 
 def _training_records(source, shard, order_seed, shuffle_buffer, cache):
@@ -90,19 +107,29 @@ def _training_records(source, shard, order_seed, shuffle_buffer, cache):
             shard=shard,
         )
     # Cache decoded images before shuffling, so later passes are still reshuffled.
+    decode = decoder(source)
     ds = source.encoded("train", shard=shard)
-    ds = ds.map(lambda c, y: (transforms.decode(c), y), num_parallel_calls=AUTOTUNE).cache()
+    ds = ds.map(lambda c, y: (decode(c), y), num_parallel_calls=AUTOTUNE).cache()
     return ds.shuffle(shuffle_buffer, seed=order_seed, reshuffle_each_iteration=True)
 
 
-def _augmentation(stats, scale_range, image_size, *, decode, flip, pca_lighting, subtract_mean):
-    """The per-image map of training: ((image, label), seeds) -> (augmented crop, label)."""
+def _augmentation(source, scale_range, image_size, *, decode, flip):
+    """The per-image map of training: ((image, label), seeds) -> (crop, lighting alpha, label).
+
+    A prepared image already at the training scale is not decoded whole: its random crop is
+    decoded directly from the JPEG (`decode_and_crop_jpeg`; the same pixels as decoding and
+    cropping, since prepared JPEGs keep full-resolution chroma) and stays uint8.
+    """
     lo, hi = scale_range
+    layout = getattr(source, "layout", None)
+    if decode and layout is not None and lo == hi == layout.size:
+        return _prepared_crop(image_size, flip)
+    decode_fn = decoder(source)
 
     def augment(example, seeds):
         image, label = example
         if decode:
-            image = transforms.decode(image)
+            image = decode_fn(image)
         s = tf.random.experimental.stateless_split(seeds, 4)
         size = transforms.random_scale(lo, hi, s[0]) if hi > lo else lo
         image = transforms.resize_shorter(image, size)
@@ -112,13 +139,49 @@ def _augmentation(stats, scale_range, image_size, *, decode, flip, pca_lighting,
         image = transforms.crop(image, top, left, image_size)
         if flip:
             image = transforms.flip_if(image, mirror)
-        if pca_lighting:
-            image = transforms.pca_lighting(image, stats.eigval, stats.eigvec, s[3])
-        if subtract_mean:
-            image = transforms.subtract_mean(image, stats.mean)
-        return image, label
+        return image, transforms.lighting_alpha(s[3]), label
 
     return augment
+
+
+def _prepared_crop(image_size, flip):
+    """The training map of prepared JPEGs at the training scale: crop while decoding."""
+
+    def augment(example, seeds):
+        contents, label = example
+        s = tf.random.experimental.stateless_split(seeds, 4)  # s[0]: the scale, fixed here
+        shape = tf.io.extract_jpeg_shape(contents)[:2]
+        top, left, mirror = transforms.random_crop_params(shape, image_size, s[1], s[2])
+        window = tf.stack([top, left, image_size, image_size])
+        image = tf.io.decode_and_crop_jpeg(contents, window, channels=3)
+        image.set_shape([image_size, image_size, 3])
+        if flip:
+            image = transforms.flip_if(image, mirror)
+        return image, transforms.lighting_alpha(s[3]), label
+
+    return augment
+
+
+def _batch_finish(stats, *, pca_lighting, subtract_mean):
+    """The per-batch map: (crops, alphas, labels) -> (float32 crops + offsets, labels).
+
+    AlexNet Section 4.1's lighting offset eigvec @ (alpha * eigval) is drawn per image (the
+    alphas come from the per-image map) and added here to the whole batch at once, with the
+    mean when `subtract_mean`.
+    """
+
+    def finish(images, alphas, labels):
+        images = tf.cast(images, tf.float32)
+        offsets = tf.zeros_like(alphas)
+        if pca_lighting:
+            offsets = transforms.lighting_offsets(alphas, stats.eigval, stats.eigvec)
+        if subtract_mean:
+            offsets -= tf.constant(stats.mean, tf.float32)
+        if pca_lighting or subtract_mean:
+            images = transforms.add_per_image_channel(images, offsets)
+        return images, labels
+
+    return finish
 
 
 def eval_dataset(
@@ -142,14 +205,16 @@ def eval_dataset(
     views = protocols.get(protocol).views
     if views != "dense" and image_size > resize:
         raise ValueError(f"image_size {image_size} is larger than the resize size {resize}")
+    _check_prepared_scale(source, resize)
     transform = EvalTransform(resize=resize, crop=image_size)
     mean = source.stats.mean
+    decode = decoder(source)
 
     def centred(image):
         return transforms.subtract_mean(image, mean) if subtract_mean else image
 
     def view(contents, label):
-        image = transforms.decode(contents)
+        image = decode(contents)
         if views == "center":
             # The mean is per pixel: subtracting it after the crop gives the same values.
             return centred(transform.tensorflow(image)), label

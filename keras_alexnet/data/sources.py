@@ -49,7 +49,8 @@ class Source:
     stats: DatasetStats
     sizes: dict[str, int]
     skipped: list[tuple[str, str]] = dataclasses.field(default_factory=list)
-    kind: str = "directory"  # or "tfds"
+    kind: str = "directory"  # or "tfds", "prepared"
+    layout: object = None  # a prepared set's `prepared.Layout` (how its images were rescaled)
     _factories: dict = dataclasses.field(default_factory=dict, repr=False)
 
     @property
@@ -81,7 +82,7 @@ class Source:
         return self._factories[split](shuffle_seed, shuffle_buffer, shard)
 
 
-def _shuffle(ds, buffer, seed):
+def shuffle_each_pass(ds, buffer, seed):
     """Shuffle anew each iteration; seed -1 means unseeded."""
     seed = None if seed == -1 else seed
     return ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
@@ -90,37 +91,60 @@ def _shuffle(ds, buffer, seed):
 # ----------------------------------------------------------------------------- folders
 
 
-def scan_image(path):
-    """Decode one file as the pipeline will; return (reason or None, pixel moments or None).
-
-    The moments are (count, sum of RGB, upper triangle of the sum of outer products), the
-    statistics' share of this image; they let the statistics of any subset be summed
-    without decoding again.
-    """
+def read_image_bytes(path):
+    """A file's bytes, or (None, the reason it cannot be used) without decoding it."""
     try:
         data = Path(path).read_bytes()
     except OSError as e:
-        return f"unreadable ({e.strerror})", None
+        return None, f"unreadable ({e.strerror})"
+    return data, header_problem(data)
+
+
+def header_problem(data):
+    """Why encoded bytes cannot be used, from their header alone; None if they may be."""
     if not data:
-        return "empty file", None
+        return "empty file"
     size = imageinfo.header_size(data[:65536])
     if size is None:
-        return "not a JPEG, PNG, GIF or BMP image", None
-    problem = imageinfo.shape_problem(*size, MAX_PIXELS)
-    if problem:  # refused before decoding
-        return problem, None
+        return "not a JPEG, PNG, GIF or BMP image"
+    return imageinfo.shape_problem(*size, MAX_PIXELS)  # refused before decoding
+
+
+def decoded_problem(decode, *args):
+    """Run `decode(*args)`; return (its result, None) or (None, why the image is unusable).
+
+    The result's first element is the decoded [H, W, 3] image (a tensor).
+    """
     try:
-        image = transforms.decode(data).numpy()
+        result = decode(*args)
     except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as e:
-        return "cannot be decoded: " + str(e).splitlines()[0][:120], None
-    if image.shape[0] < 1 or image.shape[1] < 1:
-        return "has no pixels", None
-    problem = imageinfo.shape_problem(image.shape[1], image.shape[0], MAX_PIXELS)
-    if problem:  # a JPEG whose frame header the header read did not reach
+        return None, "cannot be decoded: " + str(e).splitlines()[0][:120]
+    height, width = (int(v) for v in result[0].shape[:2])
+    if height < 1 or width < 1:
+        return None, "has no pixels"
+    # A JPEG whose frame header the header read did not reach:
+    return result, imageinfo.shape_problem(width, height, MAX_PIXELS)
+
+
+def pack_moments(count, total, outer):
+    """One image's statistics row: (count, sum of RGB, upper triangle of sum of outer products)."""
+    return np.concatenate([[count], total, np.asarray(outer)[np.triu_indices(3)]])
+
+
+def scan_image(path):
+    """Decode one file as the pipeline will; return (reason or None, pixel moments or None).
+
+    The moments are `pack_moments`' row, the statistics' share of this image; they let the
+    statistics of any subset be summed without decoding again.
+    """
+    data, problem = read_image_bytes(path)
+    if problem:
         return problem, None
-    x = image.reshape(-1, 3).astype(np.float64)
-    outer = (x.T @ x)[np.triu_indices(3)]
-    return None, np.concatenate([[len(x)], x.sum(axis=0), outer])
+    result, problem = decoded_problem(lambda d: (transforms.decode(d),), data)
+    if problem:
+        return problem, None
+    x = result[0].numpy().reshape(-1, 3).astype(np.float64)
+    return None, pack_moments(len(x), x.sum(axis=0), x.T @ x)
 
 
 def _scan(paths, cache):
@@ -170,7 +194,7 @@ def _scan(paths, cache):
     return results
 
 
-def _stats_from_moments(moments):
+def stats_from_moments(moments):
     """DatasetStats from per-image moments rows (count, sum[3], upper outer[6])."""
     total = np.sum(moments, axis=0)
     acc = StatsAccumulator()
@@ -213,7 +237,7 @@ def _files_factory(paths, labels):
         if shard is not None:
             ds = ds.shard(*shard)
         if shuffle_seed is not None:
-            ds = _shuffle(ds, len(paths), shuffle_seed)
+            ds = shuffle_each_pass(ds, len(paths), shuffle_seed)
         return ds.map(lambda p, y: (tf.io.read_file(p), y), num_parallel_calls=tf.data.AUTOTUNE)
 
     return make
@@ -239,10 +263,47 @@ def directory_source(root, *, val_fraction=0.1, seed=0, cache=None, name=None):
     a fixed seeded mix of the classes, so its first batches are a fair sample. Raises
     ValueError for fewer than 2 classes or a class left without training images.
     """
+    from keras_alexnet.data import prepared
+
     root = Path(root).expanduser()
+    if prepared.is_prepared(root):
+        return prepared.prepared_source(root)
+    cache = cache_dir(cache)
+    folder, class_names, listed, val = list_directory(root, val_fraction)
+    scanned = _scan([p for p, _ in listed + (val or [])], cache)
+    skipped = sorted((p, r) for p, (r, _) in scanned.items() if r)
+    report_skipped(skipped)
+    train = [f for f in listed if not scanned[f[0]][0]]
+    if val is None:
+        train, val = hold_out(train, class_names, val_fraction, seed)
+    val = [f for f in val if not scanned[f[0]][0]]
+    check_every_class_trains(folder, class_names, listed, train, scanned)
+    val = validation_order(val, seed)
+    index = {c: i for i, c in enumerate(class_names)}
+    splits = {
+        s: ([p for p, _ in f], [index[c] for _, c in f])
+        for s, f in (("train", train), ("val", val))
+    }
+    stats = stats_from_moments([scanned[p][1] for p in splits["train"][0]])
+    return Source(
+        name=name or str(root),
+        class_names=class_names,
+        stats=stats,
+        sizes={s: len(v[0]) for s, v in splits.items()},
+        skipped=skipped,
+        _factories={s: _files_factory(*v) for s, v in splits.items()},
+    )
+
+
+def list_directory(root, val_fraction):
+    """List a class-folder tree without reading any file: (folder, classes, train, val).
+
+    `train` and `val` are [(path, class name)]; `val` is None without a val/ tree (the
+    caller holds out `val_fraction`). ValueError for a missing root, fewer than 2 classes,
+    or train/ and val/ with other classes.
+    """
     if not root.is_dir():
         raise ValueError(f"{root}: no such directory")
-    cache = cache_dir(cache)
     folder = root / "train" if (root / "train").is_dir() else root
     class_names, listed = _list_tree(folder)
     if len(class_names) < 2:
@@ -259,33 +320,18 @@ def directory_source(root, *, val_fraction=0.1, seed=0, cache=None, name=None):
             )
     if val is None and not 0 < val_fraction < 1:
         raise ValueError(f"val_fraction must be in (0, 1). Received: {val_fraction}")
-    scanned = _scan([p for p, _ in listed + (val or [])], cache)
-    skipped = sorted((p, r) for p, (r, _) in scanned.items() if r)
-    report_skipped(skipped)
-    train = [f for f in listed if not scanned[f[0]][0]]
-    if val is None:
-        train, val = _hold_out(train, class_names, val_fraction, seed)
-    val = [f for f in val if not scanned[f[0]][0]]
-    _check_every_class_trains(folder, class_names, listed, train, scanned)
-    # Class-sorted, the first N batches (--val-steps) would hold only the first classes.
-    val = [val[i] for i in np.random.default_rng([seed, _VAL_ORDER]).permutation(len(val))]
-    index = {c: i for i, c in enumerate(class_names)}
-    splits = {
-        s: ([p for p, _ in f], [index[c] for _, c in f])
-        for s, f in (("train", train), ("val", val))
-    }
-    stats = _stats_from_moments([scanned[p][1] for p in splits["train"][0]])
-    return Source(
-        name=name or str(root),
-        class_names=class_names,
-        stats=stats,
-        sizes={s: len(v[0]) for s, v in splits.items()},
-        skipped=skipped,
-        _factories={s: _files_factory(*v) for s, v in splits.items()},
-    )
+    return folder, class_names, listed, val
 
 
-def _hold_out(files, class_names, val_fraction, seed):
+def validation_order(files, seed):
+    """Validation files in a fixed seeded order that mixes the classes.
+
+    Class-sorted, the first N batches (--val-steps) would hold only the first classes.
+    """
+    return [files[i] for i in np.random.default_rng([seed, _VAL_ORDER]).permutation(len(files))]
+
+
+def hold_out(files, class_names, val_fraction, seed):
     """Split [(path, class)] into (train, val), a seeded `val_fraction` of each class to val."""
     rng = np.random.default_rng(seed)
     train, val = [], []
@@ -298,7 +344,7 @@ def _hold_out(files, class_names, val_fraction, seed):
     return train, val
 
 
-def _check_every_class_trains(folder, class_names, listed, train, scanned):
+def check_every_class_trains(folder, class_names, listed, train, scanned):
     """Raise for a class with no training image: it would be a label the model never sees."""
     trained = {c for _, c in train}
     for name in class_names:
@@ -320,13 +366,13 @@ def _tfds_root(builder):
     return Path(builder.data_dir).parents[len(builder.info.full_name.split("/")) - 1]
 
 
-def tfds_source(name, data_dir=None, *, cache=None):
+def tfds_source(name, data_dir=None, *, cache=None, with_stats=True):
     """A TensorFlow Datasets image classification set, read from `data_dir` (no download).
 
     `imagenet2012` is built from the official archives placed in its manual directory;
     the error says which files go where when they are missing. Statistics: ImageNet's
     published values for the ImageNet builders, else computed once over the training
-    split and cached.
+    split and cached; without `with_stats`, None for the other sets (no pass over the data).
     """
     import tensorflow_datasets as tfds
 
@@ -350,7 +396,7 @@ def tfds_source(name, data_dir=None, *, cache=None):
     return Source(
         name=name,
         class_names=list(info.features[keys[1]].names),
-        stats=_tfds_stats(name, builder, factories["train"], cache),
+        stats=_tfds_stats(name, builder, factories["train"], cache, with_stats),
         sizes=sizes,
         kind="tfds",
         _factories=factories,
@@ -399,16 +445,18 @@ def _tfds_factory(builder, keys, tfds_split):
         if shard is not None and not by_subsplit:
             ds = ds.shard(*shard)
         if shuffled:
-            ds = _shuffle(ds, shuffle_buffer, shuffle_seed)
+            ds = shuffle_each_pass(ds, shuffle_buffer, shuffle_seed)
         return ds
 
     return make
 
 
-def _tfds_stats(name, builder, train_factory, cache):
+def _tfds_stats(name, builder, train_factory, cache, compute=True):
     """ImageNet's published statistics for its builders, else the training split's, cached."""
     if _base_name(name) in IMAGENET_BUILDERS:
         return IMAGENET_STATS
+    if not compute:
+        return None
     key = hashlib.sha1(f"{name}|{builder.data_dir}".encode()).hexdigest()
     cache_file = cache_dir(cache) / "stats" / f"{key}.json"
     if cache_file.exists():
@@ -480,6 +528,10 @@ def source_stats(data=None, data_dir=None, *, output=None, val_fraction=0.1, see
     stats = source.stats
     if source.kind == "tfds":
         stats = compute_stats(source)
+    elif source.kind == "prepared":  # measured in the prepare pass, published ones aside
+        from keras_alexnet.data import prepared
+
+        stats = DatasetStats.from_json(prepared.read_index(source.name)["pixel_stats"])
     result = {"source": source.name, "num_train": source.num_train, "stats": stats.to_json()}
     if output is not None:
         fileio.write_json(output, result)

@@ -12,15 +12,25 @@ from keras_alexnet import imageinfo
 PCA_STD = 0.1  # AlexNet Section 4.1: alpha_i ~ N(0, 0.1)
 
 
-def decode(contents):
+def decode(contents, orientation=None):
     """Decode JPEG/PNG/GIF/BMP bytes to upright uint8 RGB (grayscale -> RGB, alpha dropped).
 
     TensorFlow's decoders ignore EXIF orientation; it is applied here as the Pillow decoder
-    of predict and the server applies it. 16-bit PNG samples become their high byte.
+    of predict and the server applies it (read from the bytes unless `orientation`, an
+    int32 scalar, is given). 16-bit PNG samples become their high byte.
     """
     image = tf.io.decode_image(contents, channels=3, expand_animations=False)
     image.set_shape([None, None, 3])
-    return upright(image, exif_orientation(contents))
+    if orientation is None:
+        orientation = exif_orientation(contents)
+    return upright(image, orientation)
+
+
+def decode_prepared(contents):
+    """Decode a prepared image (baseline JPEG, upright, no EXIF) to uint8 RGB."""
+    image = tf.io.decode_jpeg(contents, channels=3)
+    image.set_shape([None, None, 3])
+    return image
 
 
 def _orientation_of(head):
@@ -114,10 +124,19 @@ def pca_lighting(image, eigval, eigvec, seed, std=PCA_STD):
     caller passes a fresh seed per image per presentation); p_i, l_i are the eigenvectors
     (columns of `eigvec`) and eigenvalues of the RGB covariance.
     """
-    alpha = tf.random.stateless_normal([3], seed, stddev=std)
-    weights = alpha * tf.constant(eigval, tf.float32)
-    offset = tf.reduce_sum(tf.constant(eigvec, tf.float32) * weights, axis=1)  # eigvec @ w
+    offset = lighting_offsets(lighting_alpha(seed, std)[None], eigval, eigvec)[0]
     return add_per_channel(image, offset)
+
+
+def lighting_alpha(seed, std=PCA_STD):
+    """One image's PCA lighting coefficients alpha ~ N(0, std), shape [3]."""
+    return tf.random.stateless_normal([3], seed, stddev=std)
+
+
+def lighting_offsets(alphas, eigval, eigvec):
+    """The RGB offsets eigvec @ (alpha * eigval) of a batch of alphas [B, 3], as [B, 3]."""
+    weights = alphas * tf.constant(eigval, tf.float32)  # [B, 3]
+    return tf.reduce_sum(tf.constant(eigvec, tf.float32)[None] * weights[:, None, :], axis=2)
 
 
 def subtract_mean(image, mean):
@@ -134,6 +153,16 @@ def add_per_channel(image, values):
     shape = tf.shape(image)
     flat = tf.reshape(image, [shape[0], shape[1] * 3])
     return tf.reshape(flat + tf.tile(values, [shape[1]]), shape)
+
+
+def add_per_image_channel(images, values):
+    """`images + values[:, None, None, :]` for a batch [B, H, W, 3] and values [B, 3].
+
+    Laid out as [B, H, W*3] plus the values tiled W times, like `add_per_channel`.
+    """
+    shape = tf.shape(images)
+    flat = tf.reshape(images, [shape[0], shape[1], shape[2] * 3])
+    return tf.reshape(flat + tf.tile(values, [1, shape[2]])[:, None, :], shape)
 
 
 def center_crop(image, size):

@@ -1,0 +1,69 @@
+"""Decode every image once into a prepared directory that training reads fast.
+
+AlexNet's images are rescaled to 256x256 as in the paper (shorter side 256, the central
+square), VGG's to the largest training scale (shorter side 512), upright (EXIF applied),
+re-encoded as JPEG and written in TFRecord shards with the labels, class names and the
+dataset statistics. train.py, evaluate.py and compute_stats.py take the directory as --data.
+An interrupted run resumes where it stopped; a finished one is left as it is.
+"""
+
+import argparse
+
+from keras_alexnet import cli
+from keras_alexnet.models import ALIASES, MODEL_NAMES
+
+
+def get_args_parser():
+    """Return the command-line parser."""
+    from keras_alexnet.data import prepared
+
+    parser = argparse.ArgumentParser(description=__doc__)
+    cli.add_source_arguments(parser)
+    parser.add_argument("--output", required=True, help="the prepared directory to write")
+    parser.add_argument(
+        "--model",
+        default="alexnet",
+        choices=[*MODEL_NAMES, *ALIASES],
+        help="whose paper's rescaling to apply: alexnet 256x256, a VGG shorter side 512 "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--size",
+        type=cli.positive_int,
+        default=None,
+        help="the shorter side to rescale to instead (a VGG trained at one scale S needs S, "
+        "and decodes least at exactly S); none: the model's (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--quality",
+        type=_quality,
+        default=prepared.QUALITY,
+        help="JPEG quality of the prepared images, 1-100 (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--shard-size",
+        type=cli.positive_int,
+        default=prepared.SHARD_SIZE,
+        help="images per TFRecord file (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=cli.positive_int,
+        default=None,
+        help="decoding threads; none: one per core (default: %(default)s)",
+    )
+    return parser
+
+
+_quality = cli.number(int, lambda v: 1 <= v <= 100, "an integer from 1 to 100")
+
+
+def main(args):
+    """Prepare the directory and report what it holds."""
+    from keras_alexnet.data.prepared import prepare
+
+    prepare(
+        args.data, args.output, model=args.model, size=args.size, quality=args.quality,
+        shard_size=args.shard_size, data_dir=args.data_dir, val_fraction=args.val_fraction,
+        seed=args.seed, workers=args.workers, cache=args.cache_dir,
+    )  # fmt: skip

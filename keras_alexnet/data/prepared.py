@@ -1,0 +1,445 @@
+"""Prepared data: every image decoded once, rescaled as the paper did, in TFRecord shards.
+
+AlexNet Section 2: "we down-sampled the images to a fixed resolution of 256 x 256 ...
+rescaled the image such that the shorter side was of length 256, and then cropped out the
+central 256x256 patch". `prepare` does that once (VGG: the shorter side rescaled to the
+largest training scale, so that scale jittering still works), applies EXIF orientation,
+and writes
+
+    DIR/prepared.json          classes, sizes, statistics, layout, shard list, skipped files
+    DIR/train-00000.tfrecord   tf.train.Example {"image/encoded": JPEG, "image/class/label"}
+    DIR/val-00000.tfrecord     (TF-Slim's ImageNet keys)
+
+Training then reads the index instead of decoding every image at start, and decodes only
+each random crop. The JPEGs keep full-resolution chroma (4:4:4): with 4:2:0 chroma a crop
+decoded on its own differs from the same crop of the decoded image at its left edge.
+An interrupted pass resumes at its first unfinished shard.
+"""
+
+import concurrent.futures
+import dataclasses
+import os
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from keras_alexnet import fileio, imageinfo
+from keras_alexnet.data import sources, transforms
+from keras_alexnet.data.stats import DatasetStats
+
+PREPARED_FILE = "prepared.json"  # written last: its presence marks a finished pass
+STATE_FILE = ".prepare-state.json"  # the finished shards of an unfinished pass
+FORMAT = 1
+IMAGE_KEY, LABEL_KEY = "image/encoded", "image/class/label"
+SPLITS = ("train", "val")
+SHARD_SIZE = 1024  # images per shard file (about 25-60 MB at 256x256)
+QUALITY = 90  # JPEG quality of the prepared images
+ALEXNET_SIZE = 256  # AlexNet Section 2: 256 x 256
+VGG_MAX_SCALE = 512  # VGG Section 3.1: scale jittering draws S from [256, 512]
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """How prepared images were rescaled: shorter side `size`; `square`: central size x size."""
+
+    size: int
+    square: bool
+
+
+def layout_for(model, size=None):
+    """The paper's layout for a model: AlexNet 256x256; VGG shorter side 512 (or `size`)."""
+    from keras_alexnet.models import get_spec
+
+    family = get_spec(model).family
+    if family == "alexnet":
+        return Layout(size or ALEXNET_SIZE, square=True)
+    return Layout(size or VGG_MAX_SCALE, square=False)
+
+
+def is_prepared(path):
+    """Whether `path` is a directory holding a finished prepared set."""
+    return (Path(path) / PREPARED_FILE).is_file()
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def prepared_source(root):
+    """Open a prepared directory as a `Source` (kind "prepared"): reads only its index."""
+    root = Path(root)
+    meta = read_index(root)
+    factories, sizes = {}, {}
+    for split, info in meta["splits"].items():
+        files = [str(root / shard["file"]) for shard in info["shards"]]
+        factories[split] = _records_factory(files)
+        sizes[split] = info["count"]
+    return sources.Source(
+        name=str(root),
+        class_names=list(meta["class_names"]),
+        stats=DatasetStats.from_json(meta["stats"]),
+        sizes=sizes,
+        kind="prepared",
+        layout=Layout(**meta["layout"]),
+        _factories=factories,
+    )
+
+
+def read_index(root):
+    """The prepared.json of `root`; ValueError for another format version."""
+    meta = fileio.read_json(Path(root) / PREPARED_FILE)
+    if meta.get("format") != FORMAT:
+        raise ValueError(
+            f"{root}: prepared with format {meta.get('format')}, this version reads {FORMAT}; "
+            "prepare it again"
+        )
+    return meta
+
+
+def _parse(record):
+    """A serialised Example -> (JPEG bytes, int32 label)."""
+    features = {
+        IMAGE_KEY: tf.io.FixedLenFeature([], tf.string),
+        LABEL_KEY: tf.io.FixedLenFeature([], tf.int64),
+    }
+    example = tf.io.parse_single_example(record, features)
+    return example[IMAGE_KEY], tf.cast(example[LABEL_KEY], tf.int32)
+
+
+def _records_factory(files):
+    """A split's `Source` factory: (shuffle_seed, shuffle_buffer, shard) -> its Dataset.
+
+    Unsharded, a shuffled read takes the shard files in a new order each pass, interleaved,
+    through a `shuffle_buffer` shuffle. Sharded (several input pipelines), every pipeline
+    reads the files in their fixed order and keeps every num_shards-th record before any
+    shuffling, so the pipelines' shares are disjoint and together hold every image once.
+    """
+
+    def make(shuffle_seed, shuffle_buffer, shard):
+        ds = tf.data.Dataset.from_tensor_slices(files)
+        if shuffle_seed is not None and shard is None:
+            ds = sources.shuffle_each_pass(ds, len(files), shuffle_seed)
+        ds = ds.interleave(
+            tf.data.TFRecordDataset,
+            cycle_length=min(len(files), 8),
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True,
+        )
+        if shard is not None:
+            ds = ds.shard(*shard)
+        if shuffle_seed is not None:
+            ds = sources.shuffle_each_pass(ds, shuffle_buffer, shuffle_seed)
+        return ds.map(_parse, num_parallel_calls=tf.data.AUTOTUNE)
+
+    return make
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _image_fn(layout, quality):
+    """A tf.function: (bytes, EXIF orientation) -> (upright image, count, RGB sum, outer, JPEG).
+
+    The moments are of the original pixels (the statistics of the source itself); the JPEG
+    is the image rescaled to the layout.
+    """
+
+    @tf.function(
+        input_signature=[tf.TensorSpec([], tf.string), tf.TensorSpec([], tf.int32)],
+        reduce_retracing=True,
+    )
+    def prepare_image(contents, orientation):
+        image = transforms.decode(contents, orientation)
+        x = tf.reshape(tf.cast(image, tf.float64), [-1, 3])
+        count = tf.cast(tf.shape(x)[0], tf.float64)
+        resized = transforms.resize_shorter(image, layout.size)
+        if layout.square:
+            resized = transforms.center_crop(resized, layout.size)
+        pixels = tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
+        jpeg = tf.io.encode_jpeg(pixels, quality=quality, chroma_downsampling=False)
+        return image, count, tf.reduce_sum(x, 0), tf.matmul(x, x, transpose_a=True), jpeg
+
+    return prepare_image
+
+
+def _prepare_one(item, image_fn):
+    """(name, bytes or path, label) -> (name, reason, None) or (name, None, record)."""
+    name, data, label = item
+    problem = None
+    if isinstance(data, str):
+        data, problem = sources.read_image_bytes(data)
+    else:
+        problem = sources.header_problem(data)
+    if problem:
+        return name, problem, None
+    orientation = np.int32(imageinfo.exif_orientation(data[: imageinfo.EXIF_HEAD]))
+    result, problem = sources.decoded_problem(image_fn, tf.constant(data), orientation)
+    if problem:
+        return name, problem, None
+    _, count, total, outer, jpeg = result
+    moments = sources.pack_moments(float(count), total.numpy(), outer.numpy())
+    return name, None, (jpeg.numpy(), int(label), moments)
+
+
+def _example(jpeg, label):
+    """A serialised tf.train.Example of one prepared image."""
+    feature = {
+        IMAGE_KEY: tf.train.Feature(bytes_list=tf.train.BytesList(value=[jpeg])),
+        LABEL_KEY: tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
+    }
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+def _write_shard(path, records):
+    """Write [(JPEG, label)] to a TFRecord file atomically."""
+    with fileio.atomic_path(path) as tmp:
+        with tf.io.TFRecordWriter(str(tmp)) as writer:
+            for jpeg, label in records:
+                writer.write(_example(jpeg, label))
+
+
+@dataclasses.dataclass
+class _SplitState:
+    """What is done of one split: its finished shards, skipped files and moments."""
+
+    shards: list = dataclasses.field(default_factory=list)  # [{"file", "count"}]
+    skipped: list = dataclasses.field(default_factory=list)  # [[name, reason]]
+    moments: list = dataclasses.field(default_factory=lambda: [0.0] * 10)
+
+    def add_shard(self, file, results):
+        """Record a written shard's results [(name, reason, record or None)]."""
+        written = [r for _, _, r in results if r is not None]
+        self.shards.append({"file": file, "count": len(written)})
+        self.skipped += [[n, why] for n, why, r in results if r is None]
+        self.moments = list(np.sum([self.moments, *[r[2] for r in written]], axis=0))
+
+    @property
+    def count(self):
+        """Images written so far."""
+        return sum(s["count"] for s in self.shards)
+
+
+def _shard_items(items, shard_size, first):
+    """Yield (index, [items]) chunks of `shard_size` from shard number `first` on."""
+    chunk, index = [], 0
+    for position, item in enumerate(items):
+        if position < first * shard_size:
+            continue
+        chunk.append(item)
+        if len(chunk) == shard_size:
+            yield index + first, chunk
+            chunk, index = [], index + 1
+    if chunk:
+        yield index + first, chunk
+
+
+def write_split(split, items, total, out, state, *, image_fn, shard_size, workers, save):
+    """Prepare `total` items of a split into shards in `out`, from the first unfinished one.
+
+    `save(state)` runs after every shard, so an interrupted pass loses at most one shard.
+    """
+    from keras_alexnet.progress import Progress
+
+    first = len(state.shards)
+    bar = Progress(total, f"prepare {split}", "img", initial=min(first * shard_size, total))
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+        for index, chunk in _shard_items(items, shard_size, first):
+            results = list(pool.map(lambda item: _prepare_one(item, image_fn), chunk))
+            file = f"{split}-{index:05d}.tfrecord"
+            _write_shard(out / file, [r[:2] for _, _, r in results if r is not None])
+            state.add_shard(file, results)
+            save(state)
+            bar.add(len(chunk))
+    bar.close()
+    return state
+
+
+def default_workers():
+    """Threads for the pass: one per core (TensorFlow's decode and encode release the GIL)."""
+    return os.cpu_count() or 2
+
+
+# ------------------------------------------------------------------------ the pass
+
+
+def prepare(
+    data,
+    output,
+    *,
+    model="alexnet",
+    size=None,
+    quality=QUALITY,
+    shard_size=SHARD_SIZE,
+    data_dir=None,
+    val_fraction=0.1,
+    seed=0,
+    workers=None,
+    cache=None,
+    log=print,
+):
+    """Decode every image of `data` once into a prepared directory `output`; return its index.
+
+    `data` is what training reads: None (the demo set), a class-folder tree or a TFDS name.
+    Images are rescaled to `layout_for(model, size)`, re-encoded as JPEG at `quality`, and
+    written `shard_size` to a file. A folder without val/ holds out a seeded `val_fraction`
+    of each class (of the files listed, usable or not, where a folder source holds out
+    usable files only: the same split when every file is usable). Unusable files are
+    skipped and reported. A finished directory with the same settings is left as it is; an
+    unfinished one is resumed at its first unfinished shard.
+    """
+    output = Path(output).expanduser()
+    layout = layout_for(model, size)
+    signature = {
+        "data": None if data is None else str(data), "data_dir": data_dir,
+        "layout": dataclasses.asdict(layout), "quality": quality, "shard_size": shard_size,
+        "val_fraction": val_fraction, "seed": seed,
+    }  # fmt: skip
+    done = _finished(output, signature)
+    if done is not None:
+        log(f"{output} is already prepared ({_counts(done)}); nothing to do")
+        return done
+    listing = _listing(data, data_dir, val_fraction, seed, cache)
+    states = _resume_state(output, signature)
+    image_fn = _image_fn(layout, quality)
+
+    def save(_):
+        fileio.write_json(output / STATE_FILE, _state_json(signature, states))
+
+    for split, (items, total) in listing.items.items():
+        write_split(
+            split, items, total, output, states.setdefault(split, _SplitState()),
+            image_fn=image_fn, shard_size=shard_size, workers=workers or default_workers(),
+            save=save,
+        )  # fmt: skip
+    index = _index(signature, listing, states, layout, quality)
+    fileio.write_json(output / PREPARED_FILE, index)
+    (output / STATE_FILE).unlink(missing_ok=True)
+    sources.report_skipped([tuple(s) for s in index["skipped"]])
+    log(f"Prepared {_counts(index)} in {output}")
+    return index
+
+
+def _counts(index):
+    """'N train and M val images' of an index."""
+    return " and ".join(f"{v['count']} {k}" for k, v in index["splits"].items()) + " images"
+
+
+def _finished(output, signature):
+    """The index of a finished directory prepared with `signature`; None if there is none."""
+    if not is_prepared(output):
+        return None
+    index = read_index(output)
+    if index.get("signature") != signature:
+        raise ValueError(f"{output} was prepared {_difference(index.get('signature'), signature)}")
+    return index
+
+
+def _difference(old, new):
+    """'with data=X (now Y)' naming the first setting that differs."""
+    old = old or {}
+    key = next(k for k in new if old.get(k) != new[k])
+    return (
+        f"with {key}={old.get(key)!r} (now {new[key]!r}); choose another --output "
+        "or remove that directory"
+    )
+
+
+def _resume_state(output, signature):
+    """The finished shards of an interrupted pass into `output`, or nothing for a new one."""
+    state_file = output / STATE_FILE
+    if state_file.exists():
+        saved = fileio.read_json(state_file)
+        if saved["signature"] != signature:
+            raise ValueError(
+                f"{output} holds an unfinished pass {_difference(saved['signature'], signature)}"
+            )
+        return {k: _SplitState(**v) for k, v in saved["splits"].items()}
+    if output.exists() and (not output.is_dir() or any(output.iterdir())):
+        raise ValueError(
+            f"{output} exists and is not a prepared directory; choose another --output"
+        )
+    output.mkdir(parents=True, exist_ok=True)
+    return {}
+
+
+def _state_json(signature, states):
+    """The resumable state as JSON."""
+    return {"signature": signature, "splits": {k: dataclasses.asdict(v) for k, v in states.items()}}
+
+
+@dataclasses.dataclass
+class _Listing:
+    """What a pass reads: {split: (items, count)}, class names, a folder and the source."""
+
+    items: dict
+    class_names: list
+    folder: object = None  # a class-folder tree's training folder
+    stats: DatasetStats | None = None  # published statistics (ImageNet) that take precedence
+
+
+def _listing(data, data_dir, val_fraction, seed, cache):
+    """List the source's splits as (name, bytes or path, label) items, without decoding."""
+    if data is None:
+        from keras_alexnet.data.demo import ensure_demo_set
+
+        data = ensure_demo_set(cache)
+    path = Path(str(data)).expanduser()
+    if path.exists() or str(data).startswith(("/", ".", "~")):
+        return _directory_listing(path, val_fraction, seed)
+    source = sources.tfds_source(str(data), data_dir, cache=cache, with_stats=False)
+    items = {
+        split: (_tfds_items(source, split), source.sizes[split])
+        for split in SPLITS
+        if source.sizes.get(split)
+    }
+    return _Listing(items, source.class_names, stats=source.stats)
+
+
+def _tfds_items(source, split):
+    """A TFDS split's (name, bytes, label) items, in the set's own order."""
+    for i, (contents, label) in enumerate(source.encoded(split).as_numpy_iterator()):
+        yield f"{source.name}:{split}[{i}]", contents, label
+
+
+def _directory_listing(root, val_fraction, seed):
+    """A class-folder tree's items: training files in a seeded order mixing the classes."""
+    if is_prepared(root):
+        raise ValueError(f"{root} is already a prepared directory")
+    folder, class_names, train, val = sources.list_directory(root, val_fraction)
+    if val is None:
+        train, val = sources.hold_out(train, class_names, val_fraction, seed)
+    train = [train[i] for i in np.random.default_rng(seed).permutation(len(train))]
+    val = sources.validation_order(val, seed)
+    label = {c: i for i, c in enumerate(class_names)}
+    items = {
+        split: ([(p, p, label[c]) for p, c in files], len(files))
+        for split, files in (("train", train), ("val", val))
+    }
+    return _Listing(items, class_names, folder=folder)
+
+
+def _index(signature, listing, states, layout, quality):
+    """prepared.json: what the shards hold; ValueError for a class left without images."""
+    train = states["train"]
+    if listing.folder is not None:
+        reasons = {name: (why,) for name, why in train.skipped}
+        listed = [(p, listing.class_names[y]) for p, _, y in listing.items["train"][0]]
+        usable = [f for f in listed if f[0] not in reasons]
+        sources.check_every_class_trains(
+            listing.folder, listing.class_names, listed, usable,
+            {p: reasons.get(p, (None,)) for p, _ in listed},
+        )  # fmt: skip
+    pixel_stats = sources.stats_from_moments([train.moments])
+    return {
+        "format": FORMAT,
+        "signature": signature,
+        "class_names": listing.class_names,
+        "layout": dataclasses.asdict(layout),
+        "quality": quality,
+        "stats": (listing.stats or pixel_stats).to_json(),
+        "pixel_stats": pixel_stats.to_json(),
+        "splits": {
+            k: {"count": v.count, "shards": v.shards} for k, v in states.items() if v.shards
+        },
+        "skipped": [s for v in states.values() for s in v.skipped],
+    }
