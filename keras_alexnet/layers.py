@@ -1,15 +1,17 @@
-"""The two layers the papers need that Keras does not export cleanly: grouped conv and LRN."""
+"""The two layers the papers need that Keras does not export cleanly: grouped conv and LRN.
+
+Both run on every Keras backend. On TensorFlow they call `tf.nn` (the grouped
+`tf.nn.conv2d` that exports to one ONNX `Conv`, `tf.nn.local_response_normalization`);
+on JAX and PyTorch they are written with `keras.ops`. TensorFlow is imported only on the
+TensorFlow backend.
+"""
 
 import keras
-import tensorflow as tf
+from keras import ops
+
+from keras_alexnet.backend import is_tensorflow
 
 PACKAGE = "keras_alexnet"
-
-if keras.backend.backend() != "tensorflow":
-    raise ImportError(
-        "keras_alexnet needs Keras on the TensorFlow backend; "
-        f"Received: KERAS_BACKEND={keras.backend.backend()!r}. Unset it or set it to 'tensorflow'."
-    )
 
 
 def _conv_padding(padding):
@@ -38,6 +40,8 @@ def grouped_conv2d(inputs, kernel, strides, padding):
     elements", tensorflow/tensorflow#50397), and so does oneDNN's in float16 and bfloat16
     (mixed precision). There the gradient is computed tower by tower.
     """
+    import tensorflow as tf
+
     groups = inputs.shape[-1] // kernel.shape[2]
     if groups == 1 or (onednn_enabled() and inputs.dtype == tf.float32):
         return tf.nn.conv2d(inputs, kernel, strides=strides, padding=padding)
@@ -76,8 +80,9 @@ class GroupedConv2D(keras.layers.Layer):
     On one device that is a grouped convolution. Keras's `Conv2D(groups=2)` runs it
     through an XLA-compiled function on CPU that tf2onnx cannot convert; this layer calls
     `tf.nn.conv2d` with a (kh, kw, in_channels / groups, filters) kernel instead, which
-    trains on CPU and exports to one ONNX `Conv` with `group=groups`. The kernel has the
-    same shape as `keras.layers.Conv2D(groups=...)`'s, so weights move between the two.
+    trains on CPU and exports to one ONNX `Conv` with `group=groups`. On JAX and PyTorch
+    it is `keras.ops.conv`, grouped by the same kernel. The kernel has the same shape as
+    `keras.layers.Conv2D(groups=...)`'s, so weights move between the two.
     """
 
     def __init__(
@@ -141,20 +146,33 @@ class GroupedConv2D(keras.layers.Layer):
 
     def call(self, inputs):
         """Convolve each tower's channels with its own kernels in one grouped op."""
+        if is_tensorflow():
+            return self.activation(self._call_tensorflow(inputs))
+        # keras.ops.conv takes the groups from the kernel's input depth (JAX's
+        # feature_group_count, PyTorch's groups): one grouped convolution, as on TF.
+        kernel = ops.cast(self.kernel, inputs.dtype)
+        outputs = ops.conv(inputs, kernel, strides=self.strides, padding=self.padding)
+        if self.bias is not None:
+            outputs = outputs + ops.cast(self.bias, inputs.dtype)
+        return self.activation(outputs)
+
+    def _call_tensorflow(self, inputs):
+        """The grouped `tf.nn.conv2d` plus bias that tf2onnx turns into one ONNX `Conv`."""
+        import tensorflow as tf
+
         kernel = tf.cast(self.kernel, inputs.dtype)
         outputs = grouped_conv2d(
             inputs, kernel, strides=(1, *self.strides, 1), padding=self._tf_padding
         )
-        if self.bias is not None:
-            bias = tf.cast(self.bias, inputs.dtype)
-            if onednn_enabled():  # fused into oneDNN's grouped conv and its filter gradient
-                outputs = tf.nn.bias_add(outputs, bias)
-            else:
-                # A plain add: grappler fuses Conv2D+BiasAdd(+Relu) into _FusedConv2D, whose
-                # Eigen CPU kernel rejects grouped convolutions ("Fused conv implementation
-                # does not support grouped convolutions"). onnxruntime folds the add back.
-                outputs = outputs + bias
-        return self.activation(outputs)
+        if self.bias is None:
+            return outputs
+        bias = tf.cast(self.bias, inputs.dtype)
+        if onednn_enabled():  # fused into oneDNN's grouped conv and its filter gradient
+            return tf.nn.bias_add(outputs, bias)
+        # A plain add: grappler fuses Conv2D+BiasAdd(+Relu) into _FusedConv2D, whose Eigen
+        # CPU kernel rejects grouped convolutions ("Fused conv implementation does not
+        # support grouped convolutions"). onnxruntime folds the add back.
+        return outputs + bias
 
     def compute_output_shape(self, input_shape):
         """Spatial size as Conv2D computes it for 'valid' or 'same' padding."""
@@ -240,7 +258,31 @@ class LocalResponseNormalization(keras.layers.Layer):
             )
 
     def call(self, inputs):
-        """Normalise each tower's channels with tf.nn.local_response_normalization."""
+        """Normalise each tower's channels on its own (tf.nn's LRN on TensorFlow)."""
+        if is_tensorflow():
+            return self._call_tensorflow(inputs)
+        x = ops.cast(inputs, "float32")  # as on TF: float32 sums under mixed precision
+        towers = ops.split(x, self.groups, axis=-1) if self.groups > 1 else [x]
+        outputs = [self._normalise(t) for t in towers]
+        y = ops.concatenate(outputs, axis=-1) if self.groups > 1 else outputs[0]
+        return ops.cast(y, inputs.dtype)
+
+    def _normalise(self, x):
+        """One tower's LRN in keras.ops: the squares summed over a zero-padded channel window."""
+        r = self.depth_radius
+        channels = x.shape[-1]
+        squares = ops.pad(ops.square(x), [(0, 0)] * (len(x.shape) - 1) + [(r, r)])
+        # 2r + 1 shifted slices added elementwise: exact float32 sums on every device (a
+        # banded matmul would run in TF32 on a GPU).
+        total = squares[..., :channels]
+        for shift in range(1, 2 * r + 1):
+            total = total + squares[..., shift : shift + channels]
+        return x * ops.power(self.bias + self.alpha * total, -self.beta)
+
+    def _call_tensorflow(self, inputs):
+        """`tf.nn.local_response_normalization` per tower (one ONNX `LRN` each)."""
+        import tensorflow as tf
+
         # TF's CPU LRN kernel has no float16; compute in float32 under mixed precision.
         x = tf.cast(inputs, tf.float32)
         towers = tf.split(x, self.groups, axis=-1) if self.groups > 1 else [x]
@@ -288,9 +330,9 @@ class InputNormalization(keras.layers.Layer):
 
     def call(self, inputs):
         """Return (inputs - mean) * scale in the input's dtype."""
-        x = tf.cast(inputs, self.compute_dtype)
-        mean = tf.constant(self.mean, dtype=x.dtype)
-        return (x - mean) * tf.constant(self.scale, dtype=x.dtype)
+        x = ops.cast(inputs, self.compute_dtype)
+        mean = ops.convert_to_tensor(self.mean, dtype=x.dtype)
+        return (x - mean) * ops.convert_to_tensor(self.scale, dtype=x.dtype)
 
     def compute_output_shape(self, input_shape):
         """Normalisation keeps the shape."""
