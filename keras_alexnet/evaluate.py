@@ -5,6 +5,9 @@ the data pipeline makes each image's views, their scores are averaged here.
 
 A label counts as top-k when fewer than k classes score strictly higher than it (ties at
 the boundary count as correct, as `tf.math.in_top_k` does).
+
+`evaluate` reads a data source through tf.data (the TensorFlow backend);
+`evaluate_arrays` cuts the same views from in-memory images in NumPy, on any Keras backend.
 """
 
 import time
@@ -12,7 +15,8 @@ import time
 import numpy as np
 
 from keras_alexnet import fileio
-from keras_alexnet.preprocess import EvalTransform
+from keras_alexnet.backend import require_tensorflow
+from keras_alexnet.preprocess import EvalTransform, resize_bilinear, shorter_side_shape
 from keras_alexnet.progress import Progress
 from keras_alexnet.protocols import DEFAULT_SCALES, PROTOCOLS
 from keras_alexnet.runtime import ModelPathError, Runtime, load
@@ -172,6 +176,7 @@ def evaluate(
     class within 1e-5), protocol, runtime, images_per_second, seconds, model, data, split,
     input_size, resize, scales; with `return_scores` also scores and labels (NumPy).
     """
+    require_tensorflow("evaluate (its data pipeline is tf.data; use evaluate_arrays)")
     runtime = (
         model if isinstance(model, Runtime) else load(model, threads=threads, provider=provider)
     )
@@ -204,6 +209,55 @@ def evaluate(
     if return_scores:
         results["scores"], results["labels"] = scores, labels
     return results
+
+
+def evaluate_arrays(model, images, labels, *, protocol=None, scales=DEFAULT_SCALES, batch_size=32):
+    """Evaluate a model path or Runtime on uint8 [H, W, 3] images in memory, on any backend.
+
+    The views are those of `evaluate` (the model's metadata gives resize and crop), cut in
+    NumPy; returns top1, top5, their errors, count, near_ties, protocol and runtime.
+    """
+    runtime = model if isinstance(model, Runtime) else load(model)
+    protocol = PROTOCOLS[protocol or runtime.metadata.protocol]
+    transform = EvalTransform.from_metadata(runtime.metadata)
+    _check_model(runtime, protocol, transform, scales)
+    labels = np.asarray(labels, np.int64)
+    batches = []
+    for start in range(0, len(labels), batch_size):
+        chunk = images[start : start + batch_size]
+        per_scale = [
+            protocol.reduce(_predict_views(runtime, chunk, protocol, q, transform.crop), len(chunk))
+            for q in protocol.test_scales(transform.resize, scales)
+        ]
+        batches.append(np.mean(per_scale, axis=0))
+    results = _accuracy(np.concatenate(batches), labels)
+    return {**results, "protocol": protocol.name, "runtime": runtime.name}
+
+
+def _predict_views(runtime, images, protocol, resize, crop):
+    """Scores [len(images) * views, classes] of each image's views (whole images one by one)."""
+    views = [numpy_views(np.asarray(image), protocol.views, resize, crop) for image in images]
+    if protocol.whole_image:
+        return np.concatenate([runtime.predict(v) for v in views])
+    return runtime.predict(np.concatenate(views))
+
+
+def numpy_views(image, views, resize, crop):
+    """One image's views [V, h, w, 3] float32 in NumPy, as `data.eval_dataset` cuts them.
+
+    The shorter side is rescaled to `resize`; "center" is the central `crop` square,
+    "ten_crop" the corners and centre then their reflections, "dense" the whole image and
+    its reflection.
+    """
+    h, w = shorter_side_shape(image.shape[0], image.shape[1], resize)
+    if views == "dense":
+        whole = resize_bilinear(image, h, w)
+        return np.stack([whole, whole[:, ::-1]])
+    centre = ((h - crop) // 2, (w - crop) // 2)
+    corners = [(0, 0), (0, w - crop), (h - crop, 0), (h - crop, w - crop)]
+    spots = [centre] if views == "center" else [*corners, centre]
+    crops = np.stack([resize_bilinear(image, h, w, top=t, left=x, crop=crop) for t, x in spots])
+    return crops if views == "center" else np.concatenate([crops, crops[:, :, ::-1]])
 
 
 def _open_data(data, data_dir):
@@ -279,8 +333,10 @@ __all__ = [
     "EvaluationError",
     "ModelPathError",
     "evaluate",
+    "evaluate_arrays",
     "format_table",
     "near_ties",
+    "numpy_views",
     "parse_scales",
     "topk_correct",
     "write_results",

@@ -27,6 +27,7 @@ from keras_alexnet.artifacts import (
     UINT8_SIGNATURE,
     ExportError,
 )
+from keras_alexnet.backend import require_tensorflow
 from keras_alexnet.onnx import quantize as quantize_defaults
 from keras_alexnet.onnx.quantize import quantize_int8
 from keras_alexnet.onnx.session import VERIFY_PROVIDER, onnx_session
@@ -136,6 +137,7 @@ def export_onnx(
     `keras_alexnet.onnx.quantize.quantize_int8`). `expand_lrn` rewrites LRN nodes into ops
     onnxruntime runs faster (`keras_alexnet.onnx.graph`). Returns a dict of what was measured.
     """
+    require_tensorflow("ONNX export (tf2onnx)")
     from keras_alexnet.onnx.convert import opset_version
 
     if quantize not in (None, "int8"):
@@ -216,6 +218,7 @@ def export_savedmodel(model_path, output=None, *, log=print):
     metadata is written to `assets/metadata.json`. Written atomically to `output`
     (default export/<model>_savedmodel) after checking it against Keras.
     """
+    require_tensorflow("SavedModel export")
     start = time.perf_counter()
     model, metadata = load_keras_model(model_path)
     output = Path(output) if output else EXPORT_DIR / f"{metadata.model}_savedmodel"

@@ -1,6 +1,12 @@
-"""The papers' optimisation: SGD with coupled weight decay, the step, the lr schedules."""
+"""The papers' optimisation: SGD with coupled weight decay, the step, the lr schedules.
+
+`compile_paper` sets a model up for `model.fit` with the paper's update on any Keras
+backend; `make_train_step` is the TensorFlow training loop's step (tf.distribute).
+"""
 
 import math
+
+from keras_alexnet.train_config import TrainConfig
 
 
 def learning_rate_for(config, epoch):
@@ -54,6 +60,48 @@ def coupled_weight_decay(grads, variables, weight_decay):
     ]
 
 
+def add_weight_decay(model, weight_decay=TrainConfig.weight_decay):
+    """Give every kernel of `model` the loss term (weight_decay / 2) * sum(w^2); return `model`.
+
+    Its gradient is `weight_decay * w`, added to the loss's gradient before SGD's momentum:
+    `coupled_weight_decay`'s update, expressed in the loss so that `model.fit` applies it on
+    every Keras backend. Biases are not decayed. The term is a training setting, not saved
+    with the model: call this again after loading a model to fine-tune it.
+    """
+    import keras
+
+    regularizer = keras.regularizers.L2(weight_decay / 2) if weight_decay else None
+    for variable in model.trainable_variables:
+        if _is_kernel(variable):
+            variable.regularizer = regularizer
+    return model
+
+
+def compile_paper(
+    model,
+    *,
+    lr=TrainConfig.lr,
+    momentum=TrainConfig.momentum,
+    weight_decay=TrainConfig.weight_decay,
+    from_logits=False,
+):
+    """Compile `model` for `fit` with the paper's SGD: momentum, coupled decay, cross-entropy.
+
+    AlexNet Section 5: v <- 0.9 v - 0.0005 lr w - lr grad; w <- w + v. Keras's SGD is
+    v <- momentum v - lr g; w <- w + v, and `add_weight_decay` makes g = grad + decay w.
+    `from_logits` for a model built with classifier_activation=None. Returns `model`.
+    """
+    import keras
+
+    add_weight_decay(model, weight_decay)
+    model.compile(
+        optimizer=keras.optimizers.SGD(learning_rate=lr, momentum=momentum),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits),
+        metrics=[keras.metrics.SparseCategoricalAccuracy(name="top1")],
+    )
+    return model
+
+
 def _is_kernel(variable):
     """Whether a variable is a conv/dense kernel (decayed) rather than a bias."""
     return (
@@ -68,6 +116,10 @@ def make_train_step(strategy, model, optimizer, global_batch, weight_decay, loss
     the replicas' gradients, so every replica applies the same update.
     """
     import keras
+
+    from keras_alexnet.backend import require_tensorflow
+
+    require_tensorflow("the tf.distribute training loop (train)")
     import tensorflow as tf
 
     def replica_step(images, labels):

@@ -9,7 +9,8 @@ whole images, whose class score map is averaged spatially (the VGG paper's dense
 evaluation, see `keras_alexnet.models.dense`).
 
 Importing this module loads neither TensorFlow nor onnxruntime; `load` imports what the
-path needs.
+path needs. `.keras` files and ONNX files load on every Keras backend (TensorFlow, JAX,
+PyTorch); a SavedModel needs the TensorFlow backend.
 """
 
 import dataclasses
@@ -128,38 +129,52 @@ def load_keras_model(path):
 def _load_keras(path):
     """Runtime of a Keras model: the model itself on crops, its dense twin on larger images."""
     import numpy as np
-    import tensorflow as tf
 
     from keras_alexnet.models.dense import fully_convolutional
 
     model, metadata = load_keras_model(path)
     size = tuple(model.input_shape[1:3])
-    crop_fn = tf.function(
-        lambda x: model(x, training=False),
-        input_signature=[tf.TensorSpec([None, *size, 3], tf.float32)],
-    )
+    crop_fn = _compiled(model, [None, *size, 3])
     dense_fn = None
 
     def predict(images):
         nonlocal dense_fn
-        images = tf.convert_to_tensor(np.asarray(images, np.float32))
+        images = np.asarray(images, np.float32)
         if tuple(images.shape[1:3]) == size:
-            return crop_fn(images).numpy()
+            return crop_fn(images)
         if dense_fn is None:
-            twin = fully_convolutional(model)
             # One trace for every image size (dense evaluation sees many).
-            dense_fn = tf.function(
-                lambda x: twin(x, training=False),
-                input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)],
-            )
-        return dense_fn(images).numpy()
+            dense_fn = _compiled(fully_convolutional(model), [None, None, None, 3])
+        return dense_fn(images)
 
     return Runtime("keras", resolve(path)[1], metadata, predict)
+
+
+def _compiled(model, shape):
+    """`images -> probabilities` (NumPy) of `model` in inference mode, compiled once per backend.
+
+    TensorFlow: a tf.function over `shape`, one trace for every batch; JAX and PyTorch:
+    Keras's own predict function (jit-compiled on JAX, per input shape).
+    """
+    from keras_alexnet import backend
+
+    if not backend.is_tensorflow():
+        return model.predict_on_batch
+    import tensorflow as tf
+
+    fn = tf.function(
+        lambda x: model(x, training=False), input_signature=[tf.TensorSpec(shape, tf.float32)]
+    )
+    return lambda images: fn(tf.convert_to_tensor(images)).numpy()
 
 
 def _load_savedmodel(path):
     """Runtime of a SavedModel written by `keras_alexnet.export.export_savedmodel`."""
     import numpy as np
+
+    from keras_alexnet.backend import require_tensorflow
+
+    require_tensorflow(f"loading the SavedModel {path}")
     import tensorflow as tf
 
     _, model_path, metadata_path = resolve(path)
