@@ -24,6 +24,8 @@ from keras_alexnet.data import (
     transforms,
 )
 from keras_alexnet.data.demo import demo_split
+from keras_alexnet.data.pipeline import decoder
+from keras_alexnet.data.prepared import prepare
 
 
 @pytest.fixture(autouse=True)
@@ -493,16 +495,18 @@ def _tfds_on_disk(root):
     return load_source("keras_alexnet_shard_probe", data_dir=str(root))
 
 
-@pytest.fixture(params=["folders", "tfds_files", "tfds_mock"])
+@pytest.fixture(params=["folders", "prepared", "tfds_files", "tfds_mock"])
 def sharded_source(request, tmp_path):
-    """A 63-example training split, as folders, a prepared TFDS set and TFDS mock data."""
-    if request.param == "folders":
+    """A 63-example training split: folders, prepared.py's shards, TFDS files and mock data."""
+    if request.param in ("folders", "prepared"):
         for i in range(SHARD_EXAMPLES):
             image = Image.new("RGB", (4, 4), shard_colour(i))
             save(tmp_path / "f" / "train" / str(i % 3) / f"{i}.png", image, "PNG")
         for c in range(3):
             save(tmp_path / "f" / "val" / str(c) / "0.png", Image.new("RGB", (4, 4)), "PNG")
-        yield directory_source(tmp_path / "f")
+        if request.param == "prepared":  # 4 shard files of 16
+            prepare(tmp_path / "f", tmp_path / "p", size=4, shard_size=16, log=lambda _: None)
+        yield load_source(tmp_path / ("p" if request.param == "prepared" else "f"))
     elif request.param == "tfds_files":
         yield _tfds_on_disk(tmp_path / "tfds")
     else:
@@ -545,7 +549,11 @@ def test_training_pipelines_together_see_every_example_once(sharded_source, cach
             cache=cache, input_context=ctx,
         )  # fmt: skip
         seen += [tuple(int(v) for v in x[0, 0]) for b, _ in ds for x in b.numpy()]
-    assert sorted(seen) == sorted(shard_colour(i) for i in range(SHARD_EXAMPLES))
+    # Each example's colour as stored (prepared JPEGs may move a channel by one).
+    decode = decoder(sharded_source)
+    stored = [tuple(decode(c).numpy()[0, 0]) for c, _ in sharded_source.encoded("train")]
+    assert len(stored) == SHARD_EXAMPLES
+    assert sorted(seen) == sorted(stored)
 
 
 # ------------------------------------------------ splits: hold-out, order, degenerate trees

@@ -118,12 +118,21 @@ def decoded_problem(decode, *args):
     try:
         result = decode(*args)
     except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as e:
-        return None, "cannot be decoded: " + str(e).splitlines()[0][:120]
+        return None, "cannot be decoded: " + _decode_error(e)[:120]
     height, width = (int(v) for v in result[0].shape[:2])
     if height < 1 or width < 1:
         return None, "has no pixels"
     # A JPEG whose frame header the header read did not reach:
     return result, imageinfo.shape_problem(width, height, MAX_PIXELS)
+
+
+def _decode_error(error):
+    """A TensorFlow decode error's own message, without a tf.function's wrapping lines."""
+    lines = [
+        line for line in str(error.message).splitlines()
+        if line.strip() and not line.startswith(("Graph execution error", "Detected at node"))
+    ]  # fmt: skip
+    return re.sub(r"\{\{[^}]*\}\}\s*", "", lines[0] if lines else type(error).__name__)
 
 
 def pack_moments(count, total, outer):

@@ -1,0 +1,214 @@
+"""prepare.py: the one-time pass, the prepared source, and training's crop-while-decoding path."""
+
+import dataclasses
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image, ImageOps
+
+from keras_alexnet.data import (
+    directory_source,
+    eval_dataset,
+    load_source,
+    train_dataset,
+    transforms,
+)
+from keras_alexnet.data import prepared as prep
+
+ROOT = Path(__file__).resolve().parents[1]
+SIZE = 24  # prepared images' shorter side in these tests
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_ALEXNET_CACHE", str(tmp_path / "cache"))
+
+
+def quiet(_):
+    """A log that prints nothing."""
+
+
+def colour(i):
+    return (10 + 7 * i % 230, 200 - 3 * i % 190, 40 + 11 * i % 200)
+
+
+def smooth(h, w, seed):
+    """A smooth RGB image (gradients): JPEG and resampling change it little."""
+    y, x = np.mgrid[0:h, 0:w]
+    phase = np.random.default_rng(seed).uniform(0, 6, 3)
+    planes = [127 + 100 * np.sin(x / w * 3 + y / h * 2 + p) for p in phase]
+    return np.stack(planes, -1).astype(np.uint8)
+
+
+@pytest.fixture
+def colour_tree(tmp_path):
+    """root/<a|b>/: 20 constant-colour PNGs of various shapes, and one broken file."""
+    root = tmp_path / "tree"
+    for i in range(20):
+        folder = root / "ab"[i % 2]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (30 + i, 26 + (i % 5) * 3), colour(i)).save(folder / f"{i}.png")
+    (root / "a" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0" + b"\0" * 40)
+    return root
+
+
+def stored_colours(source, split):
+    """The colour of every stored image of a split (constant images)."""
+    decode = transforms.decode_prepared
+    return sorted(tuple(decode(c).numpy()[0, 0]) for c, _ in source.encoded(split))
+
+
+def test_prepare_keeps_the_folder_split_classes_and_statistics(colour_tree):
+    index = prep.prepare(colour_tree, colour_tree.parent / "p", size=SIZE, log=quiet)
+    folder = directory_source(colour_tree, val_fraction=0.1, seed=0)
+    source = load_source(colour_tree.parent / "p")
+    assert source.kind == "prepared" and source.class_names == ["a", "b"]
+    assert source.sizes == folder.sizes == {"train": 18, "val": 2}
+    assert [Path(p).name for p, _ in index["skipped"]] == ["broken.jpg"]
+    assert "cannot be decoded" in index["skipped"][0][1]
+    # The same images in each split: constant colours identify them (JPEG moves a few units).
+    for split in ("train", "val"):
+        want = sorted(tuple(transforms.decode(c).numpy()[0, 0]) for c, _ in folder.encoded(split))
+        np.testing.assert_allclose(stored_colours(source, split), want, atol=3)
+    # Statistics of the original pixels, as the folder source computes them.
+    np.testing.assert_allclose(source.stats.mean, folder.stats.mean, rtol=1e-9)
+    np.testing.assert_allclose(source.stats.eigval, folder.stats.eigval, rtol=1e-6, atol=1e-9)
+
+
+def jpeg_with_orientation(array, orientation):
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, "JPEG", quality=98, exif=exif.tobytes())
+    return buffer.getvalue()
+
+
+def test_prepared_images_are_upright_and_rescaled_as_the_paper_did(tmp_path):
+    root = tmp_path / "tree"
+    stored = smooth(40, 64, 0)  # landscape as stored; EXIF 6 turns it to portrait
+    for c in ("a", "b"):
+        (root / c).mkdir(parents=True)
+        (root / c / "0.jpg").write_bytes(jpeg_with_orientation(stored, 6))
+        Image.fromarray(smooth(50, 30, 1)).save(root / c / "1.png")
+    prep.prepare(root, tmp_path / "alex", model="alexnet", size=SIZE, log=quiet)
+    prep.prepare(root, tmp_path / "vgg", model="vgg16", size=SIZE, log=quiet)
+    upright = np.asarray(ImageOps.exif_transpose(Image.open(root / "a" / "0.jpg")))
+    assert upright.shape == (64, 40, 3)
+    resized = tf.image.resize(upright, [38, SIZE]).numpy()  # shorter side 24, aspect kept
+    top = (38 - SIZE) // 2
+    expected = {"alex": resized[top : top + SIZE], "vgg": resized}  # AlexNet: central square
+    for name, want in expected.items():
+        source = load_source(tmp_path / name)
+        images = [transforms.decode_prepared(c).numpy() for c, _ in source.encoded("train")]
+        got = next(im for im in images if im.shape[:2] == want.shape[:2])
+        assert np.abs(got.astype(float) - want).mean() < 2.5, name
+    assert source.layout == prep.Layout(SIZE, square=False)
+
+
+def test_an_interrupted_pass_resumes_at_its_first_unfinished_shard(colour_tree, monkeypatch):
+    whole = colour_tree.parent / "whole"
+    prep.prepare(colour_tree, whole, size=SIZE, shard_size=4, log=quiet)
+    out = colour_tree.parent / "resumed"
+    real = prep._write_shard
+    written = []
+
+    def crash_on_third(path, records):
+        if len(written) == 2:
+            raise KeyboardInterrupt
+        written.append(Path(path).name)
+        real(path, records)
+
+    monkeypatch.setattr(prep, "_write_shard", crash_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        prep.prepare(colour_tree, out, size=SIZE, shard_size=4, log=quiet)
+    assert not prep.is_prepared(out) and (out / prep.STATE_FILE).exists()
+    calls = []
+    monkeypatch.setattr(prep, "_write_shard", lambda p, r: (calls.append(p), real(p, r)))
+    prep.prepare(colour_tree, out, size=SIZE, shard_size=4, log=quiet)
+    assert Path(calls[0]).name == "train-00002.tfrecord"  # the first two were kept
+    assert not (out / prep.STATE_FILE).exists()
+    assert json.loads((out / "prepared.json").read_text()) == json.loads(
+        (whole / "prepared.json").read_text()
+    )
+    for f in sorted(whole.glob("*.tfrecord")):
+        assert (out / f.name).read_bytes() == f.read_bytes(), f.name
+
+
+def run_prepare(*args):
+    return subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "prepare.py"), *map(str, args)],
+        capture_output=True, text=True, cwd=ROOT, timeout=300,
+    )  # fmt: skip
+
+
+def test_the_command_twice_and_with_other_settings(colour_tree, tmp_path):
+    out = tmp_path / "p"
+    first = run_prepare("--data", colour_tree, "--output", out, "--size", SIZE)
+    assert first.returncode == 0, first.stderr
+    assert "Prepared 18 train and 2 val images" in first.stdout
+    assert "skipping 1 unusable file(s)" in first.stdout
+    again = run_prepare("--data", colour_tree, "--output", out, "--size", SIZE)
+    assert again.returncode == 0 and "already prepared" in again.stdout
+    other = run_prepare("--data", colour_tree, "--output", out, "--size", 32)
+    assert other.returncode == 1
+    lines = other.stderr.strip().splitlines()
+    assert len(lines) == 1 and "size" in lines[0] and "choose another --output" in lines[0]
+    bad = run_prepare("--data", colour_tree, "--output", tmp_path / "q", "--quality", 0)
+    assert bad.returncode == 2 and "--quality" in bad.stderr
+
+
+def test_a_busy_output_and_a_scale_above_the_prepared_one_are_refused(colour_tree, tmp_path):
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="not a prepared directory"):
+        prep.prepare(colour_tree, busy, size=SIZE, log=quiet)
+    prep.prepare(colour_tree, tmp_path / "p", size=SIZE, log=quiet)
+    source = load_source(tmp_path / "p")
+    with pytest.raises(ValueError, match="prepared at shorter side 24"):
+        train_dataset(source, image_size=16, resize=32, batch_size=2)
+    with pytest.raises(ValueError, match="prepared at shorter side 24"):
+        eval_dataset(source, protocol="dense", image_size=16, resize=48)
+
+
+@pytest.mark.parametrize("flip", [True, False])
+def test_cropping_while_decoding_equals_decoding_then_cropping(tmp_path, flip):
+    root = tmp_path / "tree"
+    for c in ("a", "b"):
+        (root / c).mkdir(parents=True)
+        for i in range(6):
+            Image.fromarray(smooth(30 + 3 * i, 40, i)).save(root / c / f"{i}.png")
+    prep.prepare(root, tmp_path / "p", size=SIZE, log=quiet)
+    fast = load_source(tmp_path / "p")
+    slow = dataclasses.replace(fast, layout=None)  # the general path: decode, rescale, crop
+
+    def batches(source):
+        ds = train_dataset(source, image_size=17, resize=SIZE, batch_size=5, seed=3, flip=flip)
+        return [(x.numpy(), y.numpy()) for x, y in ds]
+
+    got, want = batches(fast), batches(slow)
+    assert len(got) == len(want) == 2
+    for (gx, gy), (wx, wy) in zip(got, want, strict=True):
+        np.testing.assert_array_equal(gy, wy)
+        np.testing.assert_array_equal(gx, wx)  # same crops, flips and lighting, bit for bit
+
+
+def test_training_and_evaluation_read_a_prepared_tfds_set(tiny_data, tmp_path):
+    from tests.tfds_tree import mock_tfds_from_tree
+
+    with mock_tfds_from_tree(tiny_data):
+        index = prep.prepare("cats_vs_dogs", tmp_path / "p", size=SIZE, log=quiet)
+    assert {k: v["count"] for k, v in index["splits"].items()} == {"train": 32, "val": 8}
+    assert index["class_names"] == ["cat", "dog"]
+    source = load_source(tmp_path / "p")
+    (x, y), *_ = train_dataset(source, image_size=20, resize=SIZE, batch_size=8, seed=0)
+    assert x.shape == (8, 20, 20, 3) and x.dtype == tf.float32
+    # Dark vs bright blobs (tiny_data): the labels came through with the pixels.
+    means = x.numpy().mean(axis=(1, 2, 3))
+    assert np.all((means > 125) == (y.numpy() == 1))
