@@ -109,11 +109,15 @@ def _is_kernel(variable):
     )
 
 
-def make_train_step(strategy, model, optimizer, global_batch, weight_decay, loss_scaling=False):
+def make_train_step(
+    strategy, model, optimizer, global_batch, weight_decay, loss_scaling=False, jit_compile=False
+):
     """Return a tf.function running one SGD step on every replica; it returns (loss sum, hits).
 
     Cross-entropy on logits averaged over the global batch; the optimizer all-reduces
-    the replicas' gradients, so every replica applies the same update.
+    the replicas' gradients, so every replica applies the same update. `jit_compile`
+    compiles each replica's forward and backward pass with XLA (the all-reduce and the
+    update stay outside it: XLA cannot hold a cross-replica merge).
     """
     import keras
 
@@ -122,7 +126,7 @@ def make_train_step(strategy, model, optimizer, global_batch, weight_decay, loss
     require_tensorflow("the tf.distribute training loop (train)")
     import tensorflow as tf
 
-    def replica_step(images, labels):
+    def gradients(images, labels):
         with tf.GradientTape() as tape:
             logits = tf.cast(model(images, training=True), tf.float32)
             per_example = keras.losses.sparse_categorical_crossentropy(
@@ -134,11 +138,18 @@ def make_train_step(strategy, model, optimizer, global_batch, weight_decay, loss
         # Scaled gradients get a scaled decay term: the optimizer divides both by the scale.
         decay = weight_decay * optimizer.dynamic_scale if loss_scaling else weight_decay
         grads = coupled_weight_decay(grads, model.trainable_variables, decay)
-        optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
         hits = tf.reduce_sum(
             tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels), tf.float32)
         )
-        return loss * tf.cast(global_batch, tf.float32), hits
+        return loss * tf.cast(global_batch, tf.float32), hits, grads
+
+    if jit_compile:
+        gradients = tf.function(gradients, jit_compile=True)
+
+    def replica_step(images, labels):
+        loss, hits, grads = gradients(images, labels)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
+        return loss, hits
 
     @tf.function
     def step(images, labels):

@@ -118,7 +118,7 @@ def _train_locked(config, spec, strategy, run, argv, log):
         return _finished_result(run, history, strategy, log)
     step_fn = make_train_step(
         strategy, state.model, state.optimizer, config.batch_size, config.weight_decay,
-        loss_scaling=config.precision == "mixed_float16",
+        loss_scaling=config.precision == "mixed_float16", jit_compile=config.jit_compile,
     )  # fmt: skip
     writer = _summary_writer(run)
     draw_curves = run.is_chief and _can_draw_curves(log)

@@ -64,6 +64,7 @@ class TrainConfig:
     freeze_up_to: str | None = None
     seed: int = 0
     deterministic: bool = False
+    jit_compile: bool = False  # XLA for each replica's forward and backward pass
     steps_per_epoch: int | None = None
     val_steps: int | None = None
     checkpoint_every: int = 100

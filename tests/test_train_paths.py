@@ -23,6 +23,7 @@ MATRIX_SCRIPT = r"""
 import json, sys
 from pathlib import Path
 
+from keras_alexnet.data.prepared import prepare
 from keras_alexnet.distribute import configure_devices
 from keras_alexnet.train import TrainConfig, train
 from tests.tfds_tree import mock_tfds_from_tree
@@ -32,10 +33,14 @@ data, out, cases = Path(sys.argv[1]), Path(sys.argv[2]), json.loads(sys.argv[3])
 
 for case in cases:
     size = (67, 76) if case["model"] == "alexnet" else (32, 36)
+    source = {"folders": str(data), "tfds": "cats_vs_dogs"}.get(case["source"])
+    if case["source"] == "prepared":  # at the training scale: crops decoded directly
+        source = str(out / f"prepared-{size[1]}")
+        prepare(data, source, model=case["model"], size=size[1], log=lambda *a: None)
     config = TrainConfig(
-        model=case["model"], data=str(data) if case["source"] == "folders" else "cats_vs_dogs",
-        strategy=case["strategy"], precision=case["precision"], width=case["width"],
-        image_size=size[0], resize=size, batch_size=8, epochs=case["epochs"],
+        model=case["model"], data=source, strategy=case["strategy"],
+        precision=case["precision"], width=case["width"], image_size=size[0], resize=size,
+        batch_size=8, epochs=case["epochs"], jit_compile=case["jit"],
         output=str(out / case["name"]), cache=str(out / "cache"),
     )
     if case["source"] == "tfds":
@@ -47,12 +52,12 @@ for case in cases:
 """
 
 
-def _case(model, source="folders", strategy="default", precision="float32", width=0.0625):
-    name = f"{model}-{source}-{strategy}-{precision}"
+def _case(model, source="folders", strategy="default", precision="float32", jit=False):
+    name = f"{model}-{source}-{strategy}-{precision}" + ("-xla" if jit else "")
     # VGG E is 19 layers deep: at 1/16 width its loss moves too slowly to show in 4 epochs.
-    width = 0.125 if model == "vgg_e" else width
+    width = 0.125 if model == "vgg_e" else 0.0625
     return {"name": name, "model": model, "source": source, "strategy": strategy,
-            "precision": precision, "width": width, "epochs": EPOCHS}  # fmt: skip
+            "precision": precision, "width": width, "epochs": EPOCHS, "jit": jit}  # fmt: skip
 
 
 CASES = [
@@ -61,6 +66,8 @@ CASES = [
     *(_case(m, strategy="mirrored", precision=p)
       for m in ("alexnet", "vgg_a") for p in ("float32", "mixed_float16", "mixed_bfloat16")),
     _case("vgg_d", precision="mixed_float16"),
+    *(_case(m, source="prepared") for m in ("alexnet", "vgg_a")),
+    _case("alexnet", source="prepared", strategy="mirrored", jit=True),
 ]  # fmt: skip
 
 

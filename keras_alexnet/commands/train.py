@@ -286,6 +286,12 @@ def _run_args(parser):
         help="enable TF op determinism (bit-exact resume, slower) (default: off)",
     )
     p.add_argument(
+        "--jit-compile",
+        action="store_true",
+        help="compile each training step's forward and backward pass with XLA; figures "
+        "with and without in benchmarks/RESULTS.md (default: off)",
+    )
+    p.add_argument(
         "--steps-per-epoch",
         type=cli.positive_int,
         default=None,
