@@ -96,14 +96,17 @@ def read_index(root):
     return meta
 
 
-def _parse(record):
-    """A serialised Example -> (JPEG bytes, int32 label)."""
+PARSE_BATCH = 64  # records parsed per call: parsing one at a time doubles its CPU time
+
+
+def _parse(records):
+    """A batch of serialised Examples -> (JPEG bytes, int32 labels)."""
     features = {
         IMAGE_KEY: tf.io.FixedLenFeature([], tf.string),
         LABEL_KEY: tf.io.FixedLenFeature([], tf.int64),
     }
-    example = tf.io.parse_single_example(record, features)
-    return example[IMAGE_KEY], tf.cast(example[LABEL_KEY], tf.int32)
+    examples = tf.io.parse_example(records, features)
+    return examples[IMAGE_KEY], tf.cast(examples[LABEL_KEY], tf.int32)
 
 
 def _records_factory(files):
@@ -129,7 +132,8 @@ def _records_factory(files):
             ds = ds.shard(*shard)
         if shuffle_seed is not None:
             ds = sources.shuffle_each_pass(ds, shuffle_buffer, shuffle_seed)
-        return ds.map(_parse, num_parallel_calls=tf.data.AUTOTUNE)
+        ds = ds.batch(PARSE_BATCH).map(_parse, num_parallel_calls=tf.data.AUTOTUNE)
+        return ds.unbatch()
 
     return make
 
