@@ -125,7 +125,7 @@ def train_step_rates(steps=3):
             jit_compile=jit_compile,
         )  # fmt: skip
         float(step(x, y)[0])  # trace and compile
-        best = min(timed(lambda: float(step(x, y)[0]))[1] for _ in range(steps))
+        best = min(timed(lambda s=step: float(s(x, y)[0]))[1] for _ in range(steps))
         result[jit_compile] = STEP_BATCH / best
     return result
 
