@@ -26,11 +26,12 @@ def is_tensorflow():
     return name() == TENSORFLOW
 
 
-def require_tensorflow(what):
-    """Raise BackendError, naming `what` and the backend to use, unless Keras runs on TF."""
+def require_tensorflow(what, instead=None):
+    """Raise BackendError naming `what`, the backend to set and `instead`, unless on TF."""
     backend = name()
     if backend != TENSORFLOW:
+        other = f", or use {instead}" if instead else ""
         raise BackendError(
             f"{what} needs the TensorFlow backend; this process runs Keras on "
-            f"{backend!r}: set KERAS_BACKEND=tensorflow"
+            f"{backend!r}: set KERAS_BACKEND=tensorflow{other}"
         )

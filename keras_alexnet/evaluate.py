@@ -176,7 +176,7 @@ def evaluate(
     class within 1e-5), protocol, runtime, images_per_second, seconds, model, data, split,
     input_size, resize, scales; with `return_scores` also scores and labels (NumPy).
     """
-    require_tensorflow("evaluate (its data pipeline is tf.data; use evaluate_arrays)")
+    require_tensorflow("evaluate (a tf.data pipeline)", "evaluate_arrays on images in memory")
     runtime = (
         model if isinstance(model, Runtime) else load(model, threads=threads, provider=provider)
     )

@@ -123,7 +123,7 @@ def make_train_step(
 
     from keras_alexnet.backend import require_tensorflow
 
-    require_tensorflow("the tf.distribute training loop (train)")
+    require_tensorflow("the tf.distribute training loop", "optim.compile_paper and model.fit")
     import tensorflow as tf
 
     def gradients(images, labels):
