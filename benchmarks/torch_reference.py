@@ -5,6 +5,8 @@ can copy weights across and compare outputs. PyTorch is optional: nothing in the
 imports this module.
 """
 
+import functools
+
 import numpy as np
 import torch
 from torch import nn
@@ -68,10 +70,14 @@ class AlexNet(nn.Module):
 
 
 class VGG(nn.Module):
-    """A VGG configuration from VGG_CONFIGS, 224 input."""
+    """A VGG configuration from VGG_CONFIGS, 224 input (`width` scales every layer)."""
 
-    def __init__(self, name, classes=1000):
+    def __init__(self, name, classes=1000, width=1.0, input_size=224):
         super().__init__()
+
+        def w(c):
+            return max(1, int(round(c * width)))
+
         layers, channels = [], 3
         for cell in VGG_CONFIGS[name]:
             if cell == "M":
@@ -80,12 +86,13 @@ class VGG(nn.Module):
                 layers.append(TowerLRN(1))
             else:
                 out, k = cell if isinstance(cell, tuple) else (cell, 3)
-                layers += [nn.Conv2d(channels, out, k, padding=k // 2), nn.ReLU()]
-                channels = out
+                layers += [nn.Conv2d(channels, w(out), k, padding=k // 2), nn.ReLU()]
+                channels = w(out)
+        side, fc = input_size // 32, w(4096)
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Sequential(
-            nn.Flatten(), nn.Linear(512 * 7 * 7, 4096), nn.ReLU(), nn.Dropout(0.5),
-            nn.Linear(4096, 4096), nn.ReLU(), nn.Dropout(0.5), nn.Linear(4096, classes),
+            nn.Flatten(), nn.Linear(channels * side * side, fc), nn.ReLU(), nn.Dropout(0.5),
+            nn.Linear(fc, fc), nn.ReLU(), nn.Dropout(0.5), nn.Linear(fc, classes),
         )  # fmt: skip
 
     def forward(self, x):
@@ -93,9 +100,11 @@ class VGG(nn.Module):
         return self.classifier(self.features(x))
 
 
-def build(name, classes=1000):
+def build(name, classes=1000, width=1.0, input_size=None):
     """Build the PyTorch reference of a registry name ("alexnet", "vgg_a" ... "vgg_e")."""
-    return AlexNet(classes) if name == "alexnet" else VGG(name, classes)
+    net = AlexNet if name == "alexnet" else functools.partial(VGG, name)
+    size = {} if input_size is None else {"input_size": input_size}
+    return net(classes, width=width, **size)
 
 
 def load_keras_weights(torch_model, keras_model):

@@ -265,3 +265,41 @@ def test_numpy_views_equal_the_tf_data_views(views):
     }[views]().numpy()
     got = numpy_views(image, views, 40, 32)
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-3)
+
+
+BENCH_GPU = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_gpu.py"
+BENCH_TINY = ["--steps", "2", "--warmup", "1", "--batch", "2", "--size", "67", "--width", "0.0625"]
+# Runs a script where `import tensorflow` fails, as on the GPU machines (JAX, PyTorch, Keras).
+WITHOUT_TENSORFLOW = (
+    "import runpy, sys; sys.modules['tensorflow'] = None; sys.argv = sys.argv[1:]; "
+    "runpy.run_path(sys.argv[0], run_name='__main__')"
+)
+
+
+def _bench_gpu(*flags):
+    """Run bench_gpu.py at a tiny size on the CPU without TensorFlow; return its stdout."""
+    command = [sys.executable, "-c", WITHOUT_TENSORFLOW, str(BENCH_GPU), *BENCH_TINY, *flags]
+    done = subprocess.run(
+        command, env=_environment("jax"), capture_output=True, text=True, timeout=WORKER_TIMEOUT
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def _table_rows(stdout):
+    """{(model, workload, precision): [cells]} of the printed table."""
+    rows = [line.strip("|").split("|") for line in stdout.splitlines() if line.startswith("| ")]
+    return {tuple(c.strip() for c in row[:3]): [c.strip() for c in row[3:]] for row in rows[1:]}
+
+
+def test_bench_gpu_measures_keras_jax_and_pytorch_without_tensorflow():
+    # One model and no torch.compile keep it quick; VGG D runs the same code.
+    rows = _table_rows(_bench_gpu("--models", "alexnet", "--no-compile"))
+    assert set(rows) == {("alexnet", w, p) for w in ("train", "infer") for p in ("fp32", "bf16")}
+    for cells in rows.values():
+        keras_jax, eager, compiled, jax_over_eager, jax_over_compile = cells
+        keras_jax, eager = (float(c.replace(",", "")) for c in (keras_jax, eager))
+        assert keras_jax > 0 and eager > 0
+        # The cells are rounded to 0.1 img/s, the ratio is computed before rounding.
+        assert float(jax_over_eager.removesuffix("x")) == pytest.approx(keras_jax / eager, rel=0.1)
+        assert compiled == jax_over_compile == "-"  # --no-compile
