@@ -99,6 +99,9 @@ IMAGENET_ALEXNET = (
     "python scripts/train.py --model alexnet --data imagenet2012 --data-dir ~/tensorflow_datasets"
 )
 IMAGENET_VGG_D = "python scripts/train.py --model vgg_d --data imagenet2012 --resize 256,512"
+PREPARE = "python scripts/prepare.py --data imagenet2012 --output ~/prepared/alexnet"
+TRAIN_PREPARED = "python scripts/train.py --model alexnet --data ~/prepared/alexnet --jit-compile"
+PREPARED = {"~/prepared/alexnet": "{tmp}/prepared_alexnet"}
 EXPORT_ONNX = "python scripts/export_onnx.py --model runs/alexnet"
 SERVE = (
     "python scripts/serve.py --model export/alexnet.onnx --port 8000 --max-batch-size 32 "
@@ -175,6 +178,22 @@ def table(stdout):
     top1 = float(rows["top-1 accuracy"].split("%")[0])
     assert 0 <= top1 <= 100
     return rows
+
+
+def check_prepare(readme, outcome):
+    # The mock's tree: 2 x 16 training and 2 x 4 validation PNGs, under 1000 class names.
+    assert "Prepared 32 train and 8 val images" in outcome.stdout, outcome.stdout
+    index = json.loads((readme.paths["tmp"] / "prepared_alexnet" / "prepared.json").read_text())
+    assert index["layout"] == {"size": 76, "square": True} and len(index["class_names"]) == 1000
+    again = readme.execute(PREPARE)
+    assert again.returncode == 0 and "is already prepared" in again.stdout, again.stderr[-2000:]
+
+
+def check_train_prepared(readme, outcome):
+    finished(outcome.stdout)
+    run = readme.paths["runs"] / "alexnet_prepared"
+    check_run(run, classes=1000, input_size=67, resize=76)
+    assert json.loads((run / "command.json").read_text())["config"]["jit_compile"] is True
 
 
 def check_evaluate_run(readme, outcome):
@@ -324,6 +343,13 @@ TINY = {
         replace={"256,512": "36,48"},
         extra=(*SHORT, "--image-size", "32", "--batch-size", "8", "--output", "{runs}/vgg_d"),
         tfds_mock=True,
+    ),
+    PREPARE: Tiny(check_prepare, replace=PREPARED, extra=("--size", "76"), tfds_mock=True),
+    TRAIN_PREPARED: Tiny(
+        check_train_prepared,
+        replace=PREPARED,
+        extra=(*SHORT, *ALEXNET_SIZE, "--output", "{runs}/alexnet_prepared"),
+        needs=(PREPARE,),
     ),
     "python scripts/evaluate.py --model runs/alexnet": Tiny(
         check_evaluate_run, replace=RUN_DIR, needs=(DEMO,)

@@ -123,7 +123,7 @@ def _augmentation(source, scale_range, image_size, *, decode, flip):
     lo, hi = scale_range
     layout = getattr(source, "layout", None)
     if decode and layout is not None and lo == hi == layout.size:
-        return _prepared_crop(image_size, flip)
+        return _prepared_crop(image_size, layout, flip)
     decode_fn = decoder(source)
 
     def augment(example, seeds):
@@ -144,13 +144,19 @@ def _augmentation(source, scale_range, image_size, *, decode, flip):
     return augment
 
 
-def _prepared_crop(image_size, flip):
-    """The training map of prepared JPEGs at the training scale: crop while decoding."""
+def _prepared_crop(image_size, layout, flip):
+    """The training map of prepared JPEGs at the training scale: crop while decoding.
+
+    A square layout's images all have its size: their shape is not read from each header.
+    """
 
     def augment(example, seeds):
         contents, label = example
         s = tf.random.experimental.stateless_split(seeds, 4)  # s[0]: the scale, fixed here
-        shape = tf.io.extract_jpeg_shape(contents)[:2]
+        if layout.square:
+            shape = tf.constant([layout.size, layout.size])
+        else:
+            shape = tf.io.extract_jpeg_shape(contents)[:2]
         top, left, mirror = transforms.random_crop_params(shape, image_size, s[1], s[2])
         window = tf.stack([top, left, image_size, image_size])
         image = tf.io.decode_and_crop_jpeg(contents, window, channels=3)
