@@ -1,4 +1,4 @@
-"""AlexNet and VGG as published, in Keras 3 on the TensorFlow backend.
+"""AlexNet and VGG as published, in Keras 3: models on every backend, training on TensorFlow.
 
 Importing the package changes nothing global: the commands set their TensorFlow defaults
 (the TensorFlow backend, oneDNN on) in `keras_alexnet.cli.prepare_process`. Keras itself

@@ -32,8 +32,8 @@ ARGPARSE_ERROR = 2  # argparse's own exit status for a bad command line
 INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a Ctrl-C
 # The commands' defaults, each kept when the user set the variable.
 PROCESS_DEFAULTS = {
-    # The custom layers call tf.nn directly (grouped conv, LRN): a keras.json naming
-    # another backend must not break the commands. The layers refuse other backends.
+    # The commands are TensorFlow programs (tf.data, tf.distribute, export): a keras.json
+    # naming another backend must not break them. The models run on every backend.
     "KERAS_BACKEND": "tensorflow",
     # TensorFlow turns oneDNN on by default only on CPUs with AVX-512 VNNI/BF16 or AMX. On
     # an AVX2 CPU its Eigen kernels train much slower (fc6's transposed MatMul gradient

@@ -72,8 +72,14 @@ def train(config, *, argv=None, log=print):
     """Train `config.model` on `config.data`; return a `TrainResult`.
 
     Re-running with the same output directory resumes from its latest checkpoint; a run
-    that has reached `config.epochs` says so and returns at once.
+    that has reached `config.epochs` says so and returns at once. TensorFlow backend only
+    (tf.data and tf.distribute); on another, fine-tune with optim.compile_paper and fit.
     """
+    from keras_alexnet.backend import require_tensorflow
+
+    require_tensorflow(
+        "train (tf.data and the tf.distribute loop)", "optim.compile_paper and model.fit"
+    )
     from keras_alexnet.models import get_spec
 
     spec = get_spec(config.model)

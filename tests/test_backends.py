@@ -241,7 +241,7 @@ def test_evaluate_arrays_scores_like_tensorflow(sides, backend):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize(
-    "part", ["savedmodel", "onnx_export", "savedmodel_export", "evaluate", "train_step"]
+    "part", ["savedmodel", "onnx_export", "savedmodel_export", "evaluate", "train_step", "train"]
 )
 def test_tensorflow_only_parts_refuse_in_one_line(sides, backend, part):
     message = str(sides[2][backend][f"error_{part}"])
