@@ -212,3 +212,50 @@ def test_training_and_evaluation_read_a_prepared_tfds_set(tiny_data, tmp_path):
     # Dark vs bright blobs (tiny_data): the labels came through with the pixels.
     means = x.numpy().mean(axis=(1, 2, 3))
     assert np.all((means > 125) == (y.numpy() == 1))
+
+
+def test_passes_on_prepared_data_are_new_presentations_reproducible_from_the_seed(colour_tree):
+    prep.prepare(colour_tree, colour_tree.parent / "p", size=SIZE, shard_size=5, log=quiet)
+    source = load_source(colour_tree.parent / "p")
+
+    def passes(ds, n=3):
+        return [np.concatenate([x.numpy() for x, _ in ds]) for _ in range(n)]
+
+    kw = dict(image_size=16, resize=SIZE, batch_size=6, seed=5)
+    first, again = passes(train_dataset(source, **kw)), passes(train_dataset(source, **kw))
+    for a, b in zip(first, again, strict=True):
+        np.testing.assert_array_equal(a, b)  # pass k is the same in every run
+    assert not np.array_equal(first[0], first[1])  # each pass is a new presentation
+    other_epoch = passes(train_dataset(source, epoch=1, **kw), n=1)[0]
+    assert not np.array_equal(first[0], other_epoch)
+
+
+def test_evaluate_and_compute_stats_read_a_prepared_directory(tmp_path):
+    from keras_alexnet.data import source_stats
+    from keras_alexnet.evaluate import evaluate
+    from tests.test_evaluate import RESIZE, SIZE, make_run
+
+    prep.prepare(None, tmp_path / "p", size=RESIZE, log=quiet)  # the demo digits
+    stats, folder = source_stats(str(tmp_path / "p")), source_stats(None)
+    assert stats["num_train"] == folder["num_train"]
+    np.testing.assert_allclose(stats["stats"]["mean"], folder["stats"]["mean"], rtol=1e-9)
+    path, model = make_run(tmp_path / "run", steps=0, protocol="center")
+    result = evaluate(path, data=str(tmp_path / "p"), verbose=False, return_scores=True)
+    # Against the centre crops cut by hand from the prepared RESIZE x RESIZE images.
+    records = list(load_source(tmp_path / "p").encoded("val"))
+    top = (RESIZE - SIZE) // 2
+    crops = np.stack([
+        transforms.decode_prepared(c).numpy()[top : top + SIZE, top : top + SIZE]
+        for c, _ in records
+    ]).astype("float32")  # fmt: skip
+    assert result["count"] == len(records) == 364  # the demo split
+    np.testing.assert_allclose(result["scores"], model.predict(crops, verbose=0), atol=1e-5)
+    np.testing.assert_array_equal(result["labels"], [int(y) for _, y in records])
+
+
+def test_a_folder_named_by_another_path_is_the_same_source(colour_tree, monkeypatch):
+    monkeypatch.chdir(colour_tree.parent)
+    prep.prepare("tree", "p", size=SIZE, log=quiet)
+    said = []
+    prep.prepare(colour_tree, colour_tree.parent / "p", size=SIZE, log=said.append)
+    assert "is already prepared" in said[0]

@@ -294,7 +294,7 @@ def prepare(
     output = Path(output).expanduser()
     layout = layout_for(model, size)
     signature = {
-        "data": None if data is None else str(data), "data_dir": data_dir,
+        "data": _data_key(data), "data_dir": data_dir,
         "layout": dataclasses.asdict(layout), "quality": quality, "shard_size": shard_size,
         "val_fraction": val_fraction, "seed": seed,
     }  # fmt: skip
@@ -304,7 +304,19 @@ def prepare(
         return done
     listing = _listing(data, data_dir, val_fraction, seed, cache)
     states = _resume_state(output, signature)
-    image_fn = _image_fn(layout, quality)
+    _write_splits(listing, output, states, signature, workers=workers or default_workers())
+    index = _index(signature, listing, states, layout, quality)
+    fileio.write_json(output / PREPARED_FILE, index)
+    (output / STATE_FILE).unlink(missing_ok=True)
+    sources.report_skipped([tuple(s) for s in index["skipped"]])
+    log(f"Prepared {_counts(index)} in {output}")
+    return index
+
+
+def _write_splits(listing, output, states, signature, *, workers):
+    """Write every split's unfinished shards, saving the state after each."""
+    layout = Layout(**signature["layout"])
+    image_fn = _image_fn(layout, signature["quality"])
 
     def save(_):
         fileio.write_json(output / STATE_FILE, _state_json(signature, states))
@@ -312,15 +324,16 @@ def prepare(
     for split, (items, total) in listing.items.items():
         write_split(
             split, items, total, output, states.setdefault(split, _SplitState()),
-            image_fn=image_fn, shard_size=shard_size, workers=workers or default_workers(),
-            save=save,
+            image_fn=image_fn, shard_size=signature["shard_size"], workers=workers, save=save,
         )  # fmt: skip
-    index = _index(signature, listing, states, layout, quality)
-    fileio.write_json(output / PREPARED_FILE, index)
-    (output / STATE_FILE).unlink(missing_ok=True)
-    sources.report_skipped([tuple(s) for s in index["skipped"]])
-    log(f"Prepared {_counts(index)} in {output}")
-    return index
+
+
+def _data_key(data):
+    """How the signature names the data: a folder by its absolute path, else as given."""
+    if data is None:
+        return None
+    path = Path(str(data)).expanduser()
+    return str(path.resolve()) if path.exists() else str(data)
 
 
 def _counts(index):
