@@ -40,6 +40,9 @@ PROCESS_DEFAULTS = {
     # above all; benchmarks/RESULTS.md has the numbers), and oneDNN differentiates grouped
     # convolutions natively. TF reads it at its first import; 0 turns oneDNN off.
     "TF_ENABLE_ONEDNN_OPTS": "1",
+    # INFO lines (XLA's compile notices under --jit-compile, tf.data's defaults) stay out
+    # of the commands' stderr; warnings and errors still show. 0 shows everything.
+    "TF_CPP_MIN_LOG_LEVEL": "1",
 }
 
 

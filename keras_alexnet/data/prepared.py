@@ -96,6 +96,7 @@ def read_index(root):
     return meta
 
 
+READ_BUFFER = 1 << 20  # bytes read ahead per open shard file
 PARSE_BATCH = 64  # records parsed per call: parsing one at a time doubles its CPU time
 
 
@@ -123,7 +124,7 @@ def _records_factory(files):
         if shuffle_seed is not None and shard is None:
             ds = sources.shuffle_each_pass(ds, len(files), shuffle_seed)
         ds = ds.interleave(
-            tf.data.TFRecordDataset,
+            lambda f: tf.data.TFRecordDataset(f, buffer_size=READ_BUFFER),
             cycle_length=min(len(files), 8),
             num_parallel_calls=tf.data.AUTOTUNE,
             deterministic=True,
