@@ -393,8 +393,15 @@ def test_a_second_training_into_the_same_run_directory_is_refused(tiny_data, tmp
     assert train(config, log=lambda *a: None).epochs == 1  # free again
 
 
-def test_an_epoch_resumed_mid_way_reports_the_whole_epoch(tiny_data, tmp_path, monkeypatch):
-    config = tiny_config(tiny_data, tmp_path / "whole", deterministic=True, checkpoint_every=1)
+@pytest.mark.parametrize("source", ["folders", "prepared"])
+def test_an_epoch_resumed_mid_way_reports_the_whole_epoch(tiny_data, tmp_path, monkeypatch, source):
+    data = tiny_data
+    if source == "prepared":  # at the training scale: the crops are decoded directly
+        from keras_alexnet.data.prepared import prepare
+
+        data = tmp_path / "prepared"
+        prepare(tiny_data, data, model="vgg_a", size=36, log=lambda *a: None)
+    config = tiny_config(data, tmp_path / "whole", deterministic=True, checkpoint_every=1)
     train(config, log=lambda *a: None)
     saves = []
     original = tf.train.CheckpointManager.save
