@@ -101,8 +101,8 @@ def test_train_step_is_cross_entropy_on_logits_with_the_papers_update(loss_scali
 
 
 def test_an_xla_compiled_alexnet_step_equals_the_graph_step():
-    # Grouped convolutions and LRN within towers, compiled by XLA. (Not dropout: XLA draws
-    # its stateless masks with another algorithm, so its masks differ from the graph's.)
+    # Grouped convolutions and LRN within towers, compiled by XLA. (Not dropout: the same
+    # seeds draw other masks under XLA, so its masks differ from the graph's.)
     from keras_alexnet.models import build_model
 
     rng = np.random.default_rng(0)
