@@ -45,8 +45,8 @@ def _data_args(parser):
     p.add_argument(
         "--data",
         default=None,
-        help="a class-folder directory or a TFDS name; none: the data in the model's "
-        "metadata (default: %(default)s)",
+        help="a class-folder directory, a prepared directory (prepare.py) or a TFDS name; "
+        "none: the data in the model's metadata (default: %(default)s)",
     )
     p.add_argument(
         "--data-dir",

@@ -146,8 +146,8 @@ def _data_args(parser):
     p.add_argument(
         "--data",
         default=None,
-        help="a class-folder directory or a TFDS name (e.g. imagenet2012); omitted: "
-        "the bundled demo digits (default: %(default)s)",
+        help="a class-folder directory, a prepared directory (prepare.py) or a TFDS name "
+        "(e.g. imagenet2012); omitted: the bundled demo digits (default: %(default)s)",
     )
     p.add_argument(
         "--data-dir",
