@@ -71,7 +71,7 @@ def test_prepare_keeps_the_folder_split_classes_and_statistics(colour_tree):
     assert source.kind == "prepared" and source.class_names == ["a", "b"]
     assert source.sizes == folder.sizes == {"train": 18, "val": 2}
     assert [Path(p).name for p, _ in index["skipped"]] == ["broken.jpg"]
-    assert "cannot be decoded" in index["skipped"][0][1]
+    assert index["skipped"][0][1].startswith("cannot be decoded: jpeg::Uncompress failed")
     # The same images in each split: constant colours identify them (JPEG moves a few units).
     for split in ("train", "val"):
         want = sorted(tuple(transforms.decode(c).numpy()[0, 0]) for c, _ in folder.encoded(split))
@@ -259,3 +259,17 @@ def test_a_folder_named_by_another_path_is_the_same_source(colour_tree, monkeypa
     said = []
     prep.prepare(colour_tree, colour_tree.parent / "p", size=SIZE, log=said.append)
     assert "is already prepared" in said[0]
+
+
+def test_a_class_without_usable_images_is_one_clear_error(tmp_path):
+    root = tmp_path / "tree"
+    for i in range(4):
+        (root / "a").mkdir(parents=True, exist_ok=True)
+        (root / "b").mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (30, 30), colour(i)).save(root / "a" / f"{i}.png")
+        (root / "b" / f"{i}.jpg").write_bytes(b"\xff\xd8\xff\xe0" + b"\0" * 40)
+    # One file of each class is held out for validation; the other three train.
+    message = r"b: no training images: all 3 files are unusable \(first: cannot be decoded: jpeg"
+    with pytest.raises(ValueError, match=message):
+        prep.prepare(root, tmp_path / "p", size=SIZE, val_fraction=0.25, log=quiet)
+    assert not prep.is_prepared(tmp_path / "p")

@@ -18,6 +18,7 @@ An interrupted pass resumes at its first unfinished shard.
 
 import concurrent.futures
 import dataclasses
+import itertools
 import os
 from pathlib import Path
 
@@ -26,7 +27,7 @@ import tensorflow as tf
 
 from keras_alexnet import fileio, imageinfo
 from keras_alexnet.data import sources, transforms
-from keras_alexnet.data.stats import DatasetStats
+from keras_alexnet.data.stats import DatasetStats, pixel_moments
 
 PREPARED_FILE = "prepared.json"  # written last: its presence marks a finished pass
 STATE_FILE = ".prepare-state.json"  # the finished shards of an unfinished pass
@@ -155,14 +156,12 @@ def _image_fn(layout, quality):
     )
     def prepare_image(contents, orientation):
         image = transforms.decode(contents, orientation)
-        x = tf.reshape(tf.cast(image, tf.float64), [-1, 3])
-        count = tf.cast(tf.shape(x)[0], tf.float64)
         resized = transforms.resize_shorter(image, layout.size)
         if layout.square:
             resized = transforms.center_crop(resized, layout.size)
         pixels = tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
         jpeg = tf.io.encode_jpeg(pixels, quality=quality, chroma_downsampling=False)
-        return image, count, tf.reduce_sum(x, 0), tf.matmul(x, x, transpose_a=True), jpeg
+        return image, *pixel_moments(image), jpeg
 
     return prepare_image
 
@@ -226,22 +225,18 @@ class _SplitState:
 
 def _shard_items(items, shard_size, first):
     """Yield (index, [items]) chunks of `shard_size` from shard number `first` on."""
-    chunk, index = [], 0
-    for position, item in enumerate(items):
-        if position < first * shard_size:
-            continue
-        chunk.append(item)
-        if len(chunk) == shard_size:
-            yield index + first, chunk
-            chunk, index = [], index + 1
-    if chunk:
-        yield index + first, chunk
+    items = itertools.islice(items, first * shard_size, None)
+    for index in itertools.count(first):
+        chunk = list(itertools.islice(items, shard_size))
+        if not chunk:
+            return
+        yield index, chunk
 
 
 def write_split(split, items, total, out, state, *, image_fn, shard_size, workers, save):
     """Prepare `total` items of a split into shards in `out`, from the first unfinished one.
 
-    `save(state)` runs after every shard, so an interrupted pass loses at most one shard.
+    `save()` runs after every shard, so an interrupted pass loses at most one shard.
     """
     from keras_alexnet.progress import Progress
 
@@ -253,7 +248,7 @@ def write_split(split, items, total, out, state, *, image_fn, shard_size, worker
             file = f"{split}-{index:05d}.tfrecord"
             _write_shard(out / file, [r[:2] for _, _, r in results if r is not None])
             state.add_shard(file, results)
-            save(state)
+            save()
             bar.add(len(chunk))
     bar.close()
     return state
@@ -319,7 +314,7 @@ def _write_splits(listing, output, states, signature, *, workers):
     layout = Layout(**signature["layout"])
     image_fn = _image_fn(layout, signature["quality"])
 
-    def save(_):
+    def save():
         fileio.write_json(output / STATE_FILE, _state_json(signature, states))
 
     for split, (items, total) in listing.items.items():
@@ -440,13 +435,12 @@ def _index(signature, listing, states, layout, quality):
     """prepared.json: what the shards hold; ValueError for a class left without images."""
     train = states["train"]
     if listing.folder is not None:
-        reasons = {name: (why,) for name, why in train.skipped}
+        reasons = dict(train.skipped)
         listed = [(p, listing.class_names[y]) for p, _, y in listing.items["train"][0]]
         usable = [f for f in listed if f[0] not in reasons]
         sources.check_every_class_trains(
-            listing.folder, listing.class_names, listed, usable,
-            {p: reasons.get(p, (None,)) for p, _ in listed},
-        )  # fmt: skip
+            listing.folder, listing.class_names, listed, usable, reasons
+        )
     pixel_stats = sources.stats_from_moments([train.moments])
     return {
         "format": FORMAT,

@@ -127,10 +127,15 @@ def decoded_problem(decode, *args):
 
 
 def _decode_error(error):
-    """A TensorFlow decode error's own message, without a tf.function's wrapping lines."""
+    """A TensorFlow decode error's own message, without a tf.function's wrapping lines.
+
+    Those are "Graph execution error:", "Detected at node ..." and the indented Python
+    frames and node lines around the kernel's message.
+    """
     lines = [
         line for line in str(error.message).splitlines()
-        if line.strip() and not line.startswith(("Graph execution error", "Detected at node"))
+        if line.strip() and not line[0].isspace()
+        and not line.startswith(("Graph execution error", "Detected at node"))
     ]  # fmt: skip
     return re.sub(r"\{\{[^}]*\}\}\s*", "", lines[0] if lines else type(error).__name__)
 
@@ -286,7 +291,7 @@ def directory_source(root, *, val_fraction=0.1, seed=0, cache=None, name=None):
     if val is None:
         train, val = hold_out(train, class_names, val_fraction, seed)
     val = [f for f in val if not scanned[f[0]][0]]
-    check_every_class_trains(folder, class_names, listed, train, scanned)
+    check_every_class_trains(folder, class_names, listed, train, dict(skipped))
     val = validation_order(val, seed)
     index = {c: i for i, c in enumerate(class_names)}
     splits = {
@@ -353,13 +358,16 @@ def hold_out(files, class_names, val_fraction, seed):
     return train, val
 
 
-def check_every_class_trains(folder, class_names, listed, train, scanned):
-    """Raise for a class with no training image: it would be a label the model never sees."""
+def check_every_class_trains(folder, class_names, listed, train, unusable):
+    """Raise for a class with no training image: it would be a label the model never sees.
+
+    `listed` and `train` are [(path, class)]; `unusable` maps a skipped path to its reason.
+    """
     trained = {c for _, c in train}
     for name in class_names:
         if name in trained:
             continue
-        reasons = [scanned[p][0] for p, c in listed if c == name and scanned[p][0]]
+        reasons = [unusable[p] for p, c in listed if c == name and p in unusable]
         total = sum(c == name for _, c in listed)
         why = f"all {total} files are unusable (first: {reasons[0]})"
         if len(reasons) < total:

@@ -113,12 +113,17 @@ def compute_stats(images):
     return acc.result()
 
 
+def pixel_moments(image):
+    """An [H, W, 3] image's (pixel count, RGB sum [3], sum of outer products [3, 3]), float64."""
+    x = tf.reshape(tf.cast(image, tf.float64), [-1, 3])
+    return tf.cast(tf.shape(x)[0], tf.float64), tf.reduce_sum(x, 0), tf.matmul(x, x, True)
+
+
 def _stats_of_dataset(dataset):
     """Moments of every decoded image of a (bytes, label) dataset, summed in float64."""
 
     def moments(contents, _):
-        x = tf.reshape(tf.cast(transforms.decode(contents), tf.float64), [-1, 3])
-        return tf.cast(tf.shape(x)[0], tf.float64), tf.reduce_sum(x, 0), tf.matmul(x, x, True)
+        return pixel_moments(transforms.decode(contents))
 
     acc = StatsAccumulator()
     for count, total, outer in dataset.map(moments, num_parallel_calls=tf.data.AUTOTUNE):
