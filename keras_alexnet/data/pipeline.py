@@ -71,7 +71,7 @@ def train_dataset(
     return ds.with_options(_options())
 
 
-def _scale_range(resize, image_size, source=None):
+def _scale_range(resize, image_size, source):
     """The training scales (lo, hi) from an int or a pair; ValueError for impossible ones."""
     lo, hi = (int(v) for v in np.broadcast_to(resize, [2]))
     if not 0 < lo <= hi:
@@ -84,10 +84,9 @@ def _scale_range(resize, image_size, source=None):
 
 def _check_prepared_scale(source, scale):
     """Refuse a scale above a prepared set's: it would up-sample images already down-sampled."""
-    layout = getattr(source, "layout", None)
-    if layout is not None and scale > layout.size:
+    if source.layout is not None and scale > source.layout.size:
         raise ValueError(
-            f"{source.name} was prepared at shorter side {layout.size}; scale {scale} needs "
+            f"{source.name} was prepared at shorter side {source.layout.size}; scale {scale} needs "
             f"images prepared at {scale} or more (prepare.py --size {scale})"
         )
 
@@ -121,9 +120,8 @@ def _augmentation(source, scale_range, image_size, *, decode, flip):
     cropping, since prepared JPEGs keep full-resolution chroma) and stays uint8.
     """
     lo, hi = scale_range
-    layout = getattr(source, "layout", None)
-    if decode and layout is not None and lo == hi == layout.size:
-        return _prepared_crop(image_size, layout, flip)
+    if decode and source.layout is not None and lo == hi == source.layout.size:
+        return _prepared_crop(image_size, source.layout, flip)
     decode_fn = decoder(source)
 
     def augment(example, seeds):
