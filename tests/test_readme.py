@@ -614,3 +614,41 @@ def test_curl_with_httpx_speaks_like_curl(monkeypatch, tmp_path):
     outcome = curl_with_httpx(["curl", "-s", "-F", f"file=@{tmp_path}/a.png", "127.0.0.1:9/x"])
     assert outcome.stdout == '{"ok": true}'
     assert sent == {"url": "http://127.0.0.1:9/x", "files": [("file", ("a.png", b"png"))]}
+
+
+# The Backends section's Python block, run on JAX against the demo run, with its names bound.
+PYTHON_PRELUDE = """
+import numpy as np
+rng = np.random.default_rng(0)
+images = rng.uniform(0, 255, (2, 67, 67, 3)).astype("float32")
+uint8_images = rng.integers(0, 256, (3, 80, 90, 3), dtype=np.uint8)
+labels = np.array([0, 1, 2])
+x, y = images, np.array([3, 4])
+"""
+PYTHON_CHECKS = """
+import json, sys
+print(json.dumps({
+    "backend": __import__("keras").backend.backend(), "shape": list(probabilities.shape),
+    "count": results["count"], "tensorflow": "tensorflow" in sys.modules,
+}))
+"""
+
+
+@pytest.mark.slow
+def test_the_readme_python_block_runs_on_jax(readme, tmp_path):
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+    blocks = [b for b in blocks if 'os.environ["KERAS_BACKEND"] = "jax"' in b]
+    assert len(blocks) == 1
+    assert readme.run(DEMO).returncode == 0
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "alexnet").symlink_to(readme.paths["runs"] / "alexnet")
+    code = PYTHON_PRELUDE + blocks[0] + PYTHON_CHECKS
+    env = {**readme.env, "PYTHONPATH": str(ROOT)}
+    env.pop("KERAS_BACKEND", None)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+        timeout=TIMEOUT,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result == {"backend": "jax", "shape": [2, 10], "count": 3, "tensorflow": False}
