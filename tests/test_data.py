@@ -187,11 +187,12 @@ def test_pca_lighting_is_drawn_per_image_per_presentation(tmp_path):
 def test_pca_lighting_offset_lies_in_the_eigenvector_span_with_std_0_1():
     eigvec = np.linalg.qr(np.random.default_rng(1).normal(size=(3, 3)))[0]
     eigval = np.array([30.0, 5.0, 0.0])  # rank 2: offsets must stay in the first two axes
-    image = tf.zeros((4, 4, 3))
-    offsets = np.stack([
-        transforms.pca_lighting(image, eigval, eigvec, tf.constant([i, 7]))[0, 0].numpy()
-        for i in range(2000)
-    ])  # fmt: skip
+    # As training draws them: alpha per image, the offsets added to the whole batch.
+    alphas = tf.stack([transforms.lighting_alpha(tf.constant([i, 7])) for i in range(2000)])
+    lit = transforms.add_per_image_channel(
+        tf.zeros((2000, 4, 4, 3)), transforms.lighting_offsets(alphas, eigval, eigvec)
+    )
+    offsets = lit[:, 0, 0].numpy()
     alphas = offsets @ eigvec  # coordinates along each eigenvector = alpha_i * eigval_i
     assert np.allclose(alphas[:, 2], 0, atol=1e-4)
     np.testing.assert_allclose(alphas[:, :2].std(axis=0) / eigval[:2], 0.1, rtol=0.1)

@@ -117,24 +117,22 @@ def random_crop_params(resized_shape, size, crop_seed, flip_seed):
     return top, left, flip
 
 
-def pca_lighting(image, eigval, eigvec, seed, std=PCA_STD):
-    """Add [p1 p2 p3][a1 l1, a2 l2, a3 l3]^T to every pixel, alpha_i ~ N(0, std).
+def lighting_alpha(seed, std=PCA_STD):
+    """One image's PCA lighting coefficients alpha ~ N(0, std), shape [3].
 
     AlexNet Section 4.1: alpha is drawn once per image each time the image is used (the
-    caller passes a fresh seed per image per presentation); p_i, l_i are the eigenvectors
-    (columns of `eigvec`) and eigenvalues of the RGB covariance.
+    caller passes a fresh seed per image per presentation); the offset added to every
+    pixel is [p1 p2 p3][a1 l1, a2 l2, a3 l3]^T (`lighting_offsets`).
     """
-    offset = lighting_offsets(lighting_alpha(seed, std)[None], eigval, eigvec)[0]
-    return add_per_channel(image, offset)
-
-
-def lighting_alpha(seed, std=PCA_STD):
-    """One image's PCA lighting coefficients alpha ~ N(0, std), shape [3]."""
     return tf.random.stateless_normal([3], seed, stddev=std)
 
 
 def lighting_offsets(alphas, eigval, eigvec):
-    """The RGB offsets eigvec @ (alpha * eigval) of a batch of alphas [B, 3], as [B, 3]."""
+    """The RGB offsets eigvec @ (alpha * eigval) of a batch of alphas [B, 3], as [B, 3].
+
+    p_i, l_i are the eigenvectors (columns of `eigvec`) and eigenvalues of the RGB
+    covariance (`DatasetStats`).
+    """
     weights = alphas * tf.constant(eigval, tf.float32)  # [B, 3]
     return tf.reduce_sum(tf.constant(eigvec, tf.float32)[None] * weights[:, None, :], axis=2)
 
