@@ -129,10 +129,15 @@ class RunDirectory:
 
 
 class RunLock:
-    """An exclusive lock on a run directory, so two trainings never share checkpoints."""
+    """An exclusive lock on a run directory, so two trainings never share checkpoints.
 
-    def __init__(self, directory):
+    `user` names what holds it in the refusal, raised as `error` (prepare.py locks its
+    output directory with it too).
+    """
+
+    def __init__(self, directory, user="training", error=TrainingError):
         self.path = Path(directory) / ".lock"
+        self.user, self.error = user, error
         self._file = None
 
     def __enter__(self):
@@ -144,8 +149,8 @@ class RunLock:
             self._file.seek(0)
             holder = self._file.read().strip() or "another process"
             self._file.close()
-            raise TrainingError(
-                f"{self.path.parent} is in use by another training (pid {holder}); wait for it "
+            raise self.error(
+                f"{self.path.parent} is in use by another {self.user} (pid {holder}); wait for it "
                 "to finish or choose another --output"
             ) from None
         self._file.truncate(0)
