@@ -7,6 +7,7 @@ labelled with their name and, for AlexNet, the experiment settings in their meta
 extra installs.
 """
 
+import csv
 import dataclasses
 from pathlib import Path
 
@@ -25,6 +26,10 @@ PANELS = {
 }
 FIGURE_SIZE = (15.0, 3.2)  # inches: five panels side by side
 DPI = 100
+
+
+class HistoryError(ValueError):
+    """A history.csv that cannot be drawn: not CSV text, no epochs, a missing column or value."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,13 +61,37 @@ def read_run(path):
         raise FileNotFoundError(
             f"{run.path} has no history.csv: not a run directory, or no epoch has ended"
         )
-    rows = run.read_history()
+    epochs, series = _read_history(run)
     metadata = Metadata.load(run.metadata) if run.metadata.exists() else None
-    return RunCurves(
-        label=run_label(run.path, metadata),
-        epochs=tuple(int(r["epoch"]) for r in rows),
-        series={key: tuple(float(r[key]) for r in rows) for key in PANELS},
-    )
+    return RunCurves(label=run_label(run.path, metadata), epochs=epochs, series=series)
+
+
+def _read_history(run):
+    """(epochs, {PANELS key: values}) of a run's history.csv; HistoryError naming the file."""
+    path = run.history
+    try:
+        rows = run.read_history()
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise HistoryError(f"{path} is not a CSV text file ({e})") from None
+    if not rows:
+        raise HistoryError(f"{path} has no epochs to draw")
+    missing = [key for key in ("epoch", *PANELS) if key not in rows[0]]
+    if missing:
+        raise HistoryError(
+            f"{path} has no column(s) {', '.join(missing)} "
+            f"(a run's history.csv has {', '.join(('epoch', *PANELS))})"
+        )
+    columns = {key: [] for key in ("epoch", *PANELS)}
+    for line, row in enumerate(rows, start=2):  # line 1 is the header
+        for key, values in columns.items():
+            try:
+                values.append((int if key == "epoch" else float)(row[key]))
+            except (TypeError, ValueError):  # TypeError: the row ends before this column
+                raise HistoryError(
+                    f"{path} line {line}: {key} is {row[key]!r}, not a number"
+                ) from None
+    epochs = tuple(columns.pop("epoch"))
+    return epochs, {key: tuple(values) for key, values in columns.items()}
 
 
 def draw(runs, output):

@@ -363,3 +363,34 @@ def test_every_command_is_an_installed_console_script_with_help():
                              timeout=120)  # fmt: skip
         assert out.returncode == 0 and out.stdout.startswith("usage: "), (name, out.stderr)
         assert "Traceback" not in out.stderr, name
+
+
+# ---------------------------------------------------------------- plot
+
+HISTORY = "epoch,loss,top1,val_top1,val_top5,lr\n1,2.3,0.1,0.12,0.5,0.01\n"
+
+
+@pytest.mark.parametrize(
+    ("content", "words"),
+    [
+        (b"epoch,loss,val_top1,val_top5,lr\n1,2.3,0.12,0.5,0.01\n", "no column(s) top1"),
+        (HISTORY.replace("0.12", "twelve").encode(), "line 2: val_top1 is 'twelve', not a number"),
+        (HISTORY.encode() + b"2,2.1,0.2\n", "line 3: val_top1 is None, not a number"),
+        (bytes(range(256)) * 4, "is not a CSV text file"),
+        (b"", "has no epochs to draw"),
+        (HISTORY.partition("\n")[0].encode() + b"\n", "has no epochs to draw"),
+    ],
+    ids=["missing column", "not a number", "short row", "binary", "empty", "header only"],
+)
+def test_plot_of_a_broken_history_is_one_line_naming_the_file(content, words, tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "history.csv").write_bytes(content)
+    output = tmp_path / "curves.png"
+    module = importlib.import_module("plot")
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run(module.main, module.get_args_parser(), [str(run), "--output", str(output)])
+    assert exit_info.value.code == 1
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"error: {run / 'history.csv'} ") and words in line, line
+    assert not output.exists()
