@@ -6,7 +6,7 @@ backend; `make_train_step` is the TensorFlow training loop's step (tf.distribute
 
 import math
 
-from keras_alexnet.train_config import TrainConfig
+from keras_alexnet.train_config import PAPER_LR, TrainConfig
 
 
 def learning_rate_for(config, epoch):
@@ -80,7 +80,7 @@ def add_weight_decay(model, weight_decay=TrainConfig.weight_decay):
 def compile_paper(
     model,
     *,
-    lr=TrainConfig.lr,
+    lr=PAPER_LR,
     momentum=TrainConfig.momentum,
     weight_decay=TrainConfig.weight_decay,
     from_logits=False,

@@ -22,13 +22,20 @@ from keras_alexnet.optim import (
 )
 from keras_alexnet.progress import Progress
 from keras_alexnet.rundir import RunDirectory, RunLock
-from keras_alexnet.train_config import TrainConfig, TrainingError, check_config
+from keras_alexnet.train_config import PAPER_LR, TrainConfig, TrainingError, check_config
 
 # The paper's recipe for B-E (VGG Section 3.1): these layers of a trained net A start the
 # deeper net ("the first four convolutional layers and the last three fully-connected
 # layers"); the rest is initialised as usual.
 NET_A_CONVS = 4
 NET_A_FC = ("fc1", "fc2", "predictions")
+
+# When a run says it is not learning (`progress_warning`): after WARN_AFTER epochs, an epoch
+# loss DIVERGED times the first epoch's, or a best validation top-1 within CHANCE_MARGIN of
+# chance (1 / classes). The paper's init on a small set stays there (SPEC "Known traps").
+WARN_AFTER = 2
+DIVERGED = 1.5
+CHANCE_MARGIN = 0.05
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,12 +45,25 @@ class TrainResult:
     epochs: int  # epochs the run directory has completed
     val_top1: float  # of the last epoch
     val_top5: float
-    best_val_top1: float
+    best_val_top1: float  # of the best epoch, the one best.keras holds
+    best_val_top5: float
+    best_epoch: int  # 0 when no epoch has finished
     best_model: Path | None  # best.keras, None where this process wrote none (non-chief)
     output: Path
     seconds: float
     replicas: int
     already_finished: bool = False  # nothing to do: the run had reached --epochs
+
+
+@dataclasses.dataclass
+class Plan:
+    """What a run checks and builds before it touches its directory."""
+
+    source: object
+    steps_per_epoch: int
+    metadata: Metadata
+    state: "TrainState"
+    start_log: list  # lines of loading --init-from / --weights, logged when the run starts
 
 
 @dataclasses.dataclass
@@ -60,7 +80,7 @@ class TrainState:
     plateau: Plateau
     epoch_sums: object  # tf.Variable [loss sum, hits, images] of the current epoch so far
     checkpoint: object
-    manager: object
+    manager: object = None  # tf.train.CheckpointManager, made once the run directory is locked
 
     @property
     def lr(self):
@@ -83,6 +103,7 @@ def train(config, *, argv=None, log=print):
     from keras_alexnet.models import get_spec
 
     spec = get_spec(config.model)
+    lr_given = config.lr is not None
     config = config.resolved(spec)
     check_config(config)
     if config.strategy == "mirrored":
@@ -102,22 +123,45 @@ def train(config, *, argv=None, log=print):
             f"{strategy.num_replicas_in_sync} replicas"
         )
     run = RunDirectory(config.output, *cluster_role(strategy))
-    with RunLock(run.path if run.is_chief else run.checkpoints):
-        return _train_locked(config, spec, strategy, run, argv, log)
-
-
-def _train_locked(config, spec, strategy, run, argv, log):
-    """The body of `train`, run while this process holds the run directory's lock."""
     run.check_identity(config)
+    plan = _prepare(config, spec, strategy, log)
+    with RunLock(run.path if run.is_chief else run.checkpoints):
+        return _train_locked(plan, config, strategy, run, lr_given, argv, log)
+
+
+def _prepare(config, spec, strategy, log):
+    """Check the settings against the data and the starting weights, and build the state.
+
+    Nothing is written yet: a refused command leaves no run directory that would then
+    refuse the corrected one.
+    """
     source = _open_source(config)
+    _check_data(config, spec, source)
     colour = filters.colour_in_data(source.stats)
     if not colour["colour"]:
         log(f"{source.name}: {colour['reason']}")
     steps_per_epoch = _steps_per_epoch(config, source)
     start = _starting_point(config, spec)
     metadata = _metadata(config, spec, source, start)
-    state = _build_state(config, spec, strategy, run, metadata, start)
-    history = _restore_or_start(state, config, run, metadata, steps_per_epoch, argv, log, start)
+    state = _build_state(config, spec, strategy, metadata, start)
+    lines = []
+    if config.init_from:
+        init_from_net_a(state.model, config.init_from, lines.append)
+    if start is not None:
+        _load_start(state.model, start, config, lines.append)
+    return Plan(source, steps_per_epoch, metadata, state, lines)
+
+
+def _train_locked(plan, config, strategy, run, lr_given, argv, log):
+    """The body of `train`, run while this process holds the run directory's lock."""
+    import tensorflow as tf
+
+    run.check_identity(config)  # again: another run may have started it meanwhile
+    state, source, steps_per_epoch = plan.state, plan.source, plan.steps_per_epoch
+    state.manager = tf.train.CheckpointManager(
+        state.checkpoint, str(run.checkpoints), max_to_keep=config.keep_checkpoints
+    )
+    history, config = _restore_or_start(state, config, run, plan, lr_given, argv, log)
     if run.is_chief and source.skipped:
         fileio.write_json(run.path / "skipped_files.json", dict(source.skipped))
     if int(state.epoch.numpy()) >= config.epochs:
@@ -128,7 +172,7 @@ def _train_locked(config, spec, strategy, run, argv, log):
     )  # fmt: skip
     writer = _summary_writer(run)
     draw_curves = run.is_chief and _can_draw_curves(log)
-    started = time.time()
+    started, warned = time.time(), False
     while int(state.epoch.numpy()) < config.epochs:
         epoch = int(state.epoch.numpy())
         scheduled = learning_rate_for(config, epoch)
@@ -147,11 +191,17 @@ def _train_locked(config, spec, strategy, run, argv, log):
             "lr": f"{float(state.lr.numpy()):.6g}",
         })  # fmt: skip
         _end_epoch(state, config, run, history, writer, log)
+        warning = None if warned else progress_warning(history, len(source.class_names), config)
+        if warning:
+            log(warning)
+            warned = True
         if draw_curves:
             curves.write_run_curves(run.path)
+    best = _best_row(history)
     return TrainResult(
         epochs=int(state.epoch.numpy()), val_top1=val_top1, val_top5=val_top5,
-        best_val_top1=_best_top1(history), best_model=run.best if run.best.exists() else None,
+        best_val_top1=float(best["val_top1"]), best_val_top5=float(best["val_top5"]),
+        best_epoch=int(best["epoch"]), best_model=run.best if run.best.exists() else None,
         output=run.path, seconds=time.time() - started, replicas=strategy.num_replicas_in_sync,
     )  # fmt: skip
 
@@ -170,6 +220,34 @@ def _open_source(config):
             "give it a val/ tree or a validation split"
         )
     return source
+
+
+def _check_data(config, spec, source):
+    """Refuse a scale the data cannot give (above a prepared set's) before the first epoch.
+
+    Builds the training and validation pipelines once, unread, so that their own checks run.
+    """
+    from keras_alexnet.data import eval_dataset, train_dataset
+
+    try:
+        train_dataset(
+            source, image_size=config.image_size, resize=config.resize,
+            batch_size=config.batch_size, seed=config.seed, pca_lighting=config.pca_lighting,
+            flip=config.flip,
+        )  # fmt: skip
+        eval_dataset(
+            source, protocol="center", image_size=config.image_size, resize=config.resize[0],
+            batch_size=config.batch_size,
+        )  # fmt: skip
+    except ValueError as e:
+        hint = ""
+        if source.layout is not None and source.layout.square and spec.family != "alexnet":
+            hint = (
+                f"; it holds AlexNet's central squares: for {spec.name}'s scales prepare it "
+                f"with `prepare.py --model {spec.name}`"
+            )
+        scales = ",".join(str(s) for s in dict.fromkeys(config.resize))
+        raise TrainingError(f"--resize {scales}: {e}{hint}") from None
 
 
 def _steps_per_epoch(config, source):
@@ -198,6 +276,49 @@ def _can_draw_curves(log):
 def _best_top1(history):
     """The best validation top-1 recorded in `history` (-1 when empty)."""
     return max((float(r["val_top1"]) for r in history), default=-1.0)
+
+
+def _best_row(history):
+    """The row of the first epoch with the best validation top-1 (best.keras's); NaNs if none."""
+    nothing = {"epoch": 0, "val_top1": "nan", "val_top5": "nan"}
+    return max(history, key=lambda r: float(r["val_top1"]), default=nothing)
+
+
+def progress_warning(history, num_classes, config):
+    """One line when the run is not learning after WARN_AFTER epochs, with what to pass; else None.
+
+    Not learning: a non-finite or climbing epoch loss (DIVERGED times the first epoch's), or
+    a best validation top-1 within CHANCE_MARGIN of chance. The paper's recipe stays the
+    default; the line names the recipe that learns on small sets, or trained weights.
+    """
+    if len(history) < WARN_AFTER:
+        return None
+    losses = [float(r["loss"]) for r in history]
+    best, chance = max(float(r["val_top1"]) for r in history), 1 / num_classes
+    if not all(math.isfinite(v) for v in losses):
+        problem = f"the loss is {losses[-1]}"
+    elif losses[-1] > DIVERGED * losses[0]:
+        problem = f"the loss climbed from {losses[0]:.3g} to {losses[-1]:.3g}"
+    elif best <= chance + CHANCE_MARGIN:
+        problem = f"validation top-1 is at chance ({best:.1%}, chance {chance:.1%})"
+    else:
+        return None
+    if config.weights:
+        advice = "try a lower --lr"
+    elif config.init != "he":
+        known = (
+            "the paper's N(0, 0.01) init is known to stay flat on small sets (Caffe's AlexNet "
+            "saw flat loss on ImageNet too, and started its biases at 0.1); "
+            if config.init == "paper"
+            else ""
+        )
+        advice = (
+            f"{known}pass --recipe small (He init, inputs scaled to about [-1, 1]) or start "
+            "from trained weights with --weights"
+        )
+    else:
+        advice = "try a lower --lr, or start from trained weights with --weights"
+    return f"Warning: after {len(history)} epochs {problem}; {advice}"
 
 
 def _end_epoch(state, config, run, history, writer, log):
@@ -251,8 +372,11 @@ def _metadata(config, spec, source, start=None):
     )
 
 
-def _build_state(config, spec, strategy, run, metadata, start=None):
-    """Build the model, optimizer and checkpointed variables inside the strategy's scope."""
+def _build_state(config, spec, strategy, metadata, start=None):
+    """Build the model, optimizer and checkpointed variables inside the strategy's scope.
+
+    The checkpoint manager, which reads the run directory, comes once it is locked.
+    """
     import keras
     import tensorflow as tf
 
@@ -294,27 +418,29 @@ def _build_state(config, spec, strategy, run, metadata, start=None):
         epoch=epoch, step_in_epoch=step, base_lr=base_lr, epoch_sums=sums,
         plateau_best=plateau.best, plateau_wait=plateau.wait, plateau_drops=plateau.drops,
     )  # fmt: skip
-    manager = tf.train.CheckpointManager(
-        checkpoint, str(run.checkpoints), max_to_keep=config.keep_checkpoints
-    )
     predict = tf.function(lambda x: inference(x, training=False))
     return TrainState(
-        model, inference, predict, optimizer, epoch, step, base_lr, plateau, sums, checkpoint,
-        manager,
-    )  # fmt: skip
+        model, inference, predict, optimizer, epoch, step, base_lr, plateau, sums, checkpoint
+    )
 
 
-def _restore_or_start(state, config, run, metadata, steps_per_epoch, argv, log, start=None):
-    """Resume from the latest checkpoint, or start the run directory; return its history."""
+def _restore_or_start(state, config, run, plan, lr_given, argv, log):
+    """Resume from the latest checkpoint, or start the run directory; return (history, config).
+
+    Without --lr (`lr_given` False) a resumed run keeps the rate it was started with.
+    """
     latest = state.manager.latest_checkpoint
     if not latest:
-        if config.init_from:
-            init_from_net_a(state.model, config.init_from, log)
-        if start is not None:
-            _load_start(state.model, start, config, log)
+        for line in plan.start_log:
+            log(line)
+        if config.weights and not lr_given:
+            log(
+                f"Fine-tuning from --weights: lr {config.lr:g}, a tenth of the paper's "
+                f"{PAPER_LR:g} (--lr sets another)"
+            )
         if run.is_chief:
-            run.start(config, metadata, argv)
-        return []
+            run.start(config, plan.metadata, argv)
+        return [], config
     try:
         state.checkpoint.restore(latest).assert_existing_objects_matched()
     except (AssertionError, ValueError) as e:
@@ -327,19 +453,21 @@ def _restore_or_start(state, config, run, metadata, steps_per_epoch, argv, log, 
     if epoch < config.epochs:
         log(
             f"Resumed from {latest}: epoch {epoch + 1}, step {int(state.step.numpy())} of "
-            f"{steps_per_epoch}, lr {float(state.lr.numpy()):.3g}"
+            f"{plan.steps_per_epoch}, lr {float(state.lr.numpy()):.3g}"
         )
     started_lr = float(state.base_lr.numpy())
-    if not math.isclose(started_lr, config.lr, rel_tol=1e-9):
+    if not lr_given:
+        config = dataclasses.replace(config, lr=started_lr)
+    elif not math.isclose(started_lr, config.lr, rel_tol=1e-9):
         state.lr.assign(float(state.lr.numpy()) * config.lr / started_lr)
         state.base_lr.assign(config.lr)
         log(f"  --lr {config.lr:g} replaces {started_lr:g}: lr now {float(state.lr.numpy()):.3g}")
-    return history
+    return history, config
 
 
 def _finished_result(run, history, strategy, log):
     """The result of a run that had already reached its epochs: nothing is trained."""
-    last = history[-1] if history else {}
+    last, best_row = (history[-1] if history else {}), _best_row(history)
     epochs = int(last.get("epoch", 0))
     best = run.best if run.best.exists() else None
     where = f"its best model is {best}" if best else f"its checkpoints are in {run.checkpoints}"
@@ -350,8 +478,8 @@ def _finished_result(run, history, strategy, log):
     return TrainResult(
         epochs=epochs, val_top1=float(last.get("val_top1", "nan")),
         val_top5=float(last.get("val_top5", "nan")),
-        best_val_top1=max((float(r["val_top1"]) for r in history), default=float("nan")),
-        best_model=best, output=run.path, seconds=0.0,
+        best_val_top1=float(best_row["val_top1"]), best_val_top5=float(best_row["val_top5"]),
+        best_epoch=int(best_row["epoch"]), best_model=best, output=run.path, seconds=0.0,
         replicas=strategy.num_replicas_in_sync, already_finished=True,
     )  # fmt: skip
 
@@ -521,4 +649,12 @@ def validate(predict, source, config):
     return top1 / count, top5 / count
 
 
-__all__ = ["TrainConfig", "TrainResult", "TrainingError", "init_from_net_a", "train", "validate"]
+__all__ = [
+    "TrainConfig",
+    "TrainResult",
+    "TrainingError",
+    "init_from_net_a",
+    "progress_warning",
+    "train",
+    "validate",
+]

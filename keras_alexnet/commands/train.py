@@ -1,15 +1,23 @@
 """Train AlexNet or a VGG configuration with the papers' recipe; re-run to resume.
 
+With --data the defaults are the papers' (--recipe paper): AlexNet 227 crops of 256, batch
+128, 90 epochs; VGG 224 crops of 256, batch 256, 74 epochs; SGD momentum 0.9, weight decay
+5e-4 coupled into the gradient, lr 0.01 divided by 10 when the validation accuracy stops
+improving (at most three times), PCA lighting and reflections; AlexNet's N(0, 0.01) init,
+VGG's Glorot init (VGG Section 3.1; --init-from for its own). With --weights (fine-tuning)
+the lr starts at 0.001, a tenth of the paper's (its rate after the first drop), unless --lr
+is given.
+
+--recipe small departs from the paper where a small set (a few hundred or thousand images)
+needs it: He init and inputs scaled to about [-1, 1] (--init he --scale 0.00784; the paper's
+N(0, 0.01) on 0-255 pixels stays at chance on such sets, and He on 0-255 pixels diverges),
+67x67 crops of 76x76 images (AlexNet's smallest input; VGG 32 of 36), so a CPU trains it in
+minutes, batch 32; reflections, lighting and the schedule stay the paper's. A run whose
+loss climbs or whose validation stays at chance says so after its second epoch.
+
 With no --data it trains on the bundled demo set (1,797 real UCI handwritten digits, 8x8
-pixels) with demo settings, because the paper's do not fit it: He
-init and inputs scaled to about [-1, 1] (the paper's N(0, 0.01) init on 0-255 pixels stays
-at chance on it), 67x67 crops of 76x76 images (VGG: 32 of 36; 8x8 digits gain nothing from
-227 and full size would not finish in minutes on a CPU), no reflections (a mirrored digit is
-often no digit), 4 epochs of batch 32. With --data the defaults are the papers': AlexNet
-227 crops of 256, batch 128, 90 epochs; VGG 224 crops of 256, batch 256, 74 epochs; SGD
-momentum 0.9, weight decay 5e-4 coupled into the gradient, lr 0.01 divided by 10 when the
-validation accuracy stops improving (at most three times), PCA lighting and reflections;
-AlexNet's N(0, 0.01) init, VGG's Glorot init (VGG Section 3.1; --init-from for its own).
+pixels) with the small recipe, no reflections (a mirrored digit is often no digit) and 4
+epochs.
 """
 
 import argparse
@@ -18,7 +26,15 @@ import sys
 from keras_alexnet import cli
 from keras_alexnet.models import ALIASES, MODEL_NAMES
 from keras_alexnet.models.alexnet import POOLS
-from keras_alexnet.train_config import PRECISIONS, SCHEDULES, STRATEGIES, TrainConfig
+from keras_alexnet.train_config import (
+    FINE_TUNE_LR,
+    PAPER_LR,
+    PRECISIONS,
+    RECIPES,
+    SCHEDULES,
+    STRATEGIES,
+    TrainConfig,
+)
 
 DEFAULTS = TrainConfig()  # the flags' defaults are the config's, typed once
 
@@ -52,8 +68,8 @@ def _start_args(parser):
         metavar="PATH_OR_RUN",
         help="start from a published weight file (.caffemodel, .onnx, Keras .h5, torchvision "
         ".pth/.safetensors: see import_weights) or a run directory / .keras file; the model "
-        "keeps their normalisation, and a head of another class count is re-initialised "
-        "(default: off)",
+        "keeps their normalisation, a head of another class count is re-initialised, and the "
+        f"lr starts at {FINE_TUNE_LR:g} unless --lr is given (default: off)",
     )
     p.add_argument(
         "--freeze-up-to",
@@ -74,13 +90,21 @@ def _model_args(parser):
         help="which published model to train (default: %(default)s)",
     )
     p.add_argument(
+        "--recipe",
+        default=None,
+        choices=tuple(RECIPES),
+        help="paper: the papers' settings; small: for a few hundred or thousand images, He "
+        "init, inputs scaled to about [-1, 1], 67 crops of 76 (VGG 32 of 36), batch 32 "
+        "(flags given override it) (default: paper with --data; small on the demo set)",
+    )
+    p.add_argument(
         "--init",
         default=None,
         choices=("paper", "glorot", "he"),
         help="weight initialisation (default: AlexNet paper, its N(0, 0.01); VGG glorot, as "
         "VGG Section 3.1 notes: 'it is possible to initialise the weights without "
         "pre-training by using the random initialisation procedure of Glorot & Bengio' (its "
-        "N(0, 1e-2) init overflows the deeper nets); demo: he)",
+        "N(0, 1e-2) init overflows the deeper nets); --recipe small and demo: he)",
     )
     p.add_argument(
         "--init-from",
@@ -160,19 +184,21 @@ def _data_args(parser):
         type=_resize,
         default=None,
         help="training scale S, or LO,HI for VGG scale jittering, e.g. 256,512 "
-        "(default: 256, the papers; demo: AlexNet 76, VGG 36)",
+        "(default: 256, the papers; --recipe small and demo: AlexNet 76, VGG 36)",
     )
     p.add_argument(
         "--image-size",
         type=cli.positive_int,
         default=None,
-        help="crop size (default: AlexNet 227, VGG 224; demo: AlexNet 67, VGG 32)",
+        help="crop size (default: AlexNet 227, VGG 224; --recipe small and demo: AlexNet 67, "
+        "VGG 32)",
     )
     p.add_argument(
         "--scale",
         type=cli.positive_float,
         default=None,
-        help="multiplier after in-graph mean subtraction (default: 1, the papers; demo: 1/127.5)",
+        help="multiplier after in-graph mean subtraction (default: 1, the papers; --recipe small "
+        "and demo: 1/127.5)",
     )
     p.add_argument(
         "--no-pca-lighting",
@@ -210,13 +236,15 @@ def _optimisation_args(parser):
         "--batch-size",
         type=cli.positive_int,
         default=None,
-        help="global batch size (default: AlexNet paper 128, VGG paper 256, demo 32)",
+        help="global batch size (default: AlexNet paper 128, VGG paper 256; --recipe small and "
+        "demo: 32)",
     )
     p.add_argument(
         "--lr",
         type=cli.positive_float,
-        default=DEFAULTS.lr,
-        help="initial learning rate, both papers (default: %(default)s)",
+        default=None,
+        help=f"initial learning rate (default: {PAPER_LR:g}, both papers; with --weights "
+        f"{FINE_TUNE_LR:g}, the paper's rate after its first /10 drop)",
     )
     p.add_argument(
         "--momentum",
@@ -321,11 +349,20 @@ def main(args):
     from keras_alexnet.train import train
 
     result = train(TrainConfig(**vars(args)), argv=sys.argv)
-    if result.already_finished:
-        return
-    best = f"; best model {result.best_model}" if result.best_model else ""
-    print(
-        f"Finished {result.epochs} epochs in {result.seconds:.0f} s on "
-        f"{result.replicas} replica(s): val top-1 {result.val_top1:.4f}, "
-        f"top-5 {result.val_top5:.4f}{best}"
+    if not result.already_finished:
+        print(finished_line(result))
+
+
+def finished_line(result):
+    """The last line of a run: its last epoch's figures, and the best model's beside its path."""
+    best = ""
+    if result.best_model:
+        best = (
+            f"; best model {result.best_model} (epoch {result.best_epoch}: val top-1 "
+            f"{result.best_val_top1:.4f}, top-5 {result.best_val_top5:.4f})"
+        )
+    return (
+        f"Finished {result.epochs} epochs in {result.seconds:.0f} s on {result.replicas} "
+        f"replica(s): last epoch val top-1 {result.val_top1:.4f}, top-5 {result.val_top5:.4f}"
+        f"{best}"
     )
