@@ -546,3 +546,213 @@ def test_freeze_up_to_keeps_those_layers_and_trains_the_rest(tiny_data, tmp_path
     both = tiny_config(tiny_data, tmp_path / "d", weights="x", init_from="y")
     with pytest.raises(TrainingError, match="pick one"):
         train(both, log=lambda *a: None)
+
+
+# ------------------------------------------------- recipes, warnings, the last line
+
+
+def colour_photo(rng, label, size=64):
+    """A generated colour photo of class `label`: warm waves, green stripes or blue checks."""
+    y, x = np.mgrid[0:size, 0:size] / size
+    if label == 0:
+        tint, texture = (60, 0, -50), np.sin(2 * np.pi * (x * rng.uniform(1, 2) + rng.uniform()))
+    elif label == 1:
+        tint = (-40, 50, -20)
+        texture = np.sign(np.sin(2 * np.pi * (y * rng.uniform(5, 8) + rng.uniform())))
+    else:
+        tint, f = (-40, -10, 60), rng.uniform(4, 7)
+        texture = np.sign(np.sin(2 * np.pi * x * f + rng.uniform(0, 6))) * np.sign(
+            np.sin(2 * np.pi * y * f)
+        )
+    pixels = rng.uniform(90, 170, 3) + np.array(tint) + 40 * texture[..., None]
+    pixels = pixels + rng.normal(0, 20, (size, size, 3))
+    return np.clip(pixels, 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def colour_photos(tmp_path_factory):
+    """Three classes of generated colour JPEGs, differing in colour and texture: 40 + 10 each."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("photos")
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 40), ("val", 10)):
+        for label, name in enumerate(("warm", "green", "blue")):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(colour_photo(rng, label)).save(folder / f"{i}.jpg", quality=90)
+    return root
+
+
+def history_rows(losses, val_top1):
+    """history.csv rows with these epoch losses and validation top-1s."""
+    return [
+        {"epoch": str(i + 1), "loss": str(loss), "val_top1": str(top1), "val_top5": "1.0"}
+        for i, (loss, top1) in enumerate(zip(losses, val_top1, strict=True))
+    ]
+
+
+def test_progress_warning_names_divergence_and_chance_with_what_to_pass():
+    from keras_alexnet.models import get_spec
+    from keras_alexnet.train import progress_warning
+
+    paper = TrainConfig(data="photos").resolved(get_spec("alexnet"))
+    small = TrainConfig(data="photos", recipe="small").resolved(get_spec("alexnet"))
+    tuned = TrainConfig(data="photos", weights="run").resolved(get_spec("alexnet"))
+    # The issue's run: 3 classes, loss 3.3 -> 8.5, validation at chance.
+    climbing = history_rows([3.3, 8.5], [1 / 3, 1 / 3])
+    line = progress_warning(climbing, 3, paper)
+    assert line.startswith("Warning: after 2 epochs the loss climbed from 3.3 to 8.5")
+    assert "--recipe small" in line and "--weights" in line and "\n" not in line
+    flat = progress_warning(history_rows([1.10, 1.09, 1.10], [0.33, 0.36, 0.30]), 3, paper)
+    assert "validation top-1 is at chance (36.0%, chance 33.3%)" in flat
+    assert "Caffe" in flat and "--recipe small" in flat
+    # Already on the small recipe, or fine-tuning: the advice is the rate, not the recipe.
+    assert "--recipe small" not in progress_warning(climbing, 3, small)
+    assert "lower --lr" in progress_warning(climbing, 3, tuned)
+    assert "is nan" in progress_warning(history_rows([2.0, float("nan")], [0.5, 0.5]), 3, paper)
+    # Not judged after one epoch; a run that learns, or whose loss only wobbles, is quiet.
+    assert progress_warning(climbing[:1], 3, paper) is None
+    assert progress_warning(history_rows([1.1, 0.9], [0.33, 0.45]), 3, paper) is None
+    assert progress_warning(history_rows([1.0, 1.4], [0.6, 0.7]), 3, paper) is None
+    # 1000 classes: 4 % is at chance + 5 points, 6 % is above it.
+    assert progress_warning(history_rows([6.9, 6.9], [0.01, 0.04]), 1000, paper) is not None
+    assert progress_warning(history_rows([6.9, 6.9], [0.01, 0.06]), 1000, paper) is None
+
+
+def test_recipes_fill_only_what_no_flag_gave():
+    from keras_alexnet.models import get_spec
+    from keras_alexnet.train_config import FINE_TUNE_LR, PAPER_LR
+
+    alexnet, vgg = get_spec("alexnet"), get_spec("vgg_a")
+    paper = TrainConfig(data="photos").resolved(alexnet)
+    assert (paper.recipe, paper.init, paper.scale, paper.image_size, paper.resize) == (
+        "paper", "paper", 1.0, 227, (256, 256)
+    )  # fmt: skip
+    assert (paper.batch_size, paper.epochs, paper.flip, paper.lr) == (128, 90, True, PAPER_LR)
+    small = TrainConfig(data="photos", recipe="small").resolved(alexnet)
+    assert (small.init, small.scale, small.image_size, small.resize, small.batch_size) == (
+        "he", 1 / 127.5, 67, (76, 76), 32
+    )  # fmt: skip
+    assert (small.epochs, small.flip, small.lr) == (90, True, PAPER_LR)  # the paper's stay
+    vgg_small = TrainConfig(data="photos", recipe="small").resolved(vgg)
+    assert (vgg_small.image_size, vgg_small.resize) == (32, (36, 36))
+    # The demo is the small recipe plus its own two departures.
+    demo = TrainConfig().resolved(alexnet)
+    assert demo.recipe == "small"
+    assert dataclasses.replace(demo, flip=True, epochs=90, data="photos") == dataclasses.replace(
+        small, data="photos"
+    )
+    assert (demo.flip, demo.epochs) == (False, 4)
+    given = TrainConfig(data="photos", recipe="small", init="glorot", batch_size=8).resolved(vgg)
+    assert (given.init, given.batch_size, given.scale) == ("glorot", 8, 1 / 127.5)
+    # Fine-tuning starts at a tenth of the paper's rate, unless --lr says otherwise.
+    assert TrainConfig(data="photos", weights="run").resolved(alexnet).lr == FINE_TUNE_LR == 0.001
+    assert TrainConfig(data="photos", weights="run", lr=0.05).resolved(alexnet).lr == 0.05
+    with pytest.raises(TrainingError, match="--recipe must be one of paper, small"):
+        train(TrainConfig(data="photos", recipe="tiny"), log=lambda *a: None)
+
+
+def test_the_paper_recipe_on_a_small_photo_set_says_so_and_the_small_recipe_learns(
+    colour_photos, tmp_path
+):
+    # The issue's case at a CPU's size: the paper's recipe on a few photos, 3 classes.
+    lines = []
+    paper = TrainConfig(
+        model="alexnet", data=str(colour_photos), image_size=67, resize=(76, 76), batch_size=30,
+        epochs=2, output=str(tmp_path / "paper"), cache=str(tmp_path / "cache"),
+    )  # fmt: skip
+    train(paper, log=lines.append)
+    warnings = [line for line in lines if line.startswith("Warning:")]
+    assert len(warnings) == 1 and "--recipe small" in warnings[0], lines
+    assert lines.index(warnings[0]) > lines.index("Epoch 2/2 (lr 0.01)")
+    rows = list(csv.DictReader(open(tmp_path / "paper" / "history.csv")))
+    assert max(float(r["val_top1"]) for r in rows) <= 1 / 3 + 0.05  # it was at chance
+    # The same photos with --recipe small learn.
+    lines = []
+    small = TrainConfig(
+        model="alexnet", data=str(colour_photos), recipe="small", epochs=3,
+        output=str(tmp_path / "small"), cache=str(tmp_path / "cache"),
+    )  # fmt: skip
+    result = train(small, log=lines.append)
+    assert result.best_val_top1 >= 0.8, lines
+    assert not [line for line in lines if line.startswith("Warning:")]
+    config = json.loads((tmp_path / "small" / "command.json").read_text())["config"]
+    assert (config["recipe"], config["init"], config["image_size"], config["flip"]) == (
+        "small", "he", 67, True
+    )  # fmt: skip
+
+
+def test_a_scale_the_prepared_data_cannot_give_is_refused_before_the_run_directory(
+    tiny_data, tmp_path
+):
+    # The issue's `--model vgg_a --data PREPARED_ALEXNET_SET --resize 256,512`, at 36 / 48.
+    from keras_alexnet.data.prepared import prepare
+
+    prepared = tmp_path / "prepared"
+    prepare(tiny_data, prepared, model="alexnet", size=36, log=lambda *a: None)
+    run, lines = tmp_path / "run", []
+    jittered = tiny_config(prepared, run, resize=(36, 48))
+    with pytest.raises(TrainingError) as error:
+        train(jittered, log=lines.append)
+    message = str(error.value)
+    assert message.startswith("--resize 36,48: ") and "prepared at shorter side 36" in message
+    assert "prepare.py --model vgg_a" in message and "\n" not in message
+    assert not any(line.startswith("Epoch") for line in lines)
+    assert not run.exists()  # nothing that refuses the corrected command
+    assert train(tiny_config(prepared, run), log=lambda *a: None).epochs == 1
+
+
+def test_weights_that_do_not_fit_are_refused_before_the_run_directory(tiny_data, tmp_path):
+    train(tiny_config(tiny_data, tmp_path / "a"), log=lambda *a: None)  # width 1/16
+    run = tmp_path / "b"
+    wider = tiny_config(tiny_data, run, weights=str(tmp_path / "a"), width=0.125)
+    with pytest.raises(TrainingError, match="--weights") as error:
+        train(wider, log=lambda *a: None)
+    assert "\n" not in str(error.value)
+    assert not run.exists()
+    fitting = tiny_config(tiny_data, run, weights=str(tmp_path / "a"))
+    assert train(fitting, log=lambda *a: None).epochs == 1
+
+
+def test_fine_tuning_starts_at_a_tenth_of_the_rate_and_a_resume_keeps_it(tiny_data, tmp_path):
+    train(tiny_config(tiny_data, tmp_path / "a"), log=lambda *a: None)
+    lines = []
+    tuned = tiny_config(tiny_data, tmp_path / "b", weights=str(tmp_path / "a"), lr=None,
+                        lr_schedule="step")  # fmt: skip
+    train(tuned, log=lines.append)
+    assert "Fine-tuning from --weights: lr 0.001, a tenth of the paper's 0.01" in "\n".join(lines)
+    assert "Epoch 1/1 (lr 0.001)" in lines
+    # Resumed without --lr (and without --weights, which a resume does not read): still 0.001.
+    resumed = dataclasses.replace(tuned, weights=None, epochs=2)
+    train(resumed, log=lambda *a: None)
+    rows = list(csv.DictReader(open(tmp_path / "b" / "history.csv")))
+    assert [r["lr"] for r in rows] == ["0.001", "0.001"]
+    given = tiny_config(tiny_data, tmp_path / "c", weights=str(tmp_path / "a"), lr=0.02)
+    lines = []
+    train(given, log=lines.append)
+    assert "Epoch 1/1 (lr 0.02)" in lines and not any("Fine-tuning" in x for x in lines)
+
+
+def test_the_last_line_names_the_best_epochs_figures_beside_best_keras(
+    tiny_data, tmp_path, capsys, monkeypatch
+):
+    from keras_alexnet import cli
+    from scripts import train as train_script
+
+    run = tmp_path / "run"
+    flags = [*TINY, "--data", str(tiny_data), "--epochs", "3", "--lr", "0.05", "--output",
+             str(run)]  # fmt: skip
+    monkeypatch.setenv("KERAS_ALEXNET_CACHE", str(tmp_path / "cache"))
+    cli.run(train_script.main, train_script.get_args_parser(), flags)
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    rows = list(csv.DictReader(open(run / "history.csv")))
+    best = max(rows, key=lambda r: float(r["val_top1"]))  # the first best epoch: best.keras
+    assert last.startswith("Finished 3 epochs in ")
+    assert (
+        f"last epoch val top-1 {float(rows[-1]['val_top1']):.4f}, "
+        f"top-5 {float(rows[-1]['val_top5']):.4f}; best model {run / 'best.keras'} "
+        f"(epoch {best['epoch']}: val top-1 {float(best['val_top1']):.4f}, "
+        f"top-5 {float(best['val_top5']):.4f})"
+    ) in last
