@@ -149,18 +149,26 @@ def run_prepare(*args):
 
 def test_the_command_twice_and_with_other_settings(colour_tree, tmp_path):
     out = tmp_path / "p"
-    first = run_prepare("--data", colour_tree, "--output", out, "--size", SIZE)
+    first = run_prepare("--data", colour_tree, "--output", out, "--size", 67)
     assert first.returncode == 0, first.stderr
     assert "Prepared 18 train and 2 val images" in first.stdout
     assert "skipping 1 unusable file(s)" in first.stdout
-    again = run_prepare("--data", colour_tree, "--output", out, "--size", SIZE)
+    again = run_prepare("--data", colour_tree, "--output", out, "--size", 67)
     assert again.returncode == 0 and "already prepared" in again.stdout
-    other = run_prepare("--data", colour_tree, "--output", out, "--size", 32)
+    other = run_prepare("--data", colour_tree, "--output", out, "--size", 72)
     assert other.returncode == 1
     lines = other.stderr.strip().splitlines()
     assert len(lines) == 1 and "size" in lines[0] and "choose another --output" in lines[0]
     bad = run_prepare("--data", colour_tree, "--output", tmp_path / "q", "--quality", 0)
     assert bad.returncode == 2 and "--quality" in bad.stderr
+    # A finished set whose folder changed since is stale: one line, and --overwrite redoes it.
+    Image.new("RGB", (30, 30), colour(99)).save(colour_tree / "b" / "new.png")
+    stale = run_prepare("--data", colour_tree, "--output", out, "--size", 67)
+    lines = stale.stderr.strip().splitlines()
+    assert stale.returncode == 1 and len(lines) == 1, stale.stderr
+    assert "is stale" in lines[0] and "--overwrite" in lines[0]
+    redo = run_prepare("--data", colour_tree, "--output", out, "--size", 67, "--overwrite")
+    assert redo.returncode == 0 and "Prepared 19 train and 2 val images" in redo.stdout
 
 
 def test_a_busy_output_and_a_scale_above_the_prepared_one_are_refused(colour_tree, tmp_path):
@@ -273,3 +281,185 @@ def test_a_class_without_usable_images_is_one_clear_error(tmp_path):
     with pytest.raises(ValueError, match=message):
         prep.prepare(root, tmp_path / "p", size=SIZE, val_fraction=0.25, log=quiet)
     assert not prep.is_prepared(tmp_path / "p")
+
+
+def records(out):
+    """A prepared set's records as sorted (class name, colour) pairs (constant images)."""
+    source = load_source(out)
+    return sorted(
+        (source.class_names[int(y)], tuple(transforms.decode_prepared(c).numpy()[0, 0]))
+        for split in source.sizes
+        for c, y in source.encoded(split)
+    )
+
+
+def class_tree(root, classes, per_class, start=0):
+    """root/<class>/: `per_class` constant-colour PNGs each, numbered on from `start`."""
+    for k, name in enumerate(classes):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            n = start + k * per_class + i
+            Image.new("RGB", (30, 28), colour(n)).save(root / name / f"{n}.png")
+    return root
+
+
+def test_a_pass_resumed_after_its_classes_changed_starts_over(tmp_path):
+    # Class c's files have a JPEG header but do not decode: the pass fails at its end.
+    root = class_tree(tmp_path / "tree", "abd", 5)
+    (root / "c").mkdir()
+    for i in range(5):
+        (root / "c" / f"{i}.jpg").write_bytes(b"\xff\xd8\xff\xe0" + b"\0" * 40)
+    out = tmp_path / "p"
+    with pytest.raises(ValueError, match="c: no training images"):
+        prep.prepare(root, out, size=SIZE, shard_size=4, log=quiet)
+    for f in (root / "c").iterdir():
+        f.unlink()
+    (root / "c").rmdir()
+    said = []
+    index = prep.prepare(root, out, size=SIZE, shard_size=4, log=said.append)
+    assert "starting over" in said[0]
+    assert index["class_names"] == ["a", "b", "d"]
+    clean = prep.prepare(root, tmp_path / "clean", size=SIZE, shard_size=4, log=quiet)
+    assert index["splits"] == clean["splits"]
+    # Every image under its own class's label, as a pass over the new folder labels it.
+    assert records(out) == records(tmp_path / "clean")
+    assert {c for c, _ in records(out)} == {"a", "b", "d"}
+
+
+def test_a_class_without_an_image_is_refused_before_any_shard_is_written(tmp_path):
+    root = class_tree(tmp_path / "tree", "ab", 6)
+    (root / "c").mkdir()
+    for i in range(3):
+        (root / "c" / f"{i}.jpg").write_text("not an image")
+    with pytest.raises(ValueError, match=r"c: no training images: all \d files are unusable"):
+        prep.prepare(root, tmp_path / "p", size=SIZE, shard_size=2, log=quiet)
+    assert (
+        not list(tmp_path.glob("p/*.tfrecord")) and not (tmp_path / "p" / prep.STATE_FILE).exists()
+    )
+
+
+def test_files_added_after_an_interrupted_pass_are_neither_lost_nor_doubled(tmp_path, monkeypatch):
+    root = class_tree(tmp_path / "tree", "abc", 20)
+    out = tmp_path / "p"
+    real, written = prep._write_shard, []
+
+    def crash_after_three(path, rows):
+        if len(written) == 3:
+            raise KeyboardInterrupt  # as a kill: the state holds three shards
+        written.append(path)
+        real(path, rows)
+
+    monkeypatch.setattr(prep, "_write_shard", crash_after_three)
+    with pytest.raises(KeyboardInterrupt):
+        prep.prepare(root, out, size=SIZE, shard_size=5, log=quiet)
+    monkeypatch.setattr(prep, "_write_shard", real)
+    Image.new("RGB", (30, 28), colour(200)).save(root / "a" / "new.png")
+    index = prep.prepare(root, out, size=SIZE, shard_size=5, log=quiet)
+    prep.prepare(root, tmp_path / "clean", size=SIZE, shard_size=5, log=quiet)
+    got = records(out)
+    assert sum(v["count"] for v in index["splits"].values()) == len(got) == 61
+    assert len(set(got)) == 61  # no image written twice ...
+    assert got == records(tmp_path / "clean")  # ... and none lost
+
+
+def test_a_finished_set_whose_folder_changed_is_stale(colour_tree, tmp_path):
+    out = tmp_path / "p"
+    prep.prepare(colour_tree, out, size=SIZE, log=quiet)
+    (colour_tree / "a" / "0.png").unlink()
+    with pytest.raises(ValueError, match="is stale: its source changed") as error:
+        prep.prepare(colour_tree, out, size=SIZE, log=quiet)
+    assert "\n" not in str(error.value)
+    index = prep.prepare(colour_tree, out, size=SIZE, overwrite=True, log=quiet)
+    assert sum(v["count"] for v in index["splits"].values()) == 19
+    assert prep.prepare(colour_tree, out, size=SIZE, log=quiet) == index  # now up to date
+
+
+def test_a_second_prepare_into_the_same_output_is_refused(colour_tree, tmp_path):
+    from keras_alexnet.rundir import RunLock
+
+    out = tmp_path / "p"
+    with RunLock(out):  # another process preparing (or training) into it
+        with pytest.raises(ValueError, match=r"p is in use by another prepare \(pid \d+\)") as e:
+            prep.prepare(colour_tree, out, size=SIZE, log=quiet)
+        assert "\n" not in str(e.value) and not list(out.glob("*.tfrecord"))
+    assert prep.prepare(colour_tree, out, size=SIZE, log=quiet)["class_names"] == ["a", "b"]
+
+
+def run_in_process(argv, capsys):
+    """Run the prepare command in this process; return (exit status, stderr)."""
+    from keras_alexnet import cli
+    from keras_alexnet.commands import prepare as command
+
+    try:
+        cli.run(command.main, command.get_args_parser(), list(map(str, argv)), name="prepare")
+        status = 0
+    except SystemExit as e:
+        status = e.code
+    return status, capsys.readouterr().err
+
+
+def test_a_full_disk_is_one_line_naming_the_shard_and_a_rerun_resumes(
+    colour_tree, tmp_path, monkeypatch, capsys
+):
+    real = tf.io.TFRecordWriter
+    shards = []
+
+    class FillingDisk(real):
+        def __init__(self, path):
+            super().__init__(path)
+            shards.append(path)
+
+        def write(self, record):
+            if len(shards) == 3:  # the third shard meets a full disk
+                raise tf.errors.ResourceExhaustedError(
+                    None, None, f"{shards[-1]}; No space left on device"
+                )
+            super().write(record)
+
+    monkeypatch.setattr(tf.io, "TFRecordWriter", FillingDisk)
+    out = tmp_path / "p"
+    argv = ["--data", colour_tree, "--output", out, "--size", 67, "--shard-size", 4]
+    status, err = run_in_process(argv, capsys)
+    assert status == 1
+    assert err.splitlines()[-1] == (
+        f"prepare: error: cannot write {out / 'train-00002.tfrecord'}: No space left on device"
+    )
+    monkeypatch.setattr(tf.io, "TFRecordWriter", real)  # space freed
+    assert run_in_process(argv, capsys)[0] == 0 and prep.is_prepared(out)
+
+
+def test_size_bounds_are_the_smallest_input_and_the_largest_worth_keeping(
+    colour_tree, tmp_path, capsys
+):
+    from keras_alexnet.commands import prepare as command
+
+    text = " ".join(command.get_args_parser().format_help().split())
+    assert "smallest input (AlexNet 67, VGG 32) to 1024" in text
+    for model, size, low in (("alexnet", 66, 67), ("vgg16", 31, 32), ("alexnet", 1025, 67)):
+        argv = ["--data", colour_tree, "--output", tmp_path / "p", "--model", model, "--size", size]
+        status, err = run_in_process(argv, capsys)
+        assert status == 1, err
+        assert err.strip() == (
+            f"prepare: error: --size must be from {low} ({model}'s smallest input) to 1024. "
+            f"Received: {size}"
+        )
+    assert not (tmp_path / "p").exists()
+    with pytest.raises(ValueError, match="size must be from 1 to 1024"):
+        prep.prepare(colour_tree, tmp_path / "p", size=100_000, log=quiet)
+
+
+def test_an_output_inside_the_input_folder_is_refused(colour_tree):
+    with pytest.raises(ValueError, match="is inside the input folder"):
+        prep.prepare(colour_tree, colour_tree / "prepared", size=SIZE, log=quiet)
+    assert not (colour_tree / "prepared").exists()
+
+
+def test_a_symlink_loop_is_listed_among_the_skipped_files(colour_tree, tmp_path):
+    (colour_tree / "b" / "loop.jpg").symlink_to("loop.jpg")  # points at itself
+    (colour_tree / "a" / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    index = prep.prepare(colour_tree, tmp_path / "p", size=SIZE, log=quiet)
+    reasons = {Path(p).name: why for p, why in index["skipped"]}
+    assert reasons["loop.jpg"] == "unreadable (Too many levels of symbolic links)"
+    assert reasons["gone.png"] == "unreadable (No such file or directory)"
+    folder = dict(directory_source(colour_tree).skipped)  # the folder source lists them too
+    assert folder[str(colour_tree / "b" / "loop.jpg")] == reasons["loop.jpg"]

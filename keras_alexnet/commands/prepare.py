@@ -4,7 +4,10 @@ AlexNet's images are rescaled to 256x256 as in the paper (shorter side 256, the 
 square), VGG's to the largest training scale (shorter side 512), upright (EXIF applied),
 re-encoded as JPEG and written in TFRecord shards with the labels, class names and the
 dataset statistics. train.py, evaluate.py and compute_stats.py take the directory as --data.
-An interrupted run resumes where it stopped; a finished one is left as it is.
+An interrupted run resumes where it stopped, or starts over when the data changed since
+(classes or files added, removed or modified); a finished one is left as it is, and one
+whose data changed since is stale: --overwrite prepares it anew. One prepare at a time
+writes a directory.
 """
 
 import argparse
@@ -32,7 +35,8 @@ def get_args_parser():
         type=cli.positive_int,
         default=None,
         help="the shorter side to rescale to instead (a VGG trained at one scale S needs S, "
-        "and decodes least at exactly S); none: the model's (default: %(default)s)",
+        "and decodes least at exactly S), from the model's smallest input (AlexNet 67, VGG "
+        f"32) to {prepared.MAX_SIZE}; none: the model's (default: %(default)s)",
     )
     parser.add_argument(
         "--quality",
@@ -52,6 +56,12 @@ def get_args_parser():
         default=None,
         help="decoding threads; none: one per core (default: %(default)s)",
     )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="prepare anew into an --output that holds a prepared set (a stale one, or one "
+        "with other settings) or an unfinished pass (default: %(default)s)",
+    )
     return parser
 
 
@@ -60,10 +70,16 @@ _quality = cli.number(int, lambda v: 1 <= v <= 100, "an integer from 1 to 100")
 
 def main(args):
     """Prepare the directory and report what it holds."""
-    from keras_alexnet.data.prepared import prepare
+    from keras_alexnet.data.prepared import prepare, size_bounds
 
+    smallest, largest = size_bounds(args.model)
+    if args.size is not None and not smallest <= args.size <= largest:
+        raise ValueError(
+            f"--size must be from {smallest} ({args.model}'s smallest input) to {largest}. "
+            f"Received: {args.size}"
+        )
     prepare(
         args.data, args.output, model=args.model, size=args.size, quality=args.quality,
         shard_size=args.shard_size, data_dir=args.data_dir, val_fraction=args.val_fraction,
-        seed=args.seed, workers=args.workers, cache=args.cache_dir,
+        seed=args.seed, workers=args.workers, cache=args.cache_dir, overwrite=args.overwrite,
     )  # fmt: skip

@@ -13,12 +13,19 @@ and writes
 Training then reads the index instead of decoding every image at start, and decodes only
 each random crop. The JPEGs keep full-resolution chroma (4:4:4): with 4:2:0 chroma a crop
 decoded on its own differs from the same crop of the decoded image at its left edge.
-An interrupted pass resumes at its first unfinished shard.
+An interrupted pass resumes at its first unfinished shard, if its source is unchanged.
+The state file and prepared.json record the settings and a digest of the source (class
+names and every listed file's path, size and mtime, or a TFDS set's name, version, classes
+and sizes): a pass whose source changed starts over, and a finished set whose source
+changed is stale and refused. One prepare at a time writes a directory (its `.lock`).
 """
 
 import concurrent.futures
 import dataclasses
+import errno
+import hashlib
 import itertools
+import json
 import os
 from pathlib import Path
 
@@ -28,6 +35,7 @@ import tensorflow as tf
 from keras_alexnet import fileio, imageinfo
 from keras_alexnet.data import sources, transforms
 from keras_alexnet.data.stats import DatasetStats, pixel_moments
+from keras_alexnet.rundir import RunLock
 
 PREPARED_FILE = "prepared.json"  # written last: its presence marks a finished pass
 STATE_FILE = ".prepare-state.json"  # the finished shards of an unfinished pass
@@ -38,6 +46,10 @@ SHARD_SIZE = 1024  # images per shard file (about 25-60 MB at 256x256)
 QUALITY = 90  # JPEG quality of the prepared images
 ALEXNET_SIZE = 256  # AlexNet Section 2: 256 x 256
 VGG_MAX_SCALE = 512  # VGG Section 3.1: scale jittering draws S from [256, 512]
+# The largest shorter side: twice the largest scale of either paper. Images are rescaled in
+# float32 on every core at once; sides far above it only spend memory (100000 is an OOM).
+MAX_SIZE = 2 * VGG_MAX_SCALE
+LOCK_FILE = ".lock"  # RunLock's file: one prepare at a time writes a directory
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +68,17 @@ def layout_for(model, size=None):
     if family == "alexnet":
         return Layout(size or ALEXNET_SIZE, square=True)
     return Layout(size or VGG_MAX_SCALE, square=False)
+
+
+def size_bounds(model):
+    """The (smallest, largest) shorter side worth preparing for `model`.
+
+    The smallest is the model's smallest input (its crop must fit); the largest MAX_SIZE.
+    """
+    from keras_alexnet.models import get_spec
+    from keras_alexnet.train_config import SMALL_SIZES  # (smallest input, resize) per family
+
+    return SMALL_SIZES[get_spec(model).family][0], MAX_SIZE
 
 
 def is_prepared(path):
@@ -195,11 +218,15 @@ def _example(jpeg, label):
 
 
 def _write_shard(path, records):
-    """Write [(JPEG, label)] to a TFRecord file atomically."""
+    """Write [(JPEG, label)] to a TFRecord file atomically; WriteError naming `path` if it fails."""
     with fileio.atomic_path(path) as tmp:
-        with tf.io.TFRecordWriter(str(tmp)) as writer:
-            for jpeg, label in records:
-                writer.write(_example(jpeg, label))
+        try:
+            with tf.io.TFRecordWriter(str(tmp)) as writer:
+                for jpeg, label in records:
+                    writer.write(_example(jpeg, label))
+        except tf.errors.OpError as e:  # a full disk is ResourceExhaustedError "TMP; No space..."
+            code = errno.ENOSPC if isinstance(e, tf.errors.ResourceExhaustedError) else errno.EIO
+            raise fileio.WriteError(code, path, e.message.rpartition("; ")[2] or None) from None
 
 
 @dataclasses.dataclass
@@ -275,6 +302,7 @@ def prepare(
     seed=0,
     workers=None,
     cache=None,
+    overwrite=False,
     log=print,
 ):
     """Decode every image of `data` once into a prepared directory `output`; return its index.
@@ -284,29 +312,57 @@ def prepare(
     written `shard_size` to a file. A folder without val/ holds out a seeded `val_fraction`
     of each class (of the files listed, usable or not, where a folder source holds out
     usable files only: the same split when every file is usable). Unusable files are
-    skipped and reported. A finished directory with the same settings is left as it is; an
-    unfinished one is resumed at its first unfinished shard.
+    skipped and reported. A finished directory with the same settings and source is left
+    as it is; an unfinished one is resumed at its first unfinished shard, or started over
+    when the source changed since. ValueError for a finished set whose source changed
+    (stale) or one with other settings, unless `overwrite` (then it is prepared anew).
     """
     output = Path(output).expanduser()
     layout = layout_for(model, size)
+    if not 1 <= layout.size <= MAX_SIZE:
+        raise ValueError(f"size must be from 1 to {MAX_SIZE}. Received: {layout.size}")
+    _check_output(output)
+    listing = _listing(data, data_dir, val_fraction, seed, cache, output)
+    _check_every_class_has_an_image(listing)
     signature = {
         "data": _data_key(data), "data_dir": data_dir,
         "layout": dataclasses.asdict(layout), "quality": quality, "shard_size": shard_size,
-        "val_fraction": val_fraction, "seed": seed,
+        "val_fraction": val_fraction, "seed": seed, "source": listing.digest,
     }  # fmt: skip
-    done = _finished(output, signature)
-    if done is not None:
-        log(f"{output} is already prepared ({_counts(done)}); nothing to do")
-        return done
-    listing = _listing(data, data_dir, val_fraction, seed, cache)
-    states = _resume_state(output, signature)
-    _write_splits(listing, output, states, signature, workers=workers or default_workers())
-    index = _index(signature, listing, states, layout, quality)
-    fileio.write_json(output / PREPARED_FILE, index)
-    (output / STATE_FILE).unlink(missing_ok=True)
+    with RunLock(output, user="prepare", error=ValueError):
+        if overwrite:
+            _clear(output)
+        done = _finished(output, signature)
+        if done is not None:
+            log(f"{output} is already prepared ({_counts(done)}); nothing to do")
+            return done
+        states = _resume_state(output, signature, log)
+        _write_splits(listing, output, states, signature, workers=workers or default_workers())
+        index = _index(signature, listing, states, layout, quality)
+        fileio.write_json(output / PREPARED_FILE, index)
+        (output / STATE_FILE).unlink(missing_ok=True)
     sources.report_skipped([tuple(s) for s in index["skipped"]])
     log(f"Prepared {_counts(index)} in {output}")
     return index
+
+
+def _check_output(output):
+    """Refuse an output that is a file, or a folder holding anything but a prepared set."""
+    if not output.exists():
+        return
+    names = {f.name for f in output.iterdir()} if output.is_dir() else None
+    if names is not None and (names <= {LOCK_FILE} or names & {PREPARED_FILE, STATE_FILE}):
+        return
+    raise ValueError(f"{output} exists and is not a prepared directory; choose another --output")
+
+
+def _clear(output):
+    """Remove a prepared set or an unfinished pass from `output` (its index first)."""
+    (output / PREPARED_FILE).unlink(missing_ok=True)
+    (output / STATE_FILE).unlink(missing_ok=True)
+    for split in SPLITS:
+        for shard in output.glob(f"{split}-*.tfrecord"):
+            shard.unlink()
 
 
 def _write_splits(listing, output, states, signature, *, workers):
@@ -342,35 +398,47 @@ def _finished(output, signature):
     if not is_prepared(output):
         return None
     index = read_index(output)
-    if index.get("signature") != signature:
-        raise ValueError(f"{output} was prepared {_difference(index.get('signature'), signature)}")
+    old = index.get("signature") or {}
+    if _settings(old) != _settings(signature):
+        raise ValueError(f"{output} was prepared {_difference(old, signature)}")
+    if old.get("source") != signature["source"]:
+        raise ValueError(
+            f"{output} is stale: its source changed since it was prepared (classes or files "
+            "added, removed or modified); run again with --overwrite to prepare it anew"
+        )
     return index
+
+
+def _settings(signature):
+    """A signature without its source digest: the settings a user chose."""
+    return {k: v for k, v in signature.items() if k != "source"}
 
 
 def _difference(old, new):
     """'with data=X (now Y)' naming the first setting that differs."""
-    old = old or {}
-    key = next(k for k in new if old.get(k) != new[k])
+    key = next(k for k in _settings(new) if old.get(k) != new[k])
     return (
-        f"with {key}={old.get(key)!r} (now {new[key]!r}); choose another --output "
-        "or remove that directory"
+        f"with {key}={old.get(key)!r} (now {new[key]!r}); choose another --output, "
+        "or --overwrite to prepare it anew"
     )
 
 
-def _resume_state(output, signature):
-    """The finished shards of an interrupted pass into `output`, or nothing for a new one."""
+def _resume_state(output, signature, log):
+    """The finished shards of an interrupted pass into `output`, or nothing for a new one.
+
+    A pass whose source changed since it began starts over: its shards hold the old
+    listing's images, at the old listing's positions.
+    """
     state_file = output / STATE_FILE
     if state_file.exists():
         saved = fileio.read_json(state_file)
-        if saved["signature"] != signature:
-            raise ValueError(
-                f"{output} holds an unfinished pass {_difference(saved['signature'], signature)}"
-            )
-        return {k: _SplitState(**v) for k, v in saved["splits"].items()}
-    if output.exists() and (not output.is_dir() or any(output.iterdir())):
-        raise ValueError(
-            f"{output} exists and is not a prepared directory; choose another --output"
-        )
+        old = saved.get("signature") or {}
+        if _settings(old) != _settings(signature):
+            raise ValueError(f"{output} holds an unfinished pass {_difference(old, signature)}")
+        if old.get("source") == signature["source"]:
+            return {k: _SplitState(**v) for k, v in saved["splits"].items()}
+        log(f"{output}: the source changed since this unfinished pass began; starting over")
+        _clear(output)
     output.mkdir(parents=True, exist_ok=True)
     return {}
 
@@ -386,11 +454,12 @@ class _Listing:
 
     items: dict
     class_names: list
+    digest: str  # of what the items are made from: a changed source changes it
     folder: object = None  # a class-folder tree's training folder
     stats: DatasetStats | None = None  # published statistics (ImageNet) that take precedence
 
 
-def _listing(data, data_dir, val_fraction, seed, cache):
+def _listing(data, data_dir, val_fraction, seed, cache, output):
     """List the source's splits as (name, bytes or path, label) items, without decoding."""
     if data is None:
         from keras_alexnet.data.demo import ensure_demo_set
@@ -398,6 +467,11 @@ def _listing(data, data_dir, val_fraction, seed, cache):
         data = ensure_demo_set(cache)
     path = Path(str(data)).expanduser()
     if path.exists() or str(data).startswith(("/", ".", "~")):
+        if path.exists() and output.resolve().is_relative_to(path.resolve()):
+            raise ValueError(
+                f"{output} is inside the input folder {path}: it would be listed as a class; "
+                "choose an --output outside it"
+            )
         return _directory_listing(path, val_fraction, seed)
     source = sources.tfds_source(str(data), data_dir, cache=cache, with_stats=False)
     items = {
@@ -405,7 +479,30 @@ def _listing(data, data_dir, val_fraction, seed, cache):
         for split in SPLITS
         if source.sizes.get(split)
     }
-    return _Listing(items, source.class_names, stats=source.stats)
+    version = _tfds_version(str(data), data_dir)
+    digest = _digest([version, source.class_names, sorted(source.sizes.items())])
+    return _Listing(items, source.class_names, digest, stats=source.stats)
+
+
+def _tfds_version(name, data_dir):
+    """A TFDS set's full name (name/config/version) as its builder reads it."""
+    import tensorflow_datasets as tfds
+
+    return tfds.builder(name, data_dir=data_dir).info.full_name
+
+
+def _digest(parts):
+    """A hex digest of JSON-able `parts`."""
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
+
+
+def _file_stamp(path):
+    """(size, mtime in ns) of a file; (-1, -1) for one that cannot be stat'ed (a link loop)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return -1, -1
+    return st.st_size, st.st_mtime_ns
 
 
 def _tfds_items(source, split):
@@ -424,11 +521,46 @@ def _directory_listing(root, val_fraction, seed):
     train = [train[i] for i in np.random.default_rng(seed).permutation(len(train))]
     val = sources.validation_order(val, seed)
     label = {c: i for i, c in enumerate(class_names)}
-    items = {
-        split: ([(p, p, label[c]) for p, c in files], len(files))
-        for split, files in (("train", train), ("val", val))
-    }
-    return _Listing(items, class_names, folder=folder)
+    splits = (("train", train), ("val", val))
+    items = {split: ([(p, p, label[c]) for p, c in files], len(files)) for split, files in splits}
+    listed = [
+        [split, os.path.relpath(p, root), label[c], *_file_stamp(p)]
+        for split, files in splits
+        for p, c in files
+    ]
+    return _Listing(items, class_names, _digest([class_names, listed]), folder=folder)
+
+
+def _check_every_class_has_an_image(listing):
+    """Before any shard is written: every class has a training file whose header is an image.
+
+    Reads each class's files' heads until one passes; a class whose files all decode badly
+    despite a good header is found at the end of the pass (`_index`).
+    """
+    if listing.folder is None:
+        return
+    listed = [(p, listing.class_names[y]) for p, _, y in listing.items["train"][0]]
+    usable, reasons, found = [], {}, set()
+    for path, name in listed:
+        if name in found:
+            continue
+        problem = _head_problem(path)
+        if problem:
+            reasons[path] = problem
+        else:
+            usable.append((path, name))
+            found.add(name)
+    sources.check_every_class_trains(listing.folder, listing.class_names, listed, usable, reasons)
+
+
+def _head_problem(path):
+    """Why a file cannot be an image, from its first bytes alone; None if it may be one."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(imageinfo.EXIF_HEAD)
+    except OSError as e:
+        return f"unreadable ({e.strerror})"
+    return sources.header_problem(head)
 
 
 def _index(signature, listing, states, layout, quality):

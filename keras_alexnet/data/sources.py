@@ -169,7 +169,11 @@ def _scan(paths, cache):
     """
     stamps = {}
     for p in paths:
-        st = os.stat(p)
+        try:
+            st = os.stat(p)
+        except OSError:  # a link to nowhere or a loop: the scan says why it is unusable
+            stamps[p] = (-1, -1)
+            continue
         stamps[p] = (st.st_size, st.st_mtime_ns)
     key = hashlib.sha1(os.path.commonpath(paths).encode()).hexdigest() if paths else "none"
     cache_file = cache / "scan" / f"{key}.npz"
@@ -227,10 +231,11 @@ def _list_tree(root):
         raise ValueError(f"{root}: no class sub-folders (expected {root}/<class>/<image>)")
     files = []
     for name in classes:
+        # A link to nowhere or a link loop is listed too, so that it is reported as skipped.
         images = sorted(
             str(p)
             for p in (root / name).iterdir()
-            if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+            if (p.is_file() or p.is_symlink()) and p.suffix.lower() in IMAGE_EXTENSIONS
         )
         if not images:
             raise ValueError(
