@@ -95,6 +95,7 @@ ALEXNET_SIZE = ("--image-size", "67", "--resize", "76", "--batch-size", "8")
 
 DEMO = "python scripts/train.py --model alexnet --strategy mirrored"
 FLOWERS = "python scripts/train.py --model vgg16 --data /data/flowers --epochs 30"
+SMALL = "python scripts/train.py --model alexnet --data /data/photos --recipe small"
 IMAGENET_ALEXNET = (
     "python scripts/train.py --model alexnet --data imagenet2012 --data-dir ~/tensorflow_datasets"
 )
@@ -152,6 +153,15 @@ def check_flowers(readme, outcome):
     check_run(readme.paths["runs"] / "vgg16", classes=3, input_size=32, resize=36)
     metadata = json.loads((readme.paths["runs"] / "vgg16" / "metadata.json").read_text())
     assert metadata["class_names"] == ["daisy", "rose", "tulip"]
+
+
+def check_small(readme, outcome):
+    finished(outcome.stdout)
+    run = readme.paths["runs"] / "alexnet_small"
+    check_run(run, classes=3, input_size=67, resize=76)
+    config = json.loads((run / "command.json").read_text())["config"]
+    assert (config["recipe"], config["init"], config["flip"]) == ("small", "he", True)
+    assert config["scale"] == pytest.approx(1 / 127.5)
 
 
 def check_imagenet_alexnet(readme, outcome):
@@ -331,6 +341,11 @@ TINY = {
         check_flowers,
         replace={"/data/flowers": "{flowers}"},
         extra=(*SHORT, *VGG_SIZE, "--output", "{runs}/vgg16"),
+    ),
+    SMALL: Tiny(
+        check_small,
+        replace={"/data/photos": "{flowers}"},
+        extra=(*SHORT, "--batch-size", "8", "--output", "{runs}/alexnet_small"),
     ),
     IMAGENET_ALEXNET: Tiny(
         check_imagenet_alexnet,
