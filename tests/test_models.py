@@ -30,6 +30,27 @@ def test_parameter_count_matches_the_paper(name):
     assert build_model(name).count_params() == PAPER_PARAMETERS[name]
 
 
+def test_the_readmes_alexnet_parameter_counts_hold_for_both_pools():
+    import re
+    from pathlib import Path
+
+    text = " ".join((Path(__file__).parents[1] / "README.md").read_text().split())
+    claims = re.findall(r"at (?:the demo's )?(\d+) (?:the parameter count|it) stays ([\d,]+)", text)
+    assert {int(size) for size, _ in claims} >= {227, 67}, claims
+    for size, count in claims:
+        size, count = int(size), int(count.replace(",", ""))
+        # Independently: conv1 (11, stride 4, valid), then three pools; fc6 reads 256 maps.
+        side = (size - 11) // 4 + 1
+        for window, stride in ((3, 2), (2, 2)):
+            n = side
+            for _ in range(3):
+                n = (n - window) // stride + 1
+            assert count == PAPER_PARAMETERS["alexnet"] - 256 * 4096 * (36 - n * n), (size, window)
+        for pool in ("overlapping", "non_overlapping"):
+            model = build_model("alexnet", input_shape=(size, size, 3), pool=pool)
+            assert model.count_params() == count, (size, pool)
+
+
 @pytest.mark.parametrize(("alias", "name"), sorted(ALIASES.items()))
 def test_aliases_name_the_same_configuration(alias, name):
     assert get_spec(alias) == get_spec(name)
