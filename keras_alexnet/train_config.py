@@ -49,7 +49,7 @@ class TrainingError(RuntimeError):
 
 @dataclasses.dataclass
 class TrainConfig:
-    """Everything a run needs; None fields take the paper's (or the demo's) defaults."""
+    """Everything a run needs; None fields take the recipe's, else the paper's, defaults."""
 
     model: str = "alexnet"
     data: str | None = None

@@ -11,9 +11,9 @@ is given.
 --recipe small departs from the paper where a small set (a few hundred or thousand images)
 needs it: He init and inputs scaled to about [-1, 1] (--init he --scale 0.00784; the paper's
 N(0, 0.01) on 0-255 pixels stays at chance on such sets, and He on 0-255 pixels diverges),
-67x67 crops of 76x76 images (AlexNet's smallest input; VGG 32 of 36), so a CPU trains it in
-minutes, batch 32; reflections, lighting and the schedule stay the paper's. A run whose
-loss climbs or whose validation stays at chance says so after its second epoch.
+67x67 crops of 76x76 images (AlexNet's smallest input; VGG 32 of 36: a CPU trains them in
+minutes) and batch 32; reflections, lighting, the schedule and the epochs stay the paper's.
+A run whose loss climbs or whose validation stays at chance says so after its second epoch.
 
 With no --data it trains on the bundled demo set (1,797 real UCI handwritten digits, 8x8
 pixels) with the small recipe, no reflections (a mirrored digit is often no digit) and 4
