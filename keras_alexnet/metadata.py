@@ -34,6 +34,10 @@ class Metadata:
     towers: int | None = None
     lrn: bool | None = None
     pool: str | None = None
+    # The builder's other architecture arguments the weights need (Caffe's AlexNet: its LRN
+    # constants, lrn_per_tower False, ceil_mode True; a width other than 1); None or {}: the
+    # paper's. Fine-tuning from the run builds with them (train --weights, --init-from).
+    model_args: dict | None = None
 
     def to_json(self):
         """Return a JSON-serialisable dict."""
@@ -48,7 +52,23 @@ class Metadata:
         obj["mean"] = tuple(float(m) for m in obj["mean"])
         if isinstance(obj.get("scale"), list):
             obj["scale"] = tuple(float(s) for s in obj["scale"])
+        if obj.get("model_args") is not None and not isinstance(obj["model_args"], dict):
+            raise TypeError(f"model_args must be a mapping. Received: {obj['model_args']!r}")
         return cls(**obj)
+
+    def architecture(self):
+        """The builder arguments the model was built with beyond its defaults (see the fields).
+
+        An AlexNet written before towers / lrn / pool were recorded is the paper's.
+        """
+        args = dict(self.model_args or {})
+        if self.towers is not None:
+            args["towers"] = self.towers
+        if self.lrn is not None:
+            args["use_lrn"] = self.lrn
+        if self.pool is not None:
+            args["pool"] = self.pool
+        return args
 
     def to_properties(self):
         """Return string key/value pairs for ONNX metadata_props (values JSON-encoded)."""

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from keras_alexnet import curves, extras, fileio, filters
+from keras_alexnet.artifacts import METADATA_FILENAME
 from keras_alexnet.distribute import cluster_role, configure_devices, make_strategy
 from keras_alexnet.metadata import Metadata
 from keras_alexnet.optim import (
@@ -23,12 +24,18 @@ from keras_alexnet.optim import (
 from keras_alexnet.progress import Progress
 from keras_alexnet.rundir import RunDirectory, RunLock
 from keras_alexnet.train_config import PAPER_LR, TrainConfig, TrainingError, check_config
+from keras_alexnet.weights.importer import ALEXNET_DEFAULTS
 
 # The paper's recipe for B-E (VGG Section 3.1): these layers of a trained net A start the
 # deeper net ("the first four convolutional layers and the last three fully-connected
 # layers"); the rest is initialised as usual.
 NET_A_CONVS = 4
 NET_A_FC = ("fc1", "fc2", "predictions")
+# The architecture flags at the paper's settings (TrainConfig's defaults, resolved), which
+# starting weights built otherwise replace (`_architecture`).
+PAPER_ARCHITECTURE = {**ALEXNET_DEFAULTS, "width": 1.0}
+ARCHITECTURE_FLAGS = {"towers": "--towers", "use_lrn": "--no-lrn", "pool": "--pool",
+                      "width": "--width"}  # fmt: skip
 
 # When a run says it is not learning (`progress_warning`): after WARN_AFTER epochs, an epoch
 # loss DIVERGED times the first epoch's, or a best validation top-1 within CHANCE_MARGIN of
@@ -342,9 +349,62 @@ def _starting_point(config, spec):
     """`--weights`: (weights by layer name, Preset) to fine-tune from; None to start afresh."""
     if not config.weights:
         return None
-    from keras_alexnet.weights.importer import read_start
+    from keras_alexnet.weights.importer import WeightsError, read_start
 
-    return read_start(config.weights, spec)
+    try:
+        return read_start(config.weights, spec)
+    except WeightsError as e:
+        raise TrainingError(f"--weights {config.weights}: {e}") from None
+
+
+def _recorded_architecture(config, start):
+    """The builder arguments the starting weights were built with, and where they come from.
+
+    `--weights` (a file's needs, a run's metadata), `--init-from`'s run, or, resuming, this
+    run's own metadata.
+    """
+    from keras_alexnet import runtime
+
+    if start is not None:
+        return dict(start[1].model_args), f"--weights {config.weights}"
+    if config.init_from is None:
+        own = Path(config.output) / METADATA_FILENAME
+        if not own.is_file():
+            return {}, None
+        try:
+            return Metadata.load(own).architecture(), f"the run {config.output}"
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise TrainingError(f"{own} is not a valid {METADATA_FILENAME}: {e}") from None
+    try:
+        metadata = runtime.load_metadata(config.init_from)
+    except runtime.ModelPathError as e:
+        raise TrainingError(f"--init-from: {e}") from None
+    return metadata.architecture(), f"--init-from {config.init_from}"
+
+
+def _architecture(config, spec, start):
+    """build_model's architecture arguments: the flags', and those the weights were built with.
+
+    Weights are built as they were trained (Caffe's LRN constants across all maps, a run's
+    towers or width): a recorded setting replaces a flag left at the paper's default, and a
+    flag that asks for something else is refused in one line.
+    """
+    ours = {"width": config.width}
+    if spec.family == "alexnet":
+        ours.update(towers=config.towers, use_lrn=config.lrn, pool=config.pool)
+    theirs, source = _recorded_architecture(config, start)
+    for key, value in theirs.items():
+        if key in ours and ours[key] != value and ours[key] != PAPER_ARCHITECTURE[key]:
+            raise TrainingError(
+                f"{_flag(key, ours[key])} does not fit {source}, built with {key} {value}: "
+                "leave the flag out"
+            )
+    return {**ours, **theirs}
+
+
+def _flag(key, value):
+    """How an architecture setting reads on the command line (--no-lrn has no value)."""
+    return ARCHITECTURE_FLAGS[key] if key == "use_lrn" else f"{ARCHITECTURE_FLAGS[key]} {value}"
 
 
 def _metadata(config, spec, source, start=None):
@@ -357,7 +417,14 @@ def _metadata(config, spec, source, start=None):
     mean, scale = tuple(source.stats.mean), config.scale
     if start is not None:
         mean, scale = start[1].mean, start[1].scale
-    experiment = {"towers": config.towers, "lrn": config.lrn, "pool": config.pool}
+    architecture = _architecture(config, spec, start)
+    experiment = {
+        "towers": architecture.pop("towers", None),
+        "lrn": architecture.pop("use_lrn", None),
+        "pool": architecture.pop("pool", None),
+    }
+    if architecture.get("width") == 1:
+        del architecture["width"]
     return Metadata(
         model=spec.name,
         class_names=tuple(source.class_names),
@@ -368,6 +435,7 @@ def _metadata(config, spec, source, start=None):
         protocol=spec.protocol if config.flip else "center",
         data=config.data,
         data_dir=config.data_dir,
+        model_args=architecture or None,
         **(experiment if spec.family == "alexnet" else {}),
     )
 
@@ -390,10 +458,8 @@ def _build_state(config, spec, strategy, metadata, start=None):
         "seed": config.seed,
         "mean": metadata.mean,
         "scale": metadata.scale,
-        **(start[1].model_args if start is not None else {}),
+        **metadata.architecture(),  # the flags' and the starting weights' (`_architecture`)
     }
-    if spec.family == "alexnet":
-        model_kwargs.update(towers=config.towers, use_lrn=config.lrn, pool=config.pool)
     with strategy.scope():
         model = build_model(spec.name, classifier_activation=None, **model_kwargs)
         if config.freeze_up_to:
@@ -494,7 +560,11 @@ def _load_start(model, start, config, log):
         set_weights(model, weights, preset, get_spec(config.model))
     except WeightsError as e:
         raise TrainingError(f"--weights {config.weights}: {e}") from None
-    log(f"Started from {config.weights} ({preset.name}): mean {preset.mean}, scale {preset.scale}")
+    built = "".join(f", {k} {v}" for k, v in preset.model_args.items())
+    log(
+        f"Started from {config.weights} ({preset.name}): mean {preset.mean}, scale "
+        f"{preset.scale}{built}"
+    )
 
 
 def freeze_up_to(model, name):

@@ -17,8 +17,10 @@ from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
 from keras_alexnet.export import relative_error
+from keras_alexnet.layers import CAFFE_LRN, LocalResponseNormalization
 from keras_alexnet.metadata import Metadata
 from keras_alexnet.models import build_model
+from keras_alexnet.train import TrainConfig, TrainingError, train
 from keras_alexnet.weights import WeightsError, import_weights
 
 TOLERANCE = 1e-5
@@ -95,9 +97,9 @@ def caffe_max_pool(x, kernel=3, stride=2):
     return out
 
 
-def caffe_features(weights, images):
+def caffe_features(weights, images, mean_bgr=CAFFE_MEAN_BGR):
     """bvlc_alexnet's deploy net up to fc7 on RGB 0-255 images: BGR minus the mean first."""
-    x = (images[..., ::-1].astype(np.float64) - CAFFE_MEAN_BGR).transpose(0, 3, 1, 2)
+    x = (images[..., ::-1].astype(np.float64) - mean_bgr).transpose(0, 3, 1, 2)
     for name, _, _, stride, pad, group in CONVS:
         x = np.maximum(caffe_conv(x, *weights[name], stride, pad, group), 0)
         if name in ("conv1", "conv2"):
@@ -246,6 +248,98 @@ def test_caffemodel_with_other_layers_or_cut_short_is_refused_in_one_line(tmp_pa
         build_model("alexnet", weights=other)
     with pytest.raises(WeightsError, match="imports into alexnet"):
         build_model("vgg16", weights=other)
+
+
+def ten_classes(weights):
+    """The same net with a 10-way fc8 (its first ten outputs): a file fine-tuned elsewhere."""
+    return {**weights, "fc8": [weights["fc8"][0][:10], weights["fc8"][1][:10]]}
+
+
+@pytest.mark.parametrize("fmt", ["caffemodel", "onnx"])
+def test_a_10_class_caffe_or_zoo_file_keeps_its_10_classes_not_imagenets_names(
+    tmp_path, caffe_weights, fmt
+):
+    weights = ten_classes(caffe_weights)
+    path = tmp_path / f"finetuned.{fmt}"
+    if fmt == "caffemodel":
+        path.write_bytes(caffemodel(weights, version=2))
+    else:
+        zoo_alexnet(path, weights, size=227)
+    run = import_weights(path, "alexnet", tmp_path / "run")
+    ours = keras.saving.load_model(run / "best.keras")
+    images = smooth_images(2, 227, seed=1)
+    mean = CAFFE_MEAN_BGR if fmt == "caffemodel" else ZOO_ALEXNET_MEAN_BGR
+    logits = caffe_features(weights, images, mean) @ weights["fc8"][0].T + weights["fc8"][1]
+    assert relative_error(ours.predict_on_batch(images), softmax(logits)) < TOLERANCE
+    metadata = Metadata.load(run / "metadata.json")
+    assert metadata.class_names == tuple(str(i) for i in range(10))
+
+
+def test_caffemodel_errors_name_the_file_and_say_what_is_wrong(tmp_path, caffe_weights):
+    empty = {**caffe_weights, "fc7": [np.zeros(0, np.float32), caffe_weights["fc7"][1]]}
+    path = tmp_path / "empty.caffemodel"
+    path.write_bytes(caffemodel(empty, version=2))
+    with pytest.raises(WeightsError) as error:
+        build_model("alexnet", weights=path)
+    assert str(error.value).startswith(f"{path}: layer fc7's weight blob is empty")
+    short = tmp_path / "short.caffemodel"
+    short.write_bytes(caffemodel(caffe_weights, version=2)[:5000])
+    with pytest.raises(WeightsError, match=f"^{short}: truncated protobuf"):
+        build_model("alexnet", weights=short)
+    odd = {**caffe_weights, "fc7": [caffe_weights["fc7"][0][:-1], caffe_weights["fc7"][1]]}
+    path = tmp_path / "odd.caffemodel"
+    path.write_bytes(caffemodel(odd, version=2))
+    with pytest.raises(WeightsError, match="fc7's weight blob of shape .* does not fit its 512"):
+        build_model("alexnet", weights=path)
+
+
+def lrn_constants(model):
+    """Each LRN layer's (depth_radius, bias, alpha, beta, groups)."""
+    keys = ("depth_radius", "bias", "alpha", "beta", "groups")
+    return [
+        tuple(layer.get_config()[k] for k in keys)
+        for layer in model.layers
+        if isinstance(layer, LocalResponseNormalization)
+    ]
+
+
+def test_fine_tuning_from_an_imported_caffe_run_builds_caffes_net_as_from_the_file(
+    tiny_data, tmp_path, caffe_weights
+):
+    path = tmp_path / "bvlc_alexnet.caffemodel"
+    path.write_bytes(caffemodel(caffe_weights, version=2))
+    run = import_weights(path, "alexnet", tmp_path / "imported")
+    assert Metadata.load(run / "metadata.json").model_args["lrn"] == CAFFE_LRN
+    # 227: the file's fc6 takes conv5's 6 x 6 map.
+    base = dict(model="alexnet", data=str(tiny_data), image_size=227, resize=(256, 256),
+                batch_size=2, epochs=1, steps_per_epoch=1, val_steps=1, lr=1e-20,
+                cache=str(tmp_path / "cache"))  # fmt: skip
+    models = {}
+    for name, start in (("run", run), ("file", path)):
+        config = TrainConfig(**base, weights=str(start), output=str(tmp_path / name))
+        result = train(config, log=lambda *a: None)
+        models[name] = keras.saving.load_model(result.best_model)
+    caffe = (CAFFE_LRN["depth_radius"], CAFFE_LRN["bias"], CAFFE_LRN["alpha"],
+             CAFFE_LRN["beta"], 1)  # fmt: skip
+    assert lrn_constants(models["run"]) == lrn_constants(models["file"]) == [caffe, caffe]
+    images = smooth_images(3, 227, seed=7)
+    got, expected = (models[n].predict_on_batch(images) for n in ("run", "file"))
+    assert relative_error(got, expected) < TOLERANCE
+    # The fine-tuned run records what it was built with, for whoever starts from it next.
+    assert Metadata.load(tmp_path / "run" / "metadata.json").model_args["lrn_per_tower"] is False
+    with pytest.raises(TrainingError, match="--no-lrn does not fit --weights"):
+        train(TrainConfig(**base, weights=str(run), lrn=False, output=str(tmp_path / "x")))
+
+
+def test_metadata_without_model_args_loads_as_the_papers_and_round_trips_them(tmp_path):
+    old = {"model": "alexnet", "class_names": ["a", "b"], "input_size": 227, "resize": 256,
+           "mean": [1, 2, 3]}  # fmt: skip
+    assert Metadata.from_json(old).architecture() == {}
+    caffe = Metadata.from_json({**old, "model_args": {"lrn": CAFFE_LRN, "ceil_mode": True}})
+    again = Metadata.from_properties(caffe.to_properties())  # as an ONNX export carries it
+    assert again.architecture() == {"lrn": CAFFE_LRN, "ceil_mode": True}
+    model = build_model("alexnet", width=1 / 16, **again.architecture())
+    assert lrn_constants(model)[0][:4] == tuple(CAFFE_LRN.values())
 
 
 # --- the ONNX model zoo -----------------------------------------------------------------

@@ -185,10 +185,10 @@ class TorchVGG(torch.nn.Module):
         return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
 
 
-def torch_vgg(name, width, seed):
+def torch_vgg(name, width, seed, classes=1000):
     """A torchvision-layout VGG with random weights and biases, in eval mode."""
     torch.manual_seed(seed)
-    model = TorchVGG(TORCH_CFGS[name], width, int(4096 * width), 1000).eval()
+    model = TorchVGG(TORCH_CFGS[name], width, int(4096 * width), classes).eval()
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, torch.nn.Conv2d | torch.nn.Linear):
@@ -222,8 +222,8 @@ def test_torchvision_vgg_state_dict_equals_its_pytorch_forward(tmp_path, suffix)
         safetensors_torch.save_file(reference.state_dict(), path)
     spec = get_spec("vgg16")
     weights, preset = read(path, spec)
-    assert preset == PRESETS["torchvision"]
-    ours = build(spec, weights, preset, width=width)
+    assert preset == PRESETS["torchvision"].replace(model_args={"width": width})  # from conv1
+    ours = build(spec, weights, preset)
     crops = crops_of(photo_like(2, 240, 320, seed=6), preset)
     expected = torchvision_forward(reference, crops)
     assert expected.max() > 0.05
@@ -322,3 +322,123 @@ def test_a_per_channel_scale_exports_to_onnx_and_folds_into_alexnet_conv1(tmp_pa
     assert relative_error(runtime.predict(x), model.predict_on_batch(x)) < TOLERANCE
     ops = [n.op_type for n in onnx.load(tmp_path / "m.onnx").graph.node]
     assert ("Mul" not in ops[: ops.index("Conv")]) == (name == "alexnet")  # VGG's conv1 pads
+
+
+# --- files of other class counts, checkpoints, damaged files --------------------------
+
+
+class Unsafe:
+    """A class PyTorch's safe loader does not rebuild: a pickle holding it could run code."""
+
+
+def ten_class_file(tmp_path, suffix):
+    """A VGG16 at width 1/8 with a 10-way head written as `suffix`, and its softmax scores on
+    photo-like 224 crops computed by the source's own model."""
+    crops = photo_like(2, 224, 224, seed=12)
+    if suffix == ".h5":
+        reference = build_model("vgg16", width=0.125, classes=10, seed=0, init="he")
+        randomise(reference, seed=13)
+        save_legacy_h5(reference, tmp_path / "vgg16.h5")
+        bgr = crops[..., ::-1] - np.array([103.939, 116.779, 123.68], np.float32)
+        return tmp_path / "vgg16.h5", reference.predict_on_batch(bgr)
+    reference = torch_vgg("vgg16", 0.125, seed=14, classes=10)
+    path = tmp_path / f"vgg16{suffix}"
+    if suffix == ".pth":
+        torch.save(reference.state_dict(), path)
+    else:
+        safetensors_torch.save_file(reference.state_dict(), path)
+    return path, torchvision_forward(reference, crops)
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors", ".h5"])
+def test_a_10_class_file_imports_with_its_10_classes_never_a_random_imagenet_head(tmp_path, suffix):
+    path, expected = ten_class_file(tmp_path, suffix)
+    run = import_weights(path, "vgg16", tmp_path / "run")
+    runtime = load(run)
+    assert runtime.metadata.class_names == tuple(str(i) for i in range(10))
+    # The file's own head: the scores are the source's, not a fresh initialisation's.
+    got = runtime.predict(photo_like(2, 224, 224, seed=12))
+    assert got.shape == (2, 10) and relative_error(got, expected) < TOLERANCE
+
+
+def test_import_weights_classes_file_names_the_files_classes_or_is_refused(tmp_path):
+    path, _ = ten_class_file(tmp_path, ".safetensors")
+    names = [f"part {i}" for i in range(10)]
+    (tmp_path / "names.txt").write_text("\n".join(names) + "\n")
+    parser = import_weights_command.get_args_parser()
+    argv = [str(path), "--model", "vgg16", "--output", str(tmp_path / "run"),
+            "--classes", str(tmp_path / "names.txt")]  # fmt: skip
+    import_weights_command.main(parser.parse_args(argv))
+    assert Metadata.load(tmp_path / "run" / "metadata.json").class_names == tuple(names)
+    (tmp_path / "nine.txt").write_text("\n".join(names[:9]))
+    with pytest.raises(WeightsError, match="has 9 class names; the weights' classifier has 10"):
+        import_weights(path, "vgg16", tmp_path / "other", class_names=tmp_path / "nine.txt")
+    assert not list((tmp_path / "other").glob("*"))  # nothing written that refuses a retry
+
+
+def test_a_training_checkpoint_pth_imports_its_state_dict(tmp_path):
+    import argparse
+
+    reference = torch_vgg("vgg11", 1 / 16, seed=15)
+    state = reference.state_dict()
+    torch.save(state, tmp_path / "plain.pth")
+    parallel = {f"module.{k}": v for k, v in state.items()}  # DataParallel / DDP
+    checkpoints = {
+        "lightning.pth": {"state_dict": state, "epoch": 3},
+        "references.pth": {
+            "model": parallel,
+            "optimizer": {"lr": 0.01},
+            "epoch": 3,
+            "args": argparse.Namespace(lr=0.01),
+        },  # fmt: skip
+    }
+    spec = get_spec("vgg11")
+    plain, _ = read(tmp_path / "plain.pth", spec)
+    for name, checkpoint in checkpoints.items():
+        torch.save(checkpoint, tmp_path / name)
+        weights, _ = read(tmp_path / name, spec)
+        assert list(weights) == list(plain), name
+        for layer in plain:
+            for a, b in zip(weights[layer], plain[layer], strict=True):
+                np.testing.assert_array_equal(a, b)
+    torch.save({**state, "epoch": 3}, tmp_path / "odd.pth")
+    with pytest.raises(WeightsError, match="entry 'epoch' is a int, not a tensor") as error:
+        read(tmp_path / "odd.pth", spec)
+    assert "\n" not in str(error.value)
+
+
+def test_an_unsafe_pth_is_refused_without_pytorchs_advice_or_warnings(tmp_path, recwarn):
+    torch.save({"features.0.weight": torch.zeros(1), "hook": Unsafe()}, tmp_path / "vgg.pth")
+    with pytest.raises(WeightsError) as error:
+        read(tmp_path / "vgg.pth", get_spec("vgg11"))
+    message = str(error.value)
+    assert "\n" not in message and "Unsafe" in message and "refused" in message
+    assert "weights_only" not in message and "trust" not in message
+    assert not [w for w in recwarn if "torch" in str(w.filename)]
+
+
+def test_a_resnet_state_dict_says_what_it_is_not_and_which_layouts_are_read(tmp_path):
+    rng = np.random.default_rng(0)
+    keys = ["conv1.weight", "bn1.weight", "bn1.bias", "bn1.running_mean", "bn1.running_var",
+            "layer1.0.conv1.weight", "layer1.0.bn1.weight", "fc.weight", "fc.bias"]  # fmt: skip
+    state = {k: torch.from_numpy(rng.normal(size=4).astype(np.float32)) for k in keys}
+    safetensors_torch.save_file(state, tmp_path / "resnet18.safetensors")
+    with pytest.raises(WeightsError) as error:
+        read(tmp_path / "resnet18.safetensors", get_spec("vgg16"))
+    message = str(error.value)
+    assert "not a torchvision VGG state dict" in message and "ResNet" in message
+    assert "batch-norm VGG" not in message and "features.N" in message
+
+
+def test_a_damaged_legacy_h5_is_refused_in_one_line(tmp_path):
+    reference = build_model("vgg11", width=1 / 16, classes=4, input_shape=(32, 32, 3))
+    save_legacy_h5(reference, tmp_path / "missing.h5")
+    with h5py.File(tmp_path / "missing.h5", "a") as f:
+        del f["block2_conv1"]  # still listed in layer_names
+    with pytest.raises(WeightsError, match="lists 'block2_conv1' but the file has no such"):
+        read(tmp_path / "missing.h5", get_spec("vgg11"))
+    save_legacy_h5(reference, tmp_path / "typed.h5")
+    with h5py.File(tmp_path / "typed.h5", "a") as f:
+        f.attrs["layer_names"] = 7
+    with pytest.raises(WeightsError, match="'layer_names' of / is not a list of names"):
+        read(tmp_path / "typed.h5", get_spec("vgg11"))

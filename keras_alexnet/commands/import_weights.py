@@ -2,9 +2,10 @@
 
 The format comes from the file's name (Keras Applications' .h5, torchvision's .pth /
 .safetensors, and the other formats of keras_alexnet.weights.FORMATS); the source's
-preprocessing from its preset, which the flags below override. The run directory
-(best.keras, metadata.json with ImageNet's class names, command.json) is what training
-writes: evaluate, export, serve and predict take it unchanged. Nothing is downloaded.
+preprocessing from its preset, which the flags below override. The model keeps the file's
+classifier: ImageNet's class names for 1000 outputs, else --classes FILE's or 0 .. N-1. The
+run directory (best.keras, metadata.json, command.json) is what training writes: evaluate,
+export, serve and predict take it unchanged. Nothing is downloaded.
 """
 
 import argparse
@@ -38,6 +39,13 @@ def get_args_parser():
     )
     parser.add_argument(
         "--output", required=True, help="the run directory to write (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--classes",
+        default=None,
+        metavar="FILE",
+        help="the names of the file's classes, one a line, as many as its last layer has "
+        "outputs (default: %(default)s: ImageNet's for 1000 outputs, else 0 .. N-1)",
     )
     preset = parser.add_argument_group(
         "preprocessing", "override the source's preset (default: the source's, as documented)"
@@ -90,6 +98,7 @@ def main(args):
         args.source,
         args.model,
         args.output,
+        class_names=args.classes,
         bgr=bgr,
         mean=args.mean,
         std=args.std,

@@ -119,11 +119,14 @@ def read_net_layers(path):
     with open(path, "rb") as f:
         buf = memoryview(f.read())
     layers = []
-    for number, wire, value in _fields(buf):
-        if number in (100, 2) and wire == LENGTH:
-            name, kind, blobs = _layer(value, LAYER_FIELDS[number])
-            if blobs and kind in CONVOLUTION | INNER_PRODUCT:
-                layers.append((name, "conv" if kind in CONVOLUTION else "fc", blobs))
+    try:
+        for number, wire, value in _fields(buf):
+            if number in (100, 2) and wire == LENGTH:
+                name, kind, blobs = _layer(value, LAYER_FIELDS[number])
+                if blobs and kind in CONVOLUTION | INNER_PRODUCT:
+                    layers.append((name, "conv" if kind in CONVOLUTION else "fc", blobs))
+    except WeightsError as e:
+        raise WeightsError(f"{path}: {e}") from None
     if not layers:
         raise WeightsError(f"{path}: no Convolution or InnerProduct layer with weights")
     return layers
@@ -133,6 +136,26 @@ def alexnet_args(conv1_filters):
     """Caffe's AlexNet as builder arguments, with the width conv1's filter count implies."""
     width = conv1_filters / CONV_LAYERS[0].filters
     return {**CAFFE_MODEL_ARGS, **({} if width == 1 else {"width": width})}
+
+
+def _check_blobs(path, name, kind, weight, bias):
+    """Refuse a layer whose weight and bias blobs cannot be a layer of `kind`, in one line."""
+    what = "Convolution" if kind == "conv" else "InnerProduct"
+    for blob, role in ((weight, "weight"), (bias, "bias")):
+        if blob.size == 0:
+            raise WeightsError(f"{path}: layer {name}'s {role} blob is empty (shape {blob.shape})")
+    if kind == "conv" and weight.ndim != 4:
+        raise WeightsError(
+            f"{path}: layer {name}'s weight blob has shape {weight.shape}, not a {what}'s "
+            "(out, in / group, kh, kw)"
+        )
+    # A legacy blob pads an InnerProduct's (out, in) weight to (1, 1, out, in).
+    outputs = weight.shape[0] if kind == "conv" else weight.reshape(-1, weight.shape[-1]).shape[0]
+    if outputs != bias.size:
+        raise WeightsError(
+            f"{path}: layer {name}'s weight blob of shape {weight.shape} does not fit its "
+            f"{bias.size} biases (one per output of the {what})"
+        )
 
 
 def _convert(layers, path):
@@ -148,6 +171,7 @@ def _convert(layers, path):
         if len(blobs) != 2:
             raise WeightsError(f"{path}: layer {name} has {len(blobs)} blobs, not weight and bias")
         weight, bias = blobs[0], blobs[1].reshape(-1)
+        _check_blobs(path, name, kind, weight, bias)
         if kind == "conv":
             kernel = weight.transpose(2, 3, 1, 0)  # (out, in, kh, kw) -> (kh, kw, in, out)
         elif ours == "fc6":

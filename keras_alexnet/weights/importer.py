@@ -24,6 +24,7 @@ from keras_alexnet.weights.presets import Preset
 
 CLASS_NAMES_FILE = Path(__file__).resolve().parent.parent / "data" / "imagenet_classes.txt"
 IMAGENET = "imagenet2012"  # what the published weights were trained on (TFDS's name)
+ALEXNET_DEFAULTS = {"towers": 2, "use_lrn": True, "pool": "overlapping"}  # alexnet()'s
 
 
 class WeightsError(ValueError):
@@ -98,6 +99,7 @@ def read_start(path, spec):
         name=f"run {path}", bgr=False, mean=tuple(metadata.mean),
         std=tuple(float(1 / s) for s in scale), input_size=metadata.input_size,
         resize=metadata.resize, protocol=metadata.protocol, documented_at=str(path),
+        model_args=metadata.architecture(),
     )  # fmt: skip
     return {name: layer.get_weights() for name, layer in _weighted_layers(model).items()}, preset
 
@@ -111,6 +113,37 @@ def dense_from_chw(weight, channels, layer):
             f"{layer} takes {inputs} inputs, not a square map of {channels} channels"
         )
     return weight.reshape(out, channels, side, side).transpose(2, 3, 1, 0).reshape(-1, out)
+
+
+def vgg_args(first_filters):
+    """A VGG's builder arguments: the width its block1_conv1's filter count implies."""
+    from keras_alexnet.models.vgg import CONFIGS
+
+    width = first_filters / CONFIGS["A"][0]  # every configuration's block1_conv1 at width 1
+    return {} if width == 1 else {"width": width}
+
+
+def file_classes(weights):
+    """The number of outputs of the file's classifier (its last layer); None without one."""
+    kernel = list(weights.values())[-1][0] if weights else None
+    return kernel.shape[-1] if kernel is not None and np.ndim(kernel) == 2 else None
+
+
+def read_class_names(path, classes):
+    """One class name per line of `path` (blank lines ignored); `classes` of them, or an error."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise WeightsError(f"cannot read the class names {path}: {e}") from None
+    names = tuple(line.strip() for line in lines if line.strip())
+    if len(names) != classes:
+        raise WeightsError(
+            f"{path} has {len(names)} class names; the weights' classifier has {classes} "
+            "outputs: give one name per output, one a line"
+        )
+    if len(set(names)) != len(names):
+        raise WeightsError(f"{path} names a class twice: each of its {classes} lines must differ")
+    return names
 
 
 def imagenet_class_names():
@@ -198,13 +231,29 @@ def load(spec, path, **kwargs):
     return build(spec, weights, preset, **kwargs)
 
 
-def _metadata(spec, preset, classes):
-    """The run directory's Metadata: ImageNet's names, the preset's sizes and normalisation."""
+def _class_names(classes, class_names):
+    """The run's class names: from the file `class_names`, else ImageNet's, else "0" .. "N-1".
+
+    ImageNet's go with 1000 outputs; a file fine-tuned on other classes does not hold their
+    names, so they are numbered unless given.
+    """
+    if class_names is not None:
+        return read_class_names(class_names, classes)
+    names = imagenet_class_names()
+    return names if classes == len(names) else tuple(str(i) for i in range(classes))
+
+
+def _metadata(spec, preset, names):
+    """The run directory's Metadata: names, the preset's sizes, normalisation and model_args."""
     from keras_alexnet.metadata import Metadata
 
-    names = imagenet_class_names()
-    if classes != len(names):
-        names = tuple(str(i) for i in range(classes))
+    args = dict(preset.model_args)
+    # AlexNet's experiments as built (the builder's defaults unless the weights need others)
+    experiment = {
+        "towers": args.pop("towers", ALEXNET_DEFAULTS["towers"]),
+        "lrn": args.pop("use_lrn", ALEXNET_DEFAULTS["use_lrn"]),
+        "pool": args.pop("pool", ALEXNET_DEFAULTS["pool"]),
+    }
     return Metadata(
         model=spec.name,
         class_names=names,
@@ -214,12 +263,16 @@ def _metadata(spec, preset, classes):
         scale=preset.scale,
         protocol=preset.protocol,
         data=IMAGENET,
+        model_args=args or None,
+        **(experiment if spec.family == "alexnet" else {}),
     )
 
 
-def import_weights(source_path, model, output, argv=None, **overrides):
+def import_weights(source_path, model, output, argv=None, class_names=None, **overrides):
     """Import a published weight file into `model` and write a run directory at `output`.
 
+    The model keeps the file's classifier and its number of classes: ImageNet's names for
+    1000, else the names in the file `class_names` (one a line), else "0" .. "N-1".
     `overrides` replace the source's Preset fields (bgr, mean, std, input_size, resize,
     protocol). The run directory holds best.keras, metadata.json and command.json, written
     atomically; an output that exists and is not empty is refused. Returns `output`.
@@ -235,9 +288,16 @@ def import_weights(source_path, model, output, argv=None, **overrides):
         )
     fileio.check_writable(output / KERAS_BEST)
     weights, preset = read(source_path, spec)
+    classes = file_classes(weights)
+    if classes is None:
+        raise WeightsError(
+            f"{source_path} has no classifier (no {spec.name} top layers): a run directory "
+            "needs one; fine-tune from the file with train --weights instead"
+        )
+    names = _class_names(classes, class_names)
     preset = preset.replace(**overrides)
-    keras_model = build(spec, weights, preset)
-    metadata = _metadata(spec, preset, keras_model.output_shape[-1])
+    keras_model = build(spec, weights, preset, classes=classes)
+    metadata = _metadata(spec, preset, names)
     with fileio.atomic_path(output / KERAS_BEST) as tmp:
         keras_model.save(tmp)
     metadata.save(output / METADATA_FILENAME)
@@ -245,6 +305,7 @@ def import_weights(source_path, model, output, argv=None, **overrides):
         "argv": list(argv if argv is not None else sys.argv),
         "source": str(source_path),
         "format": detect_format(source_path).name,
+        "class_names": None if class_names is None else str(class_names),
         "preset": json.loads(json.dumps(dataclasses.asdict(preset))),
         "versions": versions(),
     }

@@ -10,12 +10,13 @@ with the caffe-mode mean (presets.KERAS_CAFFE).
 """
 
 import h5py
+import numpy as np
 
-from keras_alexnet.weights.importer import WeightsError
+from keras_alexnet.weights.importer import WeightsError, vgg_args
 from keras_alexnet.weights.presets import KERAS_CAFFE
 
 
-def _attribute_list(group, name):
+def _attribute_list(group, name, path):
     """A string-list attribute, joined from Keras's `name0`, `name1`, ... chunks if split."""
     if name in group.attrs:
         chunks = [group.attrs[name]]
@@ -24,7 +25,25 @@ def _attribute_list(group, name):
         while f"{name}{index}" in group.attrs:
             chunks.append(group.attrs[f"{name}{index}"])
             index += 1
+    for chunk in chunks:
+        names = isinstance(chunk, np.ndarray) and chunk.ndim == 1
+        if not names or (chunk.size and chunk.dtype.kind not in "SUO"):  # [] is float64
+            raise WeightsError(
+                f"{path}: attribute {name!r} of {group.name} is not a list of names (it holds "
+                f"{type(chunk).__name__} {np.asarray(chunk).dtype}): not a Keras HDF5 file"
+            )
     return [v.decode("utf8") if isinstance(v, bytes) else str(v) for c in chunks for v in c]
+
+
+def _member(group, name, listed_in, path):
+    """`group[name]`, which `listed_in` names; WeightsError when the file lacks it."""
+    try:
+        return group[name]
+    except KeyError:
+        raise WeightsError(
+            f"{path}: {group.name}'s {listed_in} lists {name!r} but the file has no such "
+            "entry: the file is damaged or was edited"
+        ) from None
 
 
 def read_h5_weights(path):
@@ -35,7 +54,7 @@ def read_h5_weights(path):
         raise WeightsError(f"{path} is not a readable HDF5 file: {e}") from None
     with f:
         root = f["model_weights"] if "model_weights" in f else f
-        layer_names = _attribute_list(root, "layer_names")
+        layer_names = _attribute_list(root, "layer_names", path)
         if not layer_names:
             raise WeightsError(
                 f"{path} is not in the legacy Keras HDF5 layout (no 'layer_names' attribute); "
@@ -43,8 +62,11 @@ def read_h5_weights(path):
             )
         weights = {}
         for name in layer_names:
-            group = root[name]
-            arrays = [group[w][()] for w in _attribute_list(group, "weight_names")]
+            group = _member(root, name, "layer_names", path)
+            arrays = [
+                _member(group, w, "weight_names", path)[()]
+                for w in _attribute_list(group, "weight_names", path)
+            ]
             if arrays:
                 weights[name] = arrays
     return weights
@@ -57,4 +79,7 @@ def read_keras_h5(path, spec):
             f"Keras Applications' .h5 weights are VGG16 / VGG19 (vgg16, vgg19); "
             f"Received: model={spec.name!r}"
         )
-    return read_h5_weights(path), KERAS_CAFFE
+    weights = read_h5_weights(path)
+    first = next(iter(weights.values()))[0] if weights else None
+    width = vgg_args(first.shape[-1]) if first is not None and first.ndim == 4 else {}
+    return weights, KERAS_CAFFE.replace(model_args=width)

@@ -17,16 +17,15 @@ from onnx import helper, numpy_helper
 
 from keras_alexnet.layers import CAFFE_LRN
 from keras_alexnet.models.alexnet import CONV_LAYERS, POOLS
-from keras_alexnet.models.vgg import CONFIGS
 from keras_alexnet.weights.caffe import ALEXNET_LAYERS, alexnet_args
-from keras_alexnet.weights.importer import WeightsError, dense_from_chw
+from keras_alexnet.weights.importer import WeightsError, dense_from_chw, vgg_args
 from keras_alexnet.weights.presets import ONNX_ZOO_ALEXNET, ONNX_ZOO_VGG
 
 VGG_FC = ("fc1", "fc2", "predictions")
 VGG_POOL = (2, 2)  # window, stride
-VGG_FIRST_FILTERS = CONFIGS["A"][0]  # every configuration's block1_conv1 (width 1)
 FC_LAYERS = 3
 WEIGHT_OPS = ("Conv", "Gemm", "LRN", "MaxPool")
+PASS_THROUGH = ("Identity", "Cast")  # nodes between an initializer and a weight input, followed
 
 
 def _attributes(node):
@@ -34,13 +33,47 @@ def _attributes(node):
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
-def _constants(graph):
-    """Arrays by name: the initializers and the outputs of Constant nodes."""
+class Constants(dict):
+    """Constant arrays by name, and the node computing each other name (for the message).
+
+    The arrays: initializers, Constant nodes' outputs and Identity / Cast chains from them.
+    """
+
+    def __init__(self, arrays, producers, path):
+        super().__init__(arrays)
+        self.producers, self.path = producers, path
+
+    def input(self, node, index):
+        """The constant array `node` takes as its input number `index`; WeightsError if none."""
+        name = node.input[index]
+        if name in self:
+            return self[name]
+        producer = self.producers.get(name)
+        source = (
+            f"node {producer.name or name} ({producer.op_type})" if producer else "a graph input"
+        )
+        raise WeightsError(
+            f"{self.path}: {node.op_type} {node.name or node.output[0]}'s weight {name!r} comes "
+            f"from {source}, not an initializer: only constant weights are read"
+        )
+
+
+def _constants(graph, path):
+    """The graph's constant arrays (see Constants); nodes run in graph order, as ONNX sorts."""
     arrays = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    producers = {}
     for node in graph.node:
-        if node.op_type == "Constant" and "value" in _attributes(node):
-            arrays[node.output[0]] = numpy_helper.to_array(_attributes(node)["value"])
-    return arrays
+        attributes = _attributes(node)
+        if node.op_type == "Constant" and "value" in attributes:
+            arrays[node.output[0]] = numpy_helper.to_array(attributes["value"])
+        elif node.op_type in PASS_THROUGH and node.input and node.input[0] in arrays:
+            value = arrays[node.input[0]]
+            if node.op_type == "Cast":
+                value = value.astype(helper.tensor_dtype_to_np_dtype(attributes["to"]))
+            arrays[node.output[0]] = value
+        else:
+            producers.update({name: node for name in node.output})
+    return Constants(arrays, producers, path)
 
 
 def _input_size(graph, constants, path):
@@ -73,9 +106,9 @@ def _expected_conv(spec, index, kernel):
 def _conv(node, spec, index, constants, size):
     """A Conv node's [kernel, bias] in our layout, its map size after it, checked against ours."""
     attributes = _attributes(node)
-    weight = constants[node.input[1]]
+    weight = constants.input(node, 1)
     out, _, kh, kw = weight.shape
-    bias = constants[node.input[2]] if len(node.input) > 2 else np.zeros(out, np.float32)
+    bias = constants.input(node, 2) if len(node.input) > 2 else np.zeros(out, np.float32)
     stride, pad, group = _expected_conv(spec, index, kh)
     begin, end = _pads(node, attributes)
     got = (tuple(attributes.get("strides", (1, 1))), begin + end, attributes.get("group", 1))
@@ -140,9 +173,9 @@ def _gemm(node, constants):
     a = _attributes(node)
     if a.get("transA", 0):
         raise WeightsError(f"Gemm {node.name}: transA = 1 is not a fully connected layer")
-    weight = constants[node.input[1]]
+    weight = constants.input(node, 1)
     weight = weight if a.get("transB", 0) else weight.T
-    bias = constants[node.input[2]] if len(node.input) > 2 else np.zeros(len(weight))
+    bias = constants.input(node, 2) if len(node.input) > 2 else np.zeros(len(weight))
     return [a.get("alpha", 1.0) * weight, a.get("beta", 1.0) * np.broadcast_to(bias, len(weight))]
 
 
@@ -180,7 +213,7 @@ def read_onnx_zoo(path, spec):
         graph = onnx.load(str(path)).graph
     except Exception as e:  # onnx raises DecodeError, ValidationError, OSError, ...
         raise WeightsError(f"{path} is not a readable ONNX file: {e}") from None
-    constants = _constants(graph)
+    constants = _constants(graph, path)
     size = _input_size(graph, constants, path)
     weights, ceil_mode = _features(graph, spec, constants, size, path)
     gemms = [n for n in graph.node if n.op_type == "Gemm"]
@@ -196,8 +229,6 @@ def read_onnx_zoo(path, spec):
         weights[name] = [kernel, bias]
     first = list(weights.values())[0][0].shape[-1]
     if spec.family == "vgg":
-        width = first / VGG_FIRST_FILTERS
-        width = {} if width == 1 else {"width": width}
-        return weights, ONNX_ZOO_VGG.replace(input_size=size, model_args=width)
+        return weights, ONNX_ZOO_VGG.replace(input_size=size, model_args=vgg_args(first))
     model_args = {**alexnet_args(first), "ceil_mode": ceil_mode}
     return weights, ONNX_ZOO_ALEXNET.replace(input_size=size, resize=size, model_args=model_args)
