@@ -18,7 +18,7 @@ from keras_alexnet import fileio
 from keras_alexnet.backend import require_tensorflow
 from keras_alexnet.preprocess import EvalTransform, resize_bilinear, shorter_side_shape
 from keras_alexnet.progress import Progress
-from keras_alexnet.protocols import DEFAULT_SCALES, PROTOCOLS
+from keras_alexnet.protocols import PROTOCOLS, fit_scales, paper_scales
 from keras_alexnet.runtime import ModelPathError, Runtime, load
 
 TIE_TOLERANCE = 1e-5
@@ -95,13 +95,40 @@ def _views(source, runtime, protocol, split, transform, scales, batch_size):
         yield np.mean(scores, axis=0), labels
 
 
+def _protocol(name):
+    """The Protocol called `name`; EvaluationError naming the choices for any other."""
+    if name not in PROTOCOLS:
+        raise EvaluationError(f"--protocol must be one of {tuple(PROTOCOLS)}. Received: {name!r}")
+    return PROTOCOLS[name]
+
+
+def resolve_scales(protocol, metadata, crop, scales=None):
+    """(Q, note): multi_scale's test scales, `scales` or the paper's for the model, else None.
+
+    By default VGG Section 4.2's for the training scale the metadata records
+    (`protocols.paper_scales`), each Q below the `crop` raised to it, which `note` says.
+    """
+    if not protocol.multi_scale:
+        return None, None
+    if scales is not None:
+        return tuple(int(s) for s in scales), None
+    smin, smax = metadata.resize, metadata.resize_max
+    paper = paper_scales(smin, smax)
+    fitted = fit_scales(paper, crop)
+    if fitted == paper:
+        return fitted, None
+    trained = f"S = {smin}" if smax in (None, smin) else f"S in [{smin}, {smax}]"
+    low = ", ".join(str(q) for q in paper if q < crop)
+    note = (
+        f"Q = {low} raised to the {crop}px input (VGG Section 4.2 gives "
+        f"{', '.join(str(q) for q in paper)} for {trained})"
+    )
+    return fitted, note
+
+
 def _check(runtime, source, split, protocol, transform, scales):
     """Raise EvaluationError for a model/data/protocol combination that cannot work."""
-    if protocol not in PROTOCOLS:
-        raise EvaluationError(
-            f"--protocol must be one of {tuple(PROTOCOLS)}. Received: {protocol!r}"
-        )
-    _check_model(runtime, PROTOCOLS[protocol], transform, scales)
+    _check_model(runtime, protocol, transform, scales)
     _check_data(runtime.metadata, source, split)
 
 
@@ -158,7 +185,7 @@ def evaluate(
     data_dir=None,
     split="val",
     protocol=None,
-    scales=DEFAULT_SCALES,
+    scales=None,
     image_size=None,
     resize=None,
     batch_size=32,
@@ -170,25 +197,25 @@ def evaluate(
     """Evaluate a model path (or a loaded Runtime) under a protocol; return a dict of results.
 
     `data` None means the data recorded in the model's metadata (itself None for the
-    bundled demo set); `protocol` None the model's paper protocol (AlexNet ten_crop, VGG
-    dense); `image_size` and `resize` default to the metadata's. Keys: top1, top5 (accuracy
+    bundled demo set); `protocol` None the metadata's (`protocols.trained_protocol`);
+    `scales` None multi_scale's Q from the model's training scale (`resolve_scales`);
+    `image_size` and `resize` default to the metadata's. Keys: top1, top5 (accuracy
     fractions), top1_error, top5_error, count, near_ties (images whose label ties another
     class within 1e-5), protocol, runtime, images_per_second, seconds, model, data, split,
-    input_size, resize, scales; with `return_scores` also scores and labels (NumPy).
+    input_size, resize, scales, scales_note; with `return_scores` also scores and labels.
     """
     require_tensorflow("evaluate (a tf.data pipeline)", "evaluate_arrays on images in memory")
     runtime = (
         model if isinstance(model, Runtime) else load(model, threads=threads, provider=provider)
     )
     metadata = runtime.metadata
-    protocol = protocol or metadata.protocol
+    protocol = _protocol(protocol or metadata.protocol)
     transform = EvalTransform.from_metadata(metadata, resize=resize, crop=image_size)
-    scales = tuple(int(s) for s in scales)
+    scales, note = resolve_scales(protocol, metadata, transform.crop, scales)
     if data is None:
         data, data_dir = metadata.data, data_dir or metadata.data_dir
     source = _open_data(data, data_dir)
     _check(runtime, source, split, protocol, transform, scales)
-    protocol = PROTOCOLS[protocol]
     views = _views(source, runtime, protocol, split, transform, scales, batch_size)
     scores, labels, seconds = _score(views, source.sizes[split], verbose)
     if labels is None:
@@ -205,21 +232,23 @@ def evaluate(
         "input_size": transform.crop,
         "resize": transform.resize,
         "scales": list(scales) if protocol.multi_scale else None,
+        "scales_note": note,
     }
     if return_scores:
         results["scores"], results["labels"] = scores, labels
     return results
 
 
-def evaluate_arrays(model, images, labels, *, protocol=None, scales=DEFAULT_SCALES, batch_size=32):
+def evaluate_arrays(model, images, labels, *, protocol=None, scales=None, batch_size=32):
     """Evaluate a model path or Runtime on uint8 [H, W, 3] images in memory, on any backend.
 
     The views are those of `evaluate` (the model's metadata gives resize and crop), cut in
-    NumPy; returns top1, top5, their errors, count, near_ties, protocol and runtime.
+    NumPy; returns top1, top5, their errors, count, near_ties, protocol, runtime and scales.
     """
     runtime = model if isinstance(model, Runtime) else load(model)
-    protocol = PROTOCOLS[protocol or runtime.metadata.protocol]
+    protocol = _protocol(protocol or runtime.metadata.protocol)
     transform = EvalTransform.from_metadata(runtime.metadata)
+    scales, note = resolve_scales(protocol, runtime.metadata, transform.crop, scales)
     _check_model(runtime, protocol, transform, scales)
     labels = np.asarray(labels, np.int64)
     batches = []
@@ -231,7 +260,13 @@ def evaluate_arrays(model, images, labels, *, protocol=None, scales=DEFAULT_SCAL
         ]
         batches.append(np.mean(per_scale, axis=0))
     results = _accuracy(np.concatenate(batches), labels)
-    return {**results, "protocol": protocol.name, "runtime": runtime.name}
+    return {
+        **results,
+        "protocol": protocol.name,
+        "runtime": runtime.name,
+        "scales": list(scales) if protocol.multi_scale else None,
+        "scales_note": note,
+    }
 
 
 def _predict_views(runtime, images, protocol, resize, crop):
@@ -317,6 +352,8 @@ def format_table(results):
         ("top-5 accuracy", f"{results['top5']:.2%}  (error {results['top5_error']:.2%})"),
         ("images/s", f"{results['images_per_second']:.1f}"),
     ]
+    if results.get("scales_note"):
+        rows.insert(4, ("note", results["scales_note"]))
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
 
@@ -328,7 +365,6 @@ def write_results(path, results):
 
 
 __all__ = [
-    "DEFAULT_SCALES",
     "PROTOCOLS",
     "EvaluationError",
     "ModelPathError",
@@ -338,6 +374,7 @@ __all__ = [
     "near_ties",
     "numpy_views",
     "parse_scales",
+    "resolve_scales",
     "topk_correct",
     "write_results",
 ]

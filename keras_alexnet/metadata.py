@@ -21,11 +21,14 @@ class Metadata:
     model: str  # registry name, e.g. "alexnet", "vgg_d"
     class_names: tuple[str, ...]
     input_size: int  # the crop the model takes (227 AlexNet, 224 VGG)
-    resize: int  # shorter side before the centre crop (256)
+    resize: int  # shorter side before the centre crop (256); the training scale S (or Smin)
     mean: tuple[float, float, float]  # RGB mean on the 0-255 scale, subtracted in-graph
     # multiplier after mean subtraction, in-graph: one, or one per RGB channel
     scale: float | tuple[float, float, float] = 1.0
     protocol: str = "center"  # the paper's test protocol for this model
+    # The largest training scale when S was jittered in [resize, resize_max] (VGG Section
+    # 3.1); None: trained at S = resize. multi_scale's test scales Q follow from them.
+    resize_max: int | None = None
     data: str | None = None  # what it was trained on (None: the bundled demo set)
     data_dir: str | None = None
     version: str = __version__

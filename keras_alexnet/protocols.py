@@ -71,7 +71,58 @@ PROTOCOLS = {
         ),
     )
 }
-DEFAULT_SCALES = (256, 384, 512)  # VGG Section 4.2's Q for models trained with jittered S
+# The protocol a model's metadata records (train.py), which evaluation uses unless told:
+# the paper's, whose views include reflections, for a model trained with reflections
+# (models.ModelSpec.protocol, by family), the centre crop for one trained without (the
+# demo's digits).
+PAPER_PROTOCOLS = {"alexnet": "ten_crop", "vgg": "dense"}
+WITHOUT_REFLECTIONS = "center"
+# VGG Section 4.2: a model trained at a fixed S is tested at Q = {S - 32, S, S + 32}.
+SCALE_STEP = 32
+
+
+def trained_protocol(paper, flip):
+    """The protocol of a model trained with (`flip`) or without reflections: `paper` or center."""
+    return paper if flip else WITHOUT_REFLECTIONS
+
+
+def default_protocol_help():
+    """How the default protocol is chosen, for --help, from PAPER_PROTOCOLS."""
+    papers = ", ".join(f"{family} {name}" for family, name in PAPER_PROTOCOLS.items())
+    return (
+        f"the model's metadata's: the paper's for a model trained with reflections ({papers}), "
+        f"{WITHOUT_REFLECTIONS} for one trained without (the demo's)"
+    )
+
+
+def paper_scales(smin, smax=None):
+    """VGG Section 4.2's test scales Q for a model trained at S = smin or S in [smin, smax].
+
+    A fixed S is tested at Q = {S - 32, S, S + 32}, a jittered S at
+    Q = {Smin, (Smin + Smax) / 2, Smax} (halves rounded down).
+    """
+    if smax is None or smax == smin:
+        return (smin - SCALE_STEP, smin, smin + SCALE_STEP)
+    return (smin, (smin + smax) // 2, smax)
+
+
+def fit_scales(scales, crop):
+    """`scales` with each Q below `crop` raised to it, each Q once: a view needs one crop."""
+    return tuple(dict.fromkeys(max(int(q), crop) for q in scales))
+
+
+def default_scales_help():
+    """VGG Section 4.2's rule for --help, with paper_scales' own examples."""
+
+    def show(scales):
+        return ",".join(str(q) for q in scales)
+
+    return (
+        "VGG Section 4.2's, from the training scale S in the model's metadata: S-32,S,S+32 "
+        f"for a fixed S (S=256: {show(paper_scales(256))}), Smin,(Smin+Smax)/2,Smax for S "
+        f"jittered in [Smin, Smax] ([256, 512]: {show(paper_scales(256, 512))}); a Q below "
+        "the input size is raised to it, which the results note"
+    )
 
 
 def get(name):

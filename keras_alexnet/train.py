@@ -15,6 +15,7 @@ from keras_alexnet import curves, extras, fileio, filters
 from keras_alexnet.artifacts import METADATA_FILENAME
 from keras_alexnet.distribute import cluster_role, configure_devices, make_strategy
 from keras_alexnet.metadata import Metadata
+from keras_alexnet.protocols import trained_protocol
 from keras_alexnet.optim import (
     Plateau,
     learning_rate_for,
@@ -430,9 +431,10 @@ def _metadata(config, spec, source, start=None):
         class_names=tuple(source.class_names),
         input_size=config.image_size,
         resize=config.resize[0],
+        resize_max=config.resize[1] if config.resize[1] != config.resize[0] else None,
         mean=mean,
         scale=scale,
-        protocol=spec.protocol if config.flip else "center",
+        protocol=trained_protocol(spec.protocol, config.flip),
         data=config.data,
         data_dir=config.data_dir,
         model_args=architecture or None,

@@ -1,5 +1,7 @@
 """Evaluation protocols against hand-cut crops, the FC-as-conv twin, top-k, and bad input."""
 
+import dataclasses
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -215,3 +217,80 @@ def test_a_class_count_differing_from_the_metadata_is_refused_before_the_pass(
     message = f"outputs 10 classes but its metadata \\({tmp_path}/metadata.json\\) has 9 class"
     with pytest.raises(ModelPathError, match=message):
         evaluate(tmp_path, verbose=False)
+
+
+def test_paper_scales_follow_vgg_section_4_2():
+    from keras_alexnet.protocols import fit_scales, paper_scales
+
+    assert paper_scales(256) == (224, 256, 288)  # fixed S: S - 32, S, S + 32
+    assert paper_scales(384, 384) == (352, 384, 416)
+    assert paper_scales(256, 512) == (256, 384, 512)  # jittered: Smin, the middle, Smax
+    assert paper_scales(36, 48) == (36, 42, 48)
+    # The demo's S = 76: 44 is below AlexNet's 67px input, so it is tested at 67.
+    assert paper_scales(76) == (44, 76, 108)
+    assert fit_scales(paper_scales(76), 67) == (67, 76, 108)
+    assert fit_scales((40, 50, 70), 67) == (67, 70)  # each Q once
+
+
+def test_multi_scale_scales_come_from_the_recorded_training_scale():
+    from keras_alexnet.evaluate import resolve_scales
+    from keras_alexnet.protocols import PROTOCOLS
+
+    multi = PROTOCOLS["multi_scale"]
+    fixed = Metadata(model="vgg_d", class_names=("a",), input_size=224, resize=256, mean=(0,) * 3)
+    assert resolve_scales(multi, fixed, 224) == ((224, 256, 288), None)
+    jittered = dataclasses.replace(fixed, resize_max=512)
+    assert resolve_scales(multi, jittered, 224) == ((256, 384, 512), None)
+    assert resolve_scales(multi, jittered, 224, scales=(300, 400)) == ((300, 400), None)
+    assert resolve_scales(PROTOCOLS["dense"], jittered, 224) == (None, None)
+    demo = Metadata(model="alexnet", class_names=("a",), input_size=67, resize=76, mean=(0,) * 3)
+    scales, note = resolve_scales(multi, demo, 67)
+    assert scales == (67, 76, 108)
+    assert "Q = 44 raised to the 67px input" in note and "44, 76, 108 for S = 76" in note
+
+
+def test_a_run_trained_with_jittered_scales_records_them(tmp_path):
+    from keras_alexnet.models import get_spec
+    from keras_alexnet.train import _metadata
+    from keras_alexnet.train_config import TrainConfig
+
+    spec = get_spec("vgg_a")
+    source = load_source(None)
+    for resize, recorded in (((36, 48), 48), ((36, 36), None)):
+        config = TrainConfig(model="vgg_a", resize=resize, output=str(tmp_path / "run"))
+        metadata = _metadata(config.resolved(spec), spec, source)
+        assert (metadata.resize, metadata.resize_max) == (36, recorded)
+        assert Metadata.from_json(metadata.to_json()) == metadata
+
+
+def test_evaluate_multi_scale_on_the_demo_scale_tests_at_its_own_scales(tmp_path):
+    # A model trained like the demo (67px crops of digits rescaled to 76, no reflections).
+    path, _ = make_run(tmp_path / "demo", resize=76, steps=0, protocol="center")
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "evaluate.py"), "--model", str(path),
+         "--protocol", "multi_scale", "--quiet", "--output-json", str(tmp_path / "r.json")],
+        capture_output=True, text=True, cwd=ROOT, timeout=600,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    results = json.loads((tmp_path / "r.json").read_text())
+    # VGG Section 4.2 for S = 76: 44, 76, 108, with 44 raised to the 67px input.
+    assert results["scales"] == [67, 76, 108]
+    assert "multi_scale (Q = 67, 76, 108)" in out.stdout and "Q = 44 raised" in out.stdout
+    # --scales still overrides.
+    explicit = evaluate(path, protocol="multi_scale", scales=(70, 90), verbose=False)
+    assert explicit["scales"] == [70, 90] and explicit["scales_note"] is None
+
+
+def test_evaluate_help_states_each_default_as_the_code_chooses_it():
+    from keras_alexnet.commands.evaluate import get_args_parser
+    from keras_alexnet.models import MODELS
+    from keras_alexnet.protocols import PAPER_PROTOCOLS, trained_protocol
+
+    text = " ".join(get_args_parser().format_help().split())
+    for spec in MODELS.values():
+        assert PAPER_PROTOCOLS[spec.family] == spec.protocol
+        assert f"{spec.family} {spec.protocol}" in text
+        assert trained_protocol(spec.protocol, True) == spec.protocol
+    assert trained_protocol(MODELS["alexnet"].protocol, False) == "center"
+    assert "center for one trained without (the demo's)" in text
+    assert "S=256: 224,256,288" in text and "[256, 512]: 256,384,512" in text

@@ -9,7 +9,7 @@ import argparse
 
 from keras_alexnet import cli
 from keras_alexnet.onnx.session import AUTO, provider_help
-from keras_alexnet.protocols import DEFAULT_SCALES, PROTOCOLS
+from keras_alexnet.protocols import PROTOCOLS, default_protocol_help, default_scales_help
 
 
 def get_args_parser():
@@ -63,13 +63,13 @@ def _protocol_args(parser):
         "--protocol",
         default=None,
         choices=PROTOCOLS,
-        help="test protocol; none: the model's paper protocol, AlexNet ten_crop, VGG dense "
-        "(default: %(default)s)",
+        help=f"test protocol; none: {default_protocol_help()} (default: %(default)s)",
     )
     p.add_argument(
         "--scales",
-        default=",".join(str(s) for s in DEFAULT_SCALES),
-        help="test scales Q of multi_scale, comma-separated (default: %(default)s)",
+        default=None,
+        help=f"test scales Q of multi_scale, comma-separated; none: {default_scales_help()} "
+        "(default: %(default)s)",
     )
     p.add_argument(
         "--resize",
@@ -115,7 +115,7 @@ def main(args):
         data_dir=args.data_dir,
         split=args.split,
         protocol=args.protocol,
-        scales=parse_scales(args.scales),
+        scales=None if args.scales is None else parse_scales(args.scales),
         image_size=args.image_size,
         resize=args.resize,
         batch_size=args.batch_size,
