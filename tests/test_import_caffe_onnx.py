@@ -19,9 +19,9 @@ from PIL import Image
 from keras_alexnet.export import relative_error
 from keras_alexnet.layers import CAFFE_LRN, LocalResponseNormalization
 from keras_alexnet.metadata import Metadata
-from keras_alexnet.models import build_model
+from keras_alexnet.models import build_model, get_spec
 from keras_alexnet.train import TrainConfig, TrainingError, train
-from keras_alexnet.weights import WeightsError, import_weights
+from keras_alexnet.weights import WeightsError, import_weights, read
 
 TOLERANCE = 1e-5
 CAFFE_MEAN_BGR = (104.007, 116.669, 122.679)
@@ -310,10 +310,11 @@ def test_fine_tuning_from_an_imported_caffe_run_builds_caffes_net_as_from_the_fi
     path.write_bytes(caffemodel(caffe_weights, version=2))
     run = import_weights(path, "alexnet", tmp_path / "imported")
     assert Metadata.load(run / "metadata.json").model_args["lrn"] == CAFFE_LRN
-    # 227: the file's fc6 takes conv5's 6 x 6 map.
-    base = dict(model="alexnet", data=str(tiny_data), image_size=227, resize=(256, 256),
-                batch_size=2, epochs=1, steps_per_epoch=1, val_steps=1, lr=1e-20,
-                cache=str(tmp_path / "cache"))  # fmt: skip
+    # 227: the file's fc6 takes conv5's 6 x 6 map. The rate is all but 0 (it must be
+    # positive): both runs keep the weights, so their outputs compare the nets built.
+    base = dict(model="alexnet", data=str(tiny_data), width=WIDTH, image_size=227,
+                resize=(256, 256), batch_size=2, epochs=1, steps_per_epoch=1, val_steps=1,
+                lr=1e-20, cache=str(tmp_path / "cache"))  # fmt: skip
     models = {}
     for name, start in (("run", run), ("file", path)):
         config = TrainConfig(**base, weights=str(start), output=str(tmp_path / name))
@@ -425,6 +426,41 @@ def test_zoo_alexnet_at_224_equals_onnxruntime_on_the_file(tmp_path, caffe_weigh
     metadata = Metadata.load(run / "metadata.json")
     assert (metadata.input_size, metadata.resize) == (224, 224)
     assert metadata.mean == (123.68, 116.779, 103.939)
+
+
+def route_weight(path, out, ops):
+    """Rewrite `path`'s first Conv to take its weight through a chain of `ops` nodes.
+
+    Identity and Cast (to float) pass a constant through; Relu computes a new tensor.
+    """
+    model = onnx.load(path)
+    conv = next(n for n in model.graph.node if n.op_type == "Conv")
+    name, nodes = conv.input[1], []
+    for i, op in enumerate(ops):
+        extra = {"to": TensorProto.FLOAT} if op == "Cast" else {}
+        nodes.append(helper.make_node(op, [name], [f"routed{i}"], name=f"{op.lower()}{i}", **extra))
+        name = f"routed{i}"
+    conv.input[1] = name
+    for node in reversed(nodes):
+        model.graph.node.insert(0, node)
+    onnx.checker.check_model(model)
+    onnx.save(model, out)
+
+
+def test_zoo_conv_weight_behind_identity_and_cast_is_followed_or_refused_naming_the_node(
+    tmp_path, caffe_weights
+):
+    zoo_alexnet(tmp_path / "plain.onnx", caffe_weights)
+    route_weight(tmp_path / "plain.onnx", tmp_path / "routed.onnx", ["Identity", "Cast"])
+    spec = get_spec("alexnet")
+    plain, _ = read(tmp_path / "plain.onnx", spec)
+    routed, _ = read(tmp_path / "routed.onnx", spec)
+    for layer in plain:
+        for a, b in zip(routed[layer], plain[layer], strict=True):
+            np.testing.assert_array_equal(a, b)
+    route_weight(tmp_path / "plain.onnx", tmp_path / "computed.onnx", ["Identity", "Relu"])
+    with pytest.raises(WeightsError, match=r"comes from node relu1 \(Relu\), not an initializer"):
+        read(tmp_path / "computed.onnx", spec)
 
 
 def test_zoo_alexnet_with_other_lrn_constants_is_refused(tmp_path, caffe_weights):
