@@ -1,4 +1,4 @@
-"""Keep TensorFlow's start-up banner out of our commands' stderr, and nothing else.
+"""Keep TensorFlow's and its image libraries' own lines out of our commands' stderr.
 
 Importing TensorFlow writes INFO lines straight to file descriptor 2 from C++, before its
 logging is configured, so TF_CPP_MIN_LOG_LEVEL does not silence all of them ("oneDNN
@@ -7,12 +7,25 @@ front of every one-line error our commands print. `install` adds an import hook 
 TensorFlow's first import with fd 2 captured and replays every captured line except
 those banner lines (all INFO). It is not installed when the user asked for INFO lines
 (TF_CPP_MIN_LOG_LEVEL=0) or when TensorFlow is already imported.
+
+Later, C++ writes to fd 2 on its own: absl log lines at ERROR too ("E0000 ...
+jpeg_mem.cc:331] Premature end of JPEG data"), which TF_CPP_MIN_LOG_LEVEL=2 keeps, and
+libjpeg's and libpng's messages about a corrupt image ("Corrupt JPEG data: 399 extraneous
+bytes before marker 0xda"), which no log level reaches, once per file and epoch. Our
+commands say the same in their words (a skipped file and why). `filter_native_stderr`
+routes fd 2 through a small filter process that drops those lines (NATIVE_NOISE) and
+passes every other one; Python's own writes (sys.stderr) go straight to the terminal. A
+separate process, so that a FATAL line written just before an abort still arrives.
 """
 
+import atexit
 import contextlib
 import importlib.abc
 import importlib.machinery
 import os
+import re
+import signal
+import subprocess
 import sys
 import tempfile
 
@@ -74,3 +87,87 @@ def install():
         return
     if not any(isinstance(f, _QuietTensorFlowImport) for f in sys.meta_path):
         sys.meta_path.insert(0, _QuietTensorFlowImport())
+
+
+# The lines `filter_native_stderr` drops: absl log lines below FATAL and their tab-indented
+# continuations, absl's notice before its set-up, and libjpeg's (jerror.h) and libpng's
+# messages about a corrupt image. A FATAL line (F...) and anything else passes.
+_ABSL_LINE = rb"[IWE]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ \S+:\d+\] "
+_IMAGE_LIBRARIES = (
+    "Corrupt JPEG data", "Premature end of JPEG file", "Premature end of input file",
+    "Warning: unknown JFIF revision", "Invalid SOS parameters", "Inconsistent progression",
+    "Application transferred too", "Unknown Adobe color transform", "Not a JPEG file",
+    "Bogus ", "Unsupported marker type", "Unsupported JPEG", "Invalid JPEG file structure",
+    "Invalid component ID", "Invalid progressive parameters", "Input file read error",
+    "Empty input file", "Empty JPEG image", "Huffman table 0x", "Arithmetic table 0x",
+    "Quantization table 0x", "Huffman code size table overflow", "Image too big",
+    "Maximum supported image dimension", "Improper call to JPEG library",
+    "Wrong JPEG library version", "Sampling factors too large", "Too many color components",
+    "Unsupported color conversion", "DCT coefficient out of range", "Insufficient memory (case",
+    "libpng warning: ", "libpng error: ",
+)  # fmt: skip
+NATIVE_NOISE = re.compile(
+    b"|".join(
+        [_ABSL_LINE, rb"WARNING: All log messages before absl::InitializeLog\(\)"]
+        + [re.escape(m.encode()) for m in _IMAGE_LIBRARIES]
+    )
+)
+_WAIT_AT_EXIT = 2.0  # seconds the filter may take to pass on the last lines at exit
+_filtering = False  # whether this process's fd 2 goes through the filter
+
+
+def filter_lines(source, sink):
+    """Copy binary stream `source` to `sink` line by line, leaving out NATIVE_NOISE lines."""
+    dropping = False
+    for line in iter(source.readline, b""):
+        if dropping and line.startswith(b"\t"):  # "\t [[{{node decode_image/DecodeImage}}]]"
+            continue
+        dropping = NATIVE_NOISE.match(line) is not None
+        if not dropping:
+            sink.write(line)
+            sink.flush()
+
+
+def filter_native_stderr():
+    """Send fd 2 through a NATIVE_NOISE filter process; sys.stderr keeps the real stream.
+
+    For a command's own process only (it replaces sys.stderr); a no-op when fd 2 is closed.
+    """
+    global _filtering
+    if _filtering:
+        return
+    try:
+        real = os.dup(2)
+    except OSError:
+        return
+    read, write = os.pipe()
+    try:  # this file as a script (-I: the standard library only), in its own process
+        # group: a Ctrl-C interrupts the command, not the filter
+        filter_process = subprocess.Popen(
+            [sys.executable, "-I", __file__], stdin=read, stdout=real, process_group=0
+        )
+    except OSError:  # no interpreter to start: stderr stays as it is
+        for fd in (read, write, real):
+            os.close(fd)
+        return
+    os.close(read)
+    sys.stderr.flush()
+    os.dup2(write, 2)
+    os.close(write)
+    sys.stderr = open(  # noqa: SIM115 (the process's stderr from now on)
+        real, "w", buffering=1, encoding="utf-8", errors="backslashreplace", closefd=False
+    )
+
+    def finish():
+        sys.stderr.flush()
+        os.dup2(real, 2)  # the filter sees the end of its input once children let go too
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            filter_process.wait(_WAIT_AT_EXIT)
+
+    atexit.register(finish)
+    _filtering = True
+
+
+if __name__ == "__main__":  # the filter process of `filter_native_stderr`
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    filter_lines(sys.stdin.buffer, sys.stdout.buffer)

@@ -40,17 +40,27 @@ PROCESS_DEFAULTS = {
     # above all; benchmarks/RESULTS.md has the numbers), and oneDNN differentiates grouped
     # convolutions natively. TF reads it at its first import; 0 turns oneDNN off.
     "TF_ENABLE_ONEDNN_OPTS": "1",
-    # INFO lines (XLA's compile notices under --jit-compile, tf.data's defaults) stay out
-    # of the commands' stderr; warnings and errors still show. 0 shows everything.
-    "TF_CPP_MIN_LOG_LEVEL": "1",
+    # INFO and WARNING lines (XLA's compile notices and "Ignoring Assert operator" under
+    # --jit-compile, tf.data's every epoch, a failed decode's "Local rendezvous is
+    # aborting") stay out of the commands' stderr; a command's own process also filters
+    # the ERROR lines and libjpeg's messages about corrupt images (_quiet), which the
+    # command reports itself. Set it (0 shows everything) and nothing is filtered.
+    "TF_CPP_MIN_LOG_LEVEL": "2",
 }
 
 
-def prepare_process():
-    """Set PROCESS_DEFAULTS and quiet TensorFlow's start-up; call before TensorFlow is imported."""
+def prepare_process(*, program=False):
+    """Set PROCESS_DEFAULTS and quiet TensorFlow's start-up; call before TensorFlow is imported.
+
+    `program`: this is a command's own process (not, say, a test importing a command), so
+    its native stderr is filtered too, unless the user set TF_CPP_MIN_LOG_LEVEL.
+    """
+    user_log_level = "TF_CPP_MIN_LOG_LEVEL" in os.environ
     for name, value in PROCESS_DEFAULTS.items():
         os.environ.setdefault(name, value)
     _quiet.install()
+    if program and not user_log_level:
+        _quiet.filter_native_stderr()
 
 
 def run(main, parser, argv=None, *, name=None):

@@ -3,6 +3,8 @@
 import dataclasses
 import io
 import json
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -463,3 +465,80 @@ def test_a_symlink_loop_is_listed_among_the_skipped_files(colour_tree, tmp_path)
     assert reasons["gone.png"] == "unreadable (No such file or directory)"
     folder = dict(directory_source(colour_tree).skipped)  # the folder source lists them too
     assert folder[str(colour_tree / "b" / "loop.jpg")] == reasons["loop.jpg"]
+
+
+def corrupt_jpegs(folder):
+    """Write three damaged JPEGs into `folder`: truncated, junk before a marker, no data."""
+    buffer = io.BytesIO()
+    Image.fromarray(smooth(40, 48, 7)).save(buffer, "JPEG", quality=90)
+    data = buffer.getvalue()
+    (folder / "truncated.jpg").write_bytes(data[: len(data) // 2])
+    sos = data.index(b"\xff\xda")  # junk before the scan: it decodes, with libjpeg's warning
+    (folder / "junk.jpg").write_bytes(data[:sos] + b"\0" * 16 + data[sos:])
+    (folder / "empty_scan.jpg").write_bytes(b"\xff\xd8\xff\xe0" + b"\0" * 40)
+
+
+# What TensorFlow's C++ code and libjpeg write on their own (absl's "E0000 00:00:..." lines).
+NATIVE = re.compile(r"^[IWEF]\d{4} |jpeg_mem|DecodeImage|assert_op|rendezvous|dataset\.cc|JPEG")
+
+
+def test_prepare_and_a_jit_compiled_training_on_corrupt_jpegs_print_only_our_lines(
+    colour_tree, tmp_path
+):
+    corrupt_jpegs(colour_tree / "b")
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}  # as a shell
+    out = tmp_path / "p"
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "prepare.py"), "--data", str(colour_tree),
+         "--output", str(out), "--size", "67"],
+        capture_output=True, text=True, cwd=ROOT, env=env, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert "skipping 3 unusable file(s)" in run.stdout  # broken.jpg, truncated, empty scan
+    assert all(re.match(r"prepare (train|val): \d+/\d+ ", line) for line in run.stderr.splitlines())
+    assert run.stderr.strip(), "the progress lines are there"
+    train = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "train.py"), "--data", str(colour_tree),
+         "--epochs", "1", "--steps-per-epoch", "1", "--val-steps", "1", "--width", "0.0625",
+         "--image-size", "67", "--resize", "76", "--batch-size", "4", "--jit-compile",
+         "--output", str(tmp_path / "run")],
+        capture_output=True, text=True, cwd=ROOT, env=env, timeout=300,
+    )  # fmt: skip
+    assert train.returncode == 0, train.stderr
+    assert not [line for line in train.stderr.splitlines() if NATIVE.search(line)], train.stderr
+    # An error is still its one line, after the filter.
+    refused = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "prepare.py"), "--data", str(colour_tree),
+         "--output", str(out), "--quality", "0"],
+        capture_output=True, text=True, cwd=ROOT, env=env, timeout=300,
+    )  # fmt: skip
+    assert refused.returncode == 2
+    assert refused.stderr.splitlines() == [
+        "prepare.py: error: argument --quality: must be an integer from 1 to 100. "
+        "Received: '0' (see --help)"
+    ]
+
+
+def test_the_native_stderr_filter_drops_tensorflow_and_libjpeg_lines_only():
+    from keras_alexnet import _quiet
+
+    ours = [
+        b"prepare train: 8/24 (33 %), 7.5 img/s\n",
+        b"F0000 00:00:1796430008.816361   14830 op.cc:12] Check failed: fatal, kept\n",
+        b"Traceback (most recent call last):\n",
+        b'  File "x.py", line 1, in <module>\n',
+        b"the last line without a newline",
+    ]
+    noise = [
+        b"E0000 00:00:1796430008.816361   14830 jpeg_mem.cc:331] Premature end of JPEG data\n",
+        b"W0000 00:00:1796428937.779587    4866 local_rendezvous.cc:412] Local rendezvous "
+        b"is aborting with status: INVALID_ARGUMENT: jpeg::Uncompress failed.\n",
+        b"\t [[{{node decode_image/DecodeImage}}]]\n",
+        b"Corrupt JPEG data: 16 extraneous bytes before marker 0xda\n",
+        b"Input file read error\n",
+        b"libpng warning: iCCP: known incorrect sRGB profile\n",
+    ]
+    mixed = [ours[0], *noise[:3], ours[1], noise[3], ours[2], noise[4], ours[3], noise[5], ours[4]]
+    sink = io.BytesIO()
+    _quiet.filter_lines(io.BytesIO(b"".join(mixed)), sink)
+    assert sink.getvalue() == b"".join(ours)

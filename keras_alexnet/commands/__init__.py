@@ -37,6 +37,7 @@ def load(command):
 
 def launch(command, argv=None):
     """Run `command` as a program: parse `argv` (default sys.argv[1:]), one-line errors."""
+    cli.prepare_process(program=True)
     module = load(command)
     cli.run(module.main, module.get_args_parser(), argv, name=COMMANDS[command])
 
