@@ -130,10 +130,16 @@ def running_server(model_path, *flags, log_dir):
 
 
 @pytest.fixture(scope="module")
-def server(artifacts, tmp_path_factory):
+def server_logs(tmp_path_factory):
+    """The directory holding the `server` fixture's log."""
+    return tmp_path_factory.mktemp("log")
+
+
+@pytest.fixture(scope="module")
+def server(artifacts, server_logs):
     flags = ["--max-batch-size", str(MAX_BATCH), "--max-latency-ms", "50"]
     flags += ["--max-body-mb", "1", "--max-pixels", "1000000"]
-    with running_server(artifacts[1], *flags, log_dir=tmp_path_factory.mktemp("log")) as url:
+    with running_server(artifacts[1], *flags, log_dir=server_logs) as url:
         yield url
 
 
@@ -793,3 +799,200 @@ def test_a_request_that_is_not_http_gets_a_json_400(server):
     head, _, body = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 400") and b"content-type: application/json" in head
     assert json.loads(body) == {"error": "Invalid HTTP request received."}
+
+
+def test_an_integer_past_pythons_digit_limit_is_a_400_without_a_traceback(server, server_logs):
+    digits = sys.get_int_max_str_digits() + 700  # 5,000 by default
+    entry = b'{"name": "images", "shape": [1], "datatype": "FP32", "data": [' + b"7" * digits
+    response = httpx.post(server + INFER, content=b'{"inputs": [' + entry + b"]}]}", timeout=30)
+    assert response.status_code == 400
+    assert response.json() == {
+        "error": f"the request body holds an integer of more than "
+        f"{sys.get_int_max_str_digits()} digits"
+    }
+    assert httpx.get(server + "/v2/health/live").status_code == 200
+    log = "".join(path.read_text() for path in server_logs.iterdir())
+    assert "Traceback" not in log and "ValueError" not in log
+
+
+def test_huge_request_headers_get_a_json_431_not_a_connection_reset(server):
+    # 1 MB arrives in many reads (h11's limit on incomplete headers), 20 kB in one.
+    for size in (1_000_000, 20_000):
+        response = httpx.get(server + "/v2/health/live", headers={"X-Big": "a" * size})
+        assert response.status_code == 431, size
+        assert response.json() == {
+            "error": "the request line and headers are larger than 16384 bytes"
+        }
+    headers = {"X-Big": "a" * 8000}
+    assert httpx.get(server + "/v2/health/live", headers=headers).status_code == 200
+
+
+# ---------------------------------------------------------------- the memory budget
+
+
+def test_memory_budget_waits_in_line_then_refuses_and_gives_everything_back():
+    from keras_alexnet.serving.budget import MIB, MemoryBudget
+    from keras_alexnet.serving.errors import ApiError
+
+    async def scenario():
+        budget = MemoryBudget(10 * MIB, wait_s=5.0)
+        await budget.reserve(6 * MIB, "first")
+        second = asyncio.create_task(budget.reserve(6 * MIB, "second"))  # waits for room
+        third = asyncio.create_task(budget.reserve(1 * MIB, "third"))  # waits behind it
+        await asyncio.sleep(0.05)
+        assert not second.done() and not third.done() and budget.in_flight == 6 * MIB
+        budget.release(6 * MIB)
+        await asyncio.gather(second, third)  # first come, first served: both fit now
+        assert budget.in_flight == 7 * MIB
+        with pytest.raises(ApiError) as too_large:
+            await budget.reserve(11 * MIB, "a huge request")
+        assert too_large.value.status == 413
+        assert "a huge request needs about 11 MiB" in str(too_large.value)
+        assert "--max-inflight-mb" in str(too_large.value)
+        budget.wait_s = 0.05
+        with pytest.raises(ApiError) as busy:
+            await budget.reserve(4 * MIB, "a late request")
+        assert busy.value.status == 503 and busy.value.headers == {"Retry-After": "1"}
+        cancelled = asyncio.create_task(budget.reserve(4 * MIB, "a cancelled request"))
+        await asyncio.sleep(0)
+        cancelled.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await cancelled
+        budget.release(6 * MIB)
+        budget.release(1 * MIB)
+        assert budget.in_flight == 0 and not budget._waiters
+
+    asyncio.run(scenario())
+
+
+def grey_png(side):
+    buffer = io.BytesIO()
+    Image.new("L", (side, side), 90).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def inflight(url):
+    """(bytes reserved now, the limit) from the server's /metrics."""
+    samples = metric_samples(url)
+    return (
+        samples[("keras_alexnet_inflight_bytes", ())],
+        samples[("keras_alexnet_inflight_limit_bytes", ())],
+    )
+
+
+async def concurrently(url, requests):
+    async with httpx.AsyncClient(base_url=url, timeout=120) as client:
+        return await asyncio.gather(*[client.post(path, **kwargs) for path, kwargs in requests])
+
+
+def test_requests_over_the_memory_budget_wait_or_get_503_and_none_over_it_all_get_413(
+    artifacts, tmp_path
+):
+    budget_mb = 40
+    png = grey_png(3000)  # 9 Mpx: about 34 MiB to decode, so one fits, two do not
+    assert budget_mb * 2**20 / 2 < images.decode_cost(png) < budget_mb * 2**20 * 0.9
+    four = [(CLASSIFY, {"files": {"file": (f"{i}.png", png)}}) for i in range(4)]
+    flags = ["--max-inflight-mb", str(budget_mb)]
+    with running_server(artifacts[1], *flags, "--inflight-wait-s", "0", log_dir=tmp_path) as url:
+        answers = asyncio.run(concurrently(url, four))
+        statuses = sorted(a.status_code for a in answers)
+        assert set(statuses) <= {200, 503} and statuses[0] == 200, statuses
+        for busy in (a for a in answers if a.status_code == 503):
+            assert busy.headers["retry-after"] == "1"
+            assert busy.json()["error"].startswith("the server is busy: its memory budget")
+        # A single request larger than the whole budget: 413, whatever else is in flight.
+        huge = httpx.post(url + CLASSIFY, files={"file": ("big.png", grey_png(6300))}, timeout=60)
+        assert huge.status_code == 413
+        assert "more than the server's whole budget of 40 MiB" in huge.json()["error"]
+        body = json.dumps(infer_body(np.zeros((1, 600, 600, 3), np.float32)))
+        huge = httpx.post(url + INFER, content=body, timeout=60)
+        assert huge.status_code == 413 and "parsing the request needs about" in huge.text
+        assert inflight(url) == (0, budget_mb * 2**20)  # every reservation given back
+        assert post_json(url + INFER, infer_body(ZEROS)).status_code == 200
+    # Waiting long enough, the same burst is answered in full, one or two at a time.
+    with running_server(artifacts[1], *flags, "--inflight-wait-s", "60", log_dir=tmp_path) as url:
+        answers = asyncio.run(concurrently(url, four))
+        assert [a.status_code for a in answers] == [200] * 4
+        first = answers[0].json()["results"][0]["top5"]
+        assert all(a.json()["results"][0]["top5"] == first for a in answers)
+        assert inflight(url) == (0, budget_mb * 2**20)
+
+
+PEAK_OF = """
+import sys
+from pathlib import Path
+
+def status(field):
+    line = next(l for l in Path("/proc/self/status").read_text().splitlines()
+                if l.startswith(field + ":"))
+    return int(line.split()[1]) * 1024
+
+from keras_alexnet.serving import images, kserve
+from keras_alexnet.serving.model import OnnxModel
+model = OnnxModel(sys.argv[1])
+
+def work(data):
+    if sys.argv[2] == "image":
+        images.preprocess(data, model.metadata)
+        return images.decode_cost(data)
+    try:
+        kserve.parse_infer_request(data, None, model, 10**9)
+    except kserve.ApiError:
+        pass  # refused after parsing: the parse's peak is what is measured
+    return kserve.parse_cost(data, None)
+
+work(Path(sys.argv[4]).read_bytes())  # a small one first: the decoders' first-use set-up
+data = Path(sys.argv[3]).read_bytes()
+Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS (Linux 4.0+)
+base = status("VmRSS")
+estimate = work(data)
+print(status("VmHWM") - base, estimate)
+"""
+
+
+def image_blob(mode, fmt, side=2500, orientation=1):
+    rng = np.random.default_rng(0)
+    coarse = rng.integers(0, 256, (side // 50, side // 50, 3)).astype(np.uint8)
+    image = Image.fromarray(coarse).resize((side, side))
+    image = (
+        image.convert(mode)
+        if mode != "I;16"
+        else Image.fromarray(np.asarray(image.convert("L")).astype(np.uint16) * 257)
+    )
+    buffer = io.BytesIO()
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    image.save(buffer, fmt, exif=exif.tobytes())
+    return buffer.getvalue()
+
+
+def json_blob(kind, count=2_000_000):
+    values = {"floats": "137.0, ", "ints": "7,", "lists": "[0],"}[kind]
+    data = "[" + (values * count).rstrip(", ") + "]"
+    body = (
+        '{"inputs": [{"name": "images", "shape": [%d, 1, 1, 3], "datatype": "FP32", "data": %s}]}'
+    )
+    return (body % (count // 3, data)).encode()
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["L PNG", "L JPEG rotated", "I;16 PNG", "RGB JPEG rotated", "RGBA PNG", "P GIF", "RGB WEBP",
+     "floats JSON", "ints JSON", "lists JSON"],
+)  # fmt: skip
+def test_memory_estimates_cover_the_peak_of_decoding_and_parsing(case, artifacts, tmp_path):
+    what, fmt = case.split()[:2]
+    for name, size in (("blob", 1), ("small", 0.1)):
+        if fmt == "JSON":
+            blob, kind = json_blob(what, int(2_000_000 * size)), "json"
+        else:
+            side, orientation = int(2500 * size), 6 if "rotated" in case else 1
+            blob, kind = image_blob(what, fmt, side, orientation), "image"
+        (tmp_path / name).write_bytes(blob)
+    out = subprocess.run(
+        [sys.executable, "-c", PEAK_OF, str(artifacts[1]), kind, str(tmp_path / "blob"),
+         str(tmp_path / "small")],
+        capture_output=True, text=True, cwd=ROOT, timeout=120, check=True,
+    )  # fmt: skip
+    peak, estimate = map(int, out.stdout.split())
+    assert peak > 0 and estimate >= peak, (peak, estimate)

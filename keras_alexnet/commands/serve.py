@@ -101,6 +101,20 @@ def _batching_args(parser, d):
         help="run every request on its own, never merged with others (default: batch)",
     )
     p.add_argument(
+        "--max-inflight-mb",
+        type=float,
+        default=d.max_inflight_mb,
+        help="memory for the requests in flight, in MiB: bodies, parsed JSON and decoded "
+        "images, as estimated before the work; 0 for no limit (default: %(default)s)",
+    )
+    p.add_argument(
+        "--inflight-wait-s",
+        type=float,
+        default=d.inflight_wait_s,
+        help="how long a request waits for room in that budget before a 503 with "
+        "Retry-After (default: %(default)s)",
+    )
+    p.add_argument(
         "--max-pixels",
         type=int,
         default=d.max_pixels,

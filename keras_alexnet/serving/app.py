@@ -37,7 +37,12 @@ from keras_alexnet import __version__
 from keras_alexnet.serving.body_limit import BodyLimit
 from keras_alexnet.serving.config import ServeConfig
 from keras_alexnet.serving.errors import ApiError, add_error_handlers
-from keras_alexnet.serving.kserve import VERSION, infer_response, parse_infer_request
+from keras_alexnet.serving.kserve import (
+    VERSION,
+    infer_response,
+    parse_cost,
+    parse_infer_request,
+)
 from keras_alexnet.serving.metrics import RequestMetrics
 from keras_alexnet.serving.openapi import CLASSIFY_BODY, CLASSIFY_ERRORS, INFER_BODY, INFER_ERRORS
 from keras_alexnet.serving.service import ModelService
@@ -113,14 +118,16 @@ async def model_stats(name: str, service: Service):
 
 async def _infer(service, name, version, request):
     """Parse the protocol request off the event loop, run it batched, answer it."""
-    model = service.model_for(name, version)
+    model, loop = service.model_for(name, version), asyncio.get_running_loop()
     content = await request.body()
     header_length = request.headers.get("inference-header-content-length")
-    parsed = await asyncio.get_running_loop().run_in_executor(
-        None, parse_infer_request, content, header_length, model, service.config.max_batch_size
-    )
-    result = await service.run(parsed.feeds)
-    return infer_response(model, parsed, result)
+    cost = await loop.run_in_executor(None, parse_cost, content, header_length)
+    async with service.budget.hold(cost, "parsing the request"):
+        parsed = await loop.run_in_executor(
+            None, parse_infer_request, content, header_length, model, service.config.max_batch_size
+        )
+        result = await service.run(parsed.feeds)
+        return infer_response(model, parsed, result)
 
 
 @router.post("/v2/models/{name}/infer", openapi_extra=INFER_BODY, responses=INFER_ERRORS)
@@ -202,7 +209,12 @@ def create_app(config):
         routes=router.routes,
     )
     app.state.service = service
-    app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes, timeout_s=config.read_timeout_s)
+    app.add_middleware(
+        BodyLimit,
+        max_bytes=config.max_body_bytes,
+        timeout_s=config.read_timeout_s,
+        budget=service.budget,
+    )
     # Added last, so outermost: it also counts what BodyLimit answers.
     app.add_middleware(RequestMetrics, metrics=service.metrics)
     add_error_handlers(app)
@@ -213,7 +225,7 @@ def serve(config):
     """Load the model and serve HTTP until interrupted."""
     import uvicorn
 
-    from keras_alexnet.serving.protocol import StrictH11Protocol
+    from keras_alexnet.serving.protocol import MAX_HEADER_BYTES, StrictH11Protocol
 
     app = create_app(config)
     uvicorn.run(
@@ -225,4 +237,5 @@ def serve(config):
         timeout_graceful_shutdown=5,
         http=functools.partial(StrictH11Protocol, read_timeout_s=config.read_timeout_s),
         timeout_keep_alive=config.keep_alive_s,
+        h11_max_incomplete_event_size=MAX_HEADER_BYTES,
     )

@@ -20,6 +20,8 @@ LIMITS = {
     "timeout_s": (lambda v: v > 0, "a finite number > 0"),
     "read_timeout_s": (lambda v: v > 0, "a finite number > 0"),
     "keep_alive_s": (lambda v: v > 0, "a finite number > 0"),
+    "max_inflight_mb": (lambda v: v >= 0, "a finite number >= 0"),
+    "inflight_wait_s": (lambda v: v >= 0, "a finite number >= 0"),
 }
 
 
@@ -41,6 +43,10 @@ class ServeConfig:
     provider: str = AUTO
     read_timeout_s: float = 30.0  # for a request's headers, and then for its body
     keep_alive_s: float = 5.0  # an idle connection is closed after this
+    # Memory for the requests in flight (bodies, parsed JSON, decoded images), 0: no limit.
+    # With an AlexNet server's ~400 MiB it fits a 2 GB container, with room for a model run.
+    max_inflight_mb: float = 1024.0
+    inflight_wait_s: float = 10.0  # a request waits this long for room, then gets a 503
     log_level: str = "warning"
 
     def __post_init__(self):
@@ -55,3 +61,8 @@ class ServeConfig:
     def max_body_bytes(self):
         """`max_body_mb` in bytes: the largest request body, and the largest multipart part."""
         return int(self.max_body_mb * 1024 * 1024)
+
+    @property
+    def inflight_limit_bytes(self):
+        """`max_inflight_mb` in bytes, or None for no limit (0)."""
+        return int(self.max_inflight_mb * 1024 * 1024) or None

@@ -7,9 +7,10 @@ from starlette.exceptions import HTTPException
 class ApiError(Exception):
     """An error answered with `status` (4xx: the request's fault, 5xx: ours) and a message."""
 
-    def __init__(self, message, status=400):
+    def __init__(self, message, status=400, headers=None):
         super().__init__(message)
         self.status = status
+        self.headers = headers  # e.g. Retry-After on a 503
 
 
 def error_response(status, message, headers=None):
@@ -28,7 +29,7 @@ async def _unexpected_error(request, exc):
 
 
 async def _api_error(request, exc):
-    return error_response(exc.status, str(exc))
+    return error_response(exc.status, str(exc), exc.headers)
 
 
 def add_error_handlers(app):

@@ -24,6 +24,13 @@ MAX_PIXELS = UPLOAD_MAX_PIXELS  # a decoded image larger than this is refused
 SIXTEEN_BIT_GRAY = ("I;16", "I;16B", "I;16L", "I;16N")
 # Formats TensorFlow decodes: their orientation is read by the same parser as in training.
 _TF_FORMATS = ("JPEG", "PNG", "GIF", "BMP")
+# Peak bytes per pixel of `preprocess` by Pillow mode: Pillow's decoded image (4 bytes a
+# pixel for RGB), a conversion to RGB, the NumPy copy and a turn by the EXIF orientation;
+# more where the decoder keeps a buffer of its own. Measured, rounded up; test_serve.py
+# checks them against the peak RSS of decoding.
+DECODE_BYTES_PER_PIXEL = {"L": 4, "I;16": 8, "I;16B": 8, "I;16L": 8, "I;16N": 8, "RGB": 13}
+DECODER_BYTES_PER_PIXEL = {"WEBP": 8}
+OTHER_MODE_BYTES_PER_PIXEL = 17  # P, RGBA, LA, CMYK, I, F, ...: converted to RGB first
 
 
 class ImageError(ValueError):
@@ -41,6 +48,11 @@ def decode(data, max_pixels=MAX_PIXELS):
     channels=3)` does; an animation gives its first frame. Raises ImageTooLarge for more
     than `max_pixels` pixels or an aspect ratio over `imageinfo.MAX_ASPECT`, before decoding.
     """
+    return _decode(data, max_pixels, keep_grey=False)
+
+
+def _decode(data, max_pixels, keep_grey):
+    """`decode`; with `keep_grey`, a grey image as [H, W, 1] (a third of the memory)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -50,7 +62,7 @@ def decode(data, max_pixels=MAX_PIXELS):
                 raise ImageTooLarge(f"image {problem}")
             image.load()
             orientation = _orientation(image, data)
-            pixels = _rgb(image)
+            pixels = _pixels(image, keep_grey)
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
@@ -69,13 +81,19 @@ def _orientation(image, data):
     return image.getexif().get(imageinfo.ORIENTATION_TAG, 1)
 
 
-def _rgb(image):
-    """A loaded Pillow image as uint8 RGB, 16-bit grayscale scaled as TensorFlow scales it."""
+def _pixels(image, keep_grey=False):
+    """A loaded Pillow image as uint8 RGB [H, W, 3]; with `keep_grey`, a grey one as [H, W, 1].
+
+    16-bit grayscale is scaled as TensorFlow scales it. Grey as RGB repeats it 3 times.
+    """
     if image.mode in SIXTEEN_BIT_GRAY:
         # libpng's 16-to-8 strip, as in tf.io.decode_png(dtype=uint8): the high byte.
-        gray = (np.asarray(image).astype(np.uint16) >> 8).astype(np.uint8)
-        return np.repeat(gray[..., None], 3, axis=-1)
-    return np.asarray(image.convert("RGB"), dtype=np.uint8)
+        gray = (np.asarray(image).astype(np.uint16, copy=False) >> 8).astype(np.uint8)[..., None]
+    elif image.mode == "L":
+        gray = np.asarray(image)[..., None]
+    else:  # an RGB image as it is: convert("RGB") would copy it first
+        return np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
+    return gray if keep_grey else np.repeat(gray, 3, axis=-1)
 
 
 def upright(pixels, orientation):
@@ -93,8 +111,32 @@ def upright(pixels, orientation):
 
 
 def preprocess(data, metadata, max_pixels=MAX_PIXELS):
-    """Decode image bytes and apply `metadata`'s centre-crop preprocessing: [S, S, 3] float32."""
-    return EvalTransform.from_metadata(metadata).numpy(decode(data, max_pixels))
+    """Decode image bytes and apply `metadata`'s centre-crop preprocessing: [S, S, 3] float32.
+
+    A grey image is resized as one channel and repeated after the crop: the same numbers
+    (every channel is resized alike) from a third of the memory.
+    """
+    pixels = _decode(data, max_pixels, keep_grey=True)
+    crop = EvalTransform.from_metadata(metadata).numpy(pixels)
+    return np.repeat(crop, 3, axis=-1) if crop.shape[-1] == 1 else crop
+
+
+def decode_cost(data, max_pixels=MAX_PIXELS):
+    """About the most bytes `preprocess` holds at once for image bytes `data`, from its header.
+
+    0 for what `preprocess` refuses before decoding (not an image, too large): it says why.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:  # reads the header only
+                (width, height), mode, fmt = image.size, image.mode, image.format
+    except Exception:  # noqa: BLE001 - any unreadable header: preprocess names the problem
+        return 0
+    if imageinfo.shape_problem(width, height, max_pixels):
+        return 0
+    per_pixel = DECODE_BYTES_PER_PIXEL.get(mode, OTHER_MODE_BYTES_PER_PIXEL)
+    return width * height * (per_pixel + DECODER_BYTES_PER_PIXEL.get(fmt, 0))
 
 
 __all__ = [
@@ -103,6 +145,7 @@ __all__ = [
     "ImageTooLarge",
     "center_crop_resized",  # from keras_alexnet.preprocess: the server's one image module
     "decode",
+    "decode_cost",
     "preprocess",
     "upright",
 ]

@@ -7,6 +7,7 @@ the Inference-Header-Content-Length header then says how long the JSON part is.
 import dataclasses
 import json
 import math
+import sys
 
 import numpy as np
 from fastapi.responses import JSONResponse, Response
@@ -14,6 +15,13 @@ from fastapi.responses import JSONResponse, Response
 from keras_alexnet.serving.errors import ApiError
 
 VERSION = "1"  # the only version of the model a server serves
+# Peak bytes of parsing a body's JSON into Python objects and arrays (json.loads, then
+# np.asarray, then the batch's copy), measured, rounded up: per value (a float object, its
+# list slot, the list's growth, its array elements), per list or object, and per byte of
+# JSON (no value costs more than 16 per byte of its text).
+JSON_VALUE_BYTES = 64
+JSON_CONTAINER_BYTES = 112
+JSON_BYTES_PER_BYTE = 16
 
 
 @dataclasses.dataclass
@@ -111,6 +119,25 @@ def _binary_size(entry):
     return size
 
 
+def parse_cost(content, header_length):
+    """About the most bytes `parse_infer_request` holds at once beyond the body itself.
+
+    Counted from the bytes, before parsing: JSON's values (at most one per comma, plus one),
+    its lists and objects and its text; binary tensors are copied twice (cut from the body,
+    made native and writable).
+    """
+    length = len(content)
+    if header_length is not None and header_length.isdigit():
+        length = min(int(header_length), length)
+    text = content if length == len(content) else content[:length]
+    binary = len(content) - length
+    # json.loads decodes the bytes to a str first; strings cost their length again.
+    per_value = JSON_VALUE_BYTES * (text.count(b",") + 1) + 2 * len(text)
+    containers = text.count(b"[") + text.count(b"{")
+    parsed = min(per_value, JSON_BYTES_PER_BYTE * len(text)) + JSON_CONTAINER_BYTES * containers
+    return parsed + 2 * binary
+
+
 def _json_header(content, header_length):
     """Split the body into (its JSON object, the binary tensors' bytes that follow it)."""
     if header_length is None:
@@ -128,6 +155,10 @@ def _json_header(content, header_length):
         raise ApiError(f"the request body is not JSON ({e})") from None
     except RecursionError:
         raise ApiError("the request body's JSON is nested too deeply") from None
+    except ValueError:  # valid JSON, but an integer past Python's int-digit limit
+        raise ApiError(
+            f"the request body holds an integer of more than {sys.get_int_max_str_digits()} digits"
+        ) from None
     if not isinstance(body, dict):
         raise ApiError("the request body must be a JSON object")
     return body, binary

@@ -34,15 +34,23 @@ def _failure(reason, output):
 
 
 @contextlib.contextmanager
-def local_server(command, *, timeout=60.0, output=None, cwd=None):
+def local_server(command, *, timeout=60.0, output=None, cwd=None, env=None):
     """Start `command + ["--port", PORT]`, wait until it is ready, yield its URL, stop it.
 
     `output` (a file object) receives the server's stdout and stderr. Raises RuntimeError,
     with the server's output when there is some, if it exits or is not ready in `timeout` s.
     """
+    server = local_server_process(command, timeout=timeout, output=output, cwd=cwd, env=env)
+    with server as (url, _):
+        yield url
+
+
+@contextlib.contextmanager
+def local_server_process(command, *, timeout=60.0, output=None, cwd=None, env=None):
+    """`local_server`, yielding (URL, the server's subprocess.Popen): its pid for measuring."""
     port = free_port()
     stream = {"stdout": output, "stderr": subprocess.STDOUT} if output is not None else {}
-    proc = subprocess.Popen([*command, "--port", str(port)], cwd=cwd, **stream)
+    proc = subprocess.Popen([*command, "--port", str(port)], cwd=cwd, env=env, **stream)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + timeout
@@ -52,7 +60,7 @@ def local_server(command, *, timeout=60.0, output=None, cwd=None):
             if time.monotonic() > deadline:
                 raise _failure(f"server not ready after {timeout:g} s", output)
             time.sleep(0.2)
-        yield url
+        yield url, proc
     finally:
         proc.terminate()
         try:

@@ -58,6 +58,21 @@ class Metrics:
             PREFIX + "queue_depth", "Requests waiting for a model run", registry=self.registry
         )
 
+    def watch_budget(self, budget):
+        """Report `budget`'s reserved bytes and limit at each scrape."""
+        in_flight = Gauge(
+            PREFIX + "inflight_bytes",
+            "Memory reserved by the requests in flight (bodies, parsed JSON, decoded images)",
+            registry=self.registry,
+        )
+        in_flight.set_function(lambda: budget.in_flight)
+        limit = Gauge(
+            PREFIX + "inflight_limit_bytes",
+            "The budget for memory in flight (--max-inflight-mb); 0: no limit",
+            registry=self.registry,
+        )
+        limit.set(budget.limit or 0)
+
     def observe_run(self, rows, seconds):
         """Record one model run of `rows` rows that took `seconds`."""
         self.batch_size.observe(rows)

@@ -8,6 +8,7 @@ import numpy as np
 from keras_alexnet.predict import top_k
 from keras_alexnet.serving import images
 from keras_alexnet.serving.batching import DynamicBatcher, ModelError, RequestTimeout
+from keras_alexnet.serving.budget import MemoryBudget
 from keras_alexnet.serving.errors import ApiError
 from keras_alexnet.serving.kserve import VERSION
 from keras_alexnet.serving.metrics import Metrics
@@ -27,6 +28,8 @@ class ModelService:
             config.model, name=config.model_name, threads=config.threads, provider=config.provider
         )
         self.metrics = Metrics(config.max_batch_size)
+        self.budget = MemoryBudget(config.inflight_limit_bytes, config.inflight_wait_s)
+        self.metrics.watch_budget(self.budget)
         self.batcher = None
         self.ready = False
 
@@ -76,17 +79,31 @@ class ModelService:
 
     async def classify(self, files):
         """[{"file", "top5"}] of (filename, bytes) image files, with the model's preprocessing."""
-        model = self.model
-        crops = await asyncio.get_running_loop().run_in_executor(
-            None, _preprocess_all, files, model.metadata, self.config.max_pixels
-        )
-        spec = model.inputs[0]
-        result = await self.run({spec.name: np.stack(crops).astype(spec.dtype, copy=False)})
+        model, loop = self.model, asyncio.get_running_loop()
+        cost = await loop.run_in_executor(None, _classify_cost, files, model, self.config)
+        what = f"{len(files)} image{'s' if len(files) > 1 else ''}"
+        async with self.budget.hold(cost, what):
+            crops = await loop.run_in_executor(
+                None, _preprocess_all, files, model.metadata, self.config.max_pixels
+            )
+            spec = model.inputs[0]
+            result = await self.run({spec.name: np.stack(crops).astype(spec.dtype, copy=False)})
         names = list(model.metadata.class_names)
         return [
             {"file": filename, "top5": top_k(p, names)}
             for (filename, _), p in zip(files, result[model.probabilities], strict=True)
         ]
+
+
+def _classify_cost(files, model, config):
+    """About the peak bytes of classifying `files`: the largest decode, every crop twice.
+
+    The files are decoded one at a time; the crops are kept, then stacked into a batch.
+    """
+    size = model.metadata.input_size
+    crops = 2 * len(files) * size * size * 3 * np.dtype(np.float32).itemsize
+    decode = max(images.decode_cost(data, config.max_pixels) for _, data in files)
+    return decode + crops
 
 
 def _preprocess_all(files, metadata, max_pixels):
