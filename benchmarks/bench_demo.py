@@ -1,13 +1,13 @@
 """The README's quick-start training, run several times: how much its accuracy varies.
 
 Each run is the same command (`python scripts/train.py --model alexnet --strategy
-mirrored`, seed 0) in a fresh run directory. Without `--deterministic` TensorFlow's
-multi-threaded kernels may add in another order each run, and the small differences grow
-over training, so runs differ; this prints each run's best epoch (the one best.keras holds)
-and last epoch validation top-1, their mean and spread, and the wall time, and records them
-in RESULTS.md ("Training demo") with the machine's CPU flags and load.
-Arguments after `--` are appended to the command (e.g. `-- --epochs 1` for a quick look).
-"""
+mirrored`, seed 0) in a fresh run directory, or, with `--seeds`, the command with each
+seed. Without `--deterministic` TensorFlow does not promise that a run repeats (its
+multi-threaded kernels may add in another order, and another CPU takes other kernels), and
+small differences grow over training. This prints each run's best epoch (the one best.keras
+holds) and last epoch validation top-1, their mean and spread, and the wall time, and
+records them in RESULTS.md ("Training demo") with the machine's CPU flags and load.
+Arguments after `--` are appended to the command (e.g. `-- --epochs 1` for a quick look)."""
 
 import argparse
 import csv
@@ -39,6 +39,12 @@ def get_args_parser():
         help="how many times to run the command (default: %(default)s)",
     )
     p.add_argument(
+        "--seeds",
+        default=None,
+        help="comma-separated --seed of each run, e.g. 1,2,3 (instead of --runs): how much the "
+        "figures move with the seed (default: the README's command, seed 0, every run)",
+    )
+    p.add_argument(
         "--work-dir",
         default=None,
         help="keep the runs in WORK_DIR/run-<i> (default: a temporary directory)",
@@ -57,7 +63,7 @@ def get_args_parser():
 
 
 def run_once(output, extra):
-    """Run the demo command into `output`; return its seconds and history rows."""
+    """Run the demo command (plus `extra` flags) into `output`; return its seconds and history."""
     start = time.perf_counter()
     out = subprocess.run(
         [sys.executable, *DEMO, *extra, "--output", str(output)],
@@ -98,18 +104,21 @@ def cpu():
 
 
 def main(args):
-    """Run the command `args.runs` times, print the table, and record it in RESULTS.md."""
+    """Run the command `args.runs` times (or once per seed), print the table, record it."""
     extra = [a for a in args.train_args if a != "--"]
-    command = "python " + " ".join([*DEMO, *extra])
+    seeds = [int(v) for v in args.seeds.split(",")] if args.seeds else [None] * args.runs
+    command = "python " + " ".join([*DEMO, *extra, *(["--seed", "S"] if args.seeds else [])])
     load_before = os.getloadavg()[0]
     keep = tempfile.TemporaryDirectory() if args.work_dir is None else None
     root = Path(args.work_dir or keep.name)
     rows, bests, lasts, seconds = [], [], [], []
-    for i in range(1, args.runs + 1):
-        took, history = run_once(root / f"run-{i}", extra)
+    for i, seed in enumerate(seeds, 1):
+        flags = [*extra, "--seed", str(seed)] if seed is not None else extra
+        took, history = run_once(root / f"run-{i}", flags)
         epoch, best, last = run_figures(history)
         rows.append(
-            f"| {i} | {100 * best:.2f} % (epoch {epoch}) | {100 * last:.2f} % | {took:.0f} s |"
+            f"| {i} | {0 if seed is None else seed} | {100 * best:.2f} % (epoch {epoch}) | "
+            f"{100 * last:.2f} % | {took:.0f} s |"
         )
         bests.append(best)
         lasts.append(last)
@@ -118,17 +127,17 @@ def main(args):
     if keep is not None:
         keep.cleanup()
     table = "\n".join([
-        "| run | best val top-1 (epoch) | last epoch val top-1 | wall time |",
-        "|---|---|---|---|",
+        "| run | seed | best val top-1 (epoch) | last epoch val top-1 | wall time |",
+        "|---|---|---|---|---|",
         *rows,
-        f"| mean ± sd (min-max) | {spread(bests)} | {spread(lasts)} | "
+        f"| mean ± sd (min-max) | | {spread(bests)} | {spread(lasts)} | "
         f"{statistics.mean(seconds):.0f} s |",
     ])  # fmt: skip
     body = (
         f"{common.provenance(command)} CPU: {cpu()}.\n\n"
-        f"{args.runs} runs of the same command (seed 0), each in a new run directory; the "
-        "validation set is the demo's 364 held-out digits (centre crop). Without "
-        "`--deterministic` the runs differ. Wall time is the whole command (start-up, data, "
+        f"{len(seeds)} runs, each in a new run directory; the validation set is the demo's "
+        "364 held-out digits (centre crop). Without `--deterministic` TensorFlow does not "
+        "promise that runs repeat. Wall time is the whole command (start-up, data, "
         "epochs, validation, checkpoints). 1-minute load average (other processes share the "
         f"cores) {load_before:.1f} before, {os.getloadavg()[0]:.1f} after.\n\n{table}"
     )
