@@ -756,3 +756,32 @@ def test_the_last_line_names_the_best_epochs_figures_beside_best_keras(
         f"(epoch {best['epoch']}: val top-1 {float(best['val_top1']):.4f}, "
         f"top-5 {float(best['val_top5']):.4f})"
     ) in last
+
+
+@pytest.mark.slow
+def test_bench_demo_reports_each_runs_best_and_last_epoch(tmp_path):
+    # Two tiny runs of the demo command (seeds 0 and 1); the table against their history.csv.
+    env = {**os.environ, "KERAS_ALEXNET_CACHE": str(tmp_path / "cache")}
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_demo.py"), "--seeds", "0,1",
+         "--no-write", "--work-dir", str(tmp_path / "w"), "--", "--epochs", "2",
+         "--steps-per-epoch", "2", "--val-steps", "2", "--width", "0.0625"],
+        env=env, capture_output=True, text=True, timeout=600, cwd=ROOT,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = [line for line in out.stdout.splitlines() if line.startswith("| ")]
+    bests, lasts = [], []
+    for i, seed in enumerate((0, 1), 1):
+        history = list(csv.DictReader(open(tmp_path / "w" / f"run-{i}" / "history.csv")))
+        best = max(history, key=lambda r: float(r["val_top1"]))
+        bests.append(100 * float(best["val_top1"]))
+        lasts.append(100 * float(history[-1]["val_top1"]))
+        expected = (f"| {i} | {seed} | {bests[-1]:.2f} % (epoch {best['epoch']}) | "
+                    f"{lasts[-1]:.2f} % | ")  # fmt: skip
+        assert any(row.startswith(expected) for row in rows), (expected, rows)
+    summary = next(row for row in rows if row.startswith("| mean"))
+    assert f"{np.mean(bests):.1f} % ± {np.std(bests, ddof=1):.1f}" in summary
+    assert f"{np.mean(lasts):.1f} % ± {np.std(lasts, ddof=1):.1f}" in summary
+    assert (
+        "CPU: " in out.stdout and "Command: `python scripts/train.py --model alexnet" in out.stdout
+    )
