@@ -1,6 +1,9 @@
 """tf.distribute: strategies by name, logical CPU replicas, a process's role in a cluster."""
 
+import contextlib
+import json
 import os
+import re
 
 from keras_alexnet.train_config import STRATEGIES, TrainingError
 
@@ -55,3 +58,87 @@ def cluster_role(strategy):
     task_id = getattr(resolver, "task_id", 0) or 0
     is_chief = task_type in (None, "chief") or (task_type == "worker" and task_id == 0)
     return is_chief, task_id
+
+
+# A task as TensorFlow names it in a collective's error ("/job:worker/replica:0/task:1").
+TASK_NAME = re.compile(r"/job:(\w+)(?:/replica:\d+)?/task:(\d+)")
+# What a worker's collective ops raise once a peer stops: UnavailableError ("stopped sending
+# heartbeats"), or DeadlineExceeded / Internal / Cancelled / Aborted ("Restart your program
+# to reset"); the worker cannot go on, the run resumes from its checkpoints.
+PEER_ERRORS = (
+    "UnavailableError",
+    "DeadlineExceededError",
+    "InternalError",
+    "CancelledError",
+    "AbortedError",
+)
+
+
+def lost_peers(message, cluster, me):
+    """[(job, index, address)] of the cluster's other tasks an error names; all others if none."""
+    others = [
+        (job, index, address)
+        for job, addresses in cluster.items()
+        for index, address in enumerate(addresses)
+        if (job, index) != me
+    ]
+    named = {(job, int(index)) for job, index in TASK_NAME.findall(str(message))}
+    return [task for task in others if task[:2] in named] or others
+
+
+def _describe(job, index, address):
+    """How a task reads in a message: `worker 1 (host:port)`, the chief named as such."""
+    chief = " (the chief)" if job == "chief" or (job == "worker" and index == 0) else ""
+    return f"{job} {index}{chief} at {address}"
+
+
+def _checkpoint_position(directory):
+    """(checkpoint path, epoch, step) of the latest checkpoint in a directory, or None."""
+    import tensorflow as tf
+
+    latest = tf.train.latest_checkpoint(str(directory))
+    if latest is None:
+        return None
+    try:
+        reader = tf.train.load_checkpoint(latest)
+        epoch = int(reader.get_tensor("epoch/.ATTRIBUTES/VARIABLE_VALUE"))
+        step = int(reader.get_tensor("step_in_epoch/.ATTRIBUTES/VARIABLE_VALUE"))
+    except (ValueError, KeyError, tf.errors.OpError):
+        return latest, None, None
+    return latest, epoch, step
+
+
+def lost_worker_message(error, tf_config, checkpoints):
+    """The one line for a multi-worker run one of whose workers stopped answering."""
+    task = tf_config.get("task", {})
+    me = (task.get("type", "worker"), int(task.get("index", 0)))
+    peers = lost_peers(error, tf_config.get("cluster", {}), me)
+    who = ", ".join(_describe(*peer) for peer in peers) or "another worker"
+    position = _checkpoint_position(checkpoints)
+    if position is None:
+        return (
+            f"{who} stopped answering before the first checkpoint; stopped. Start every "
+            "worker again with the same command (the run starts over)"
+        )
+    latest, epoch, step = position
+    where = f" (epoch {epoch + 1}, step {step})" if epoch is not None else ""
+    during = f" during epoch {epoch + 1}" if epoch is not None else ""
+    return (
+        f"{who} stopped answering{during}; stopped. The run resumes from its last checkpoint, "
+        f"{latest}{where}: start every worker again with the same command"
+    )
+
+
+@contextlib.contextmanager
+def lost_worker(strategy, checkpoints):
+    """Turn a multi-worker collective's failure into a TrainingError naming the lost worker."""
+    import tensorflow as tf
+
+    errors = tuple(getattr(tf.errors, name) for name in PEER_ERRORS)
+    try:
+        yield
+    except errors as e:
+        if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            raise
+        tf_config = json.loads(os.environ.get("TF_CONFIG") or "{}")
+        raise TrainingError(lost_worker_message(e, tf_config, checkpoints)) from None

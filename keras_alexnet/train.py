@@ -13,9 +13,8 @@ from pathlib import Path
 
 from keras_alexnet import curves, extras, fileio, filters
 from keras_alexnet.artifacts import METADATA_FILENAME
-from keras_alexnet.distribute import cluster_role, configure_devices, make_strategy
+from keras_alexnet.distribute import cluster_role, configure_devices, lost_worker, make_strategy
 from keras_alexnet.metadata import Metadata
-from keras_alexnet.protocols import trained_protocol
 from keras_alexnet.optim import (
     Plateau,
     learning_rate_for,
@@ -23,6 +22,7 @@ from keras_alexnet.optim import (
     make_train_step,
 )
 from keras_alexnet.progress import Progress
+from keras_alexnet.protocols import trained_protocol
 from keras_alexnet.rundir import RunDirectory, RunLock
 from keras_alexnet.train_config import PAPER_LR, TrainConfig, TrainingError, check_config
 from keras_alexnet.weights.importer import ALEXNET_DEFAULTS
@@ -133,7 +133,10 @@ def train(config, *, argv=None, log=print):
     run = RunDirectory(config.output, *cluster_role(strategy))
     run.check_identity(config)
     plan = _prepare(config, spec, strategy, log)
-    with RunLock(run.path if run.is_chief else run.checkpoints):
+    with (
+        RunLock(run.path if run.is_chief else run.checkpoints),
+        lost_worker(strategy, run.checkpoints),
+    ):
         return _train_locked(plan, config, strategy, run, lr_given, argv, log)
 
 
