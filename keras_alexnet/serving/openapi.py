@@ -98,13 +98,15 @@ TOO_SLOW = "the body did not arrive within the read timeout"
 COMMON_ERRORS = {
     404: "unknown model or version",
     500: "inference failed inside the model, or an unexpected server error",
-    503: "the model is not loaded yet, or did not answer within the timeout",
+    503: "the model is not loaded yet, did not answer within the timeout, or the memory "
+    "budget for requests in flight had no room in time (with Retry-After)",
 }
 INFER_ERRORS = error_responses(
     {
         400: "the request is not valid JSON or does not fit the model's inputs",
         408: TOO_SLOW,
-        413: "the body or the batch is larger than the server's limit",
+        413: "the body or the batch is larger than the server's limit, or parsing it needs "
+        "more memory than the whole budget for requests in flight",
         **COMMON_ERRORS,
     }
 )
@@ -112,7 +114,8 @@ CLASSIFY_ERRORS = error_responses(
     {
         400: "no image files in the field 'file', or a model without keras_alexnet metadata",
         408: TOO_SLOW,
-        413: "too many files, or an image or body larger than the server's limit",
+        413: "too many files, an image or body larger than the server's limit, or "
+        "decoding needs more memory than the whole budget for requests in flight",
         415: "not multipart/form-data, or a file that is not a readable image",
         **COMMON_ERRORS,
     }
