@@ -224,6 +224,57 @@ def test_two_workers_on_loopback_end_with_identical_weights(tiny_data, tmp_path)
     assert (tmp_path / "run" / "best.keras").exists()
 
 
+def start_workers(args, tmp_path, cache="cache"):
+    """Popen two `scripts/train.py --strategy multi_worker` workers on loopback ports."""
+    workers = [f"127.0.0.1:{free_port()}" for _ in range(2)]
+    procs = []
+    for index in range(2):
+        tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+        env = {**os.environ, "TF_CONFIG": json.dumps(tf_config),
+               "KERAS_ALEXNET_CACHE": str(tmp_path / f"{cache}{index}")}  # fmt: skip
+        procs.append(subprocess.Popen(
+            [sys.executable, str(ROOT / "scripts" / "train.py"), *args, "--strategy",
+             "multi_worker"],
+            env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        ))  # fmt: skip
+    return procs, workers
+
+
+def finish_workers(procs, timeout=300):
+    """[(returncode, stdout, stderr)] of each worker once it exits."""
+    outputs = [p.communicate(timeout=timeout) for p in procs]
+    return [(p.returncode, out, err) for p, (out, err) in zip(procs, outputs, strict=True)]
+
+
+@pytest.mark.slow
+def test_a_lost_worker_is_one_line_and_restarting_every_worker_resumes_the_run(tiny_data, tmp_path):
+    common = [*TINY, "--data", str(tiny_data), "--epochs", "3", "--steps-per-epoch", "4",
+              "--deterministic"]  # fmt: skip
+    whole = start_workers([*common, "--output", str(tmp_path / "whole")], tmp_path)[0]
+    whole = finish_workers(whole)
+    assert all(rc == 0 for rc, _, _ in whole), whole[0][2][-3000:]
+    run = tmp_path / "run"
+    procs, workers = start_workers([*common, "--output", str(run)], tmp_path)
+    deadline = time.time() + 240
+    ends = [run / "checkpoints" / "ckpt-1.index", run / ".worker-1" / "ckpt-1.index"]
+    while not all(p.exists() for p in ends) and time.time() < deadline:
+        time.sleep(0.05)
+    procs[1].send_signal(signal.SIGKILL)  # worker 1 dies in epoch 2, after both saved epoch 1
+    (code, _, err), _ = finish_workers(procs)
+    assert all(p.exists() for p in ends), "no checkpoint before the kill"
+    # The chief stops by itself, in one line: who, where the run resumes, how.
+    assert code != 0 and "Traceback" not in err and "CollectiveReduce" not in err, err[-3000:]
+    message = err.strip().splitlines()[-1]
+    assert f"worker 1 at {workers[1]} stopped answering during epoch 2" in message
+    assert f"{run / 'checkpoints' / 'ckpt-1'} (epoch 2, step 0)" in message
+    assert message.endswith("start every worker again with the same command")
+    # Doing so resumes, and the run ends as the one never interrupted.
+    again = finish_workers(start_workers([*common, "--output", str(run)], tmp_path)[0])
+    assert all(rc == 0 for rc, _, _ in again), again[0][2][-3000:]
+    assert "Resumed from" in again[0][1]
+    assert (run / "history.csv").read_text() == (tmp_path / "whole" / "history.csv").read_text()
+
+
 def history_epochs(run):
     with open(run / "history.csv", newline="") as f:
         return [int(row["epoch"]) for row in csv.DictReader(f)]
