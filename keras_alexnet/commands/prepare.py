@@ -35,8 +35,9 @@ def get_args_parser():
         type=cli.positive_int,
         default=None,
         help="the shorter side to rescale to instead (a VGG trained at one scale S needs S, "
-        "and decodes least at exactly S), from the model's smallest input (AlexNet 67, VGG "
-        f"32) to {prepared.MAX_SIZE}; none: the model's (default: %(default)s)",
+        "and decodes least at exactly S), from the model's smallest input (AlexNet "
+        f"{prepared.size_bounds('alexnet')[0]}, VGG {prepared.size_bounds('vgg_a')[0]}) to "
+        f"{prepared.MAX_SIZE}; none: the model's (default: %(default)s)",
     )
     parser.add_argument(
         "--quality",
