@@ -246,6 +246,44 @@ def finish_workers(procs, timeout=300):
     return [(p.returncode, out, err) for p, (out, err) in zip(procs, outputs, strict=True)]
 
 
+# What the chief's CollectiveReduceV2 raised here when worker 1 was killed (abridged).
+LOST_TASK_1 = (
+    "{{function_node __wrapped__CollectiveReduceV2_Nordering_token_1_device_/job:worker/"
+    "replica:0/task:0/device:CPU:0}} Collective ops is aborted by: Error reported from "
+    "/job:worker/task:1: The following tasks are unhealthy (stopped sending heartbeats):\n"
+    "/job:worker/replica:0/task:1\nThe tasks have crashed. [...] Restart your program to "
+    "reset. [Op:CollectiveReduceV2] name: "
+)
+
+
+def test_a_lost_workers_message_names_it_and_the_checkpoint_to_resume_from(tmp_path):
+    from keras_alexnet.distribute import lost_worker_message
+
+    cluster = {"worker": ["10.0.0.1:2222", "10.0.0.2:2222", "10.0.0.3:2222"]}
+    chief = {"cluster": cluster, "task": {"type": "worker", "index": 0}}
+    assert lost_worker_message(LOST_TASK_1, chief, tmp_path) == (
+        "worker 1 at 10.0.0.2:2222 stopped answering before the first checkpoint; stopped. "
+        "Start every worker again with the same command (the run starts over)"
+    )
+    epoch, step = tf.Variable(2, dtype=tf.int64), tf.Variable(3, dtype=tf.int64)
+    tf.train.Checkpoint(epoch=epoch, step_in_epoch=step).save(str(tmp_path / "ckpt"))
+    message = lost_worker_message(LOST_TASK_1, chief, tmp_path)
+    assert message == (
+        "worker 1 at 10.0.0.2:2222 stopped answering during epoch 3; stopped. The run "
+        f"resumes from its last checkpoint, {tmp_path / 'ckpt-1'} (epoch 3, step 3): start "
+        "every worker again with the same command"
+    )
+    # A worker that lost the chief names it as such; an error naming nobody names the others.
+    other = {"cluster": cluster, "task": {"type": "worker", "index": 2}}
+    lost_chief = "Error reported from /job:worker/replica:0/task:0: connection refused"
+    assert lost_worker_message(lost_chief, other, tmp_path).startswith(
+        "worker 0 (the chief) at 10.0.0.1:2222 stopped answering during epoch 3"
+    )
+    assert lost_worker_message("Deadline Exceeded", other, tmp_path).startswith(
+        "worker 0 (the chief) at 10.0.0.1:2222, worker 1 at 10.0.0.2:2222 stopped answering"
+    )
+
+
 @pytest.mark.slow
 def test_a_lost_worker_is_one_line_and_restarting_every_worker_resumes_the_run(tiny_data, tmp_path):
     common = [*TINY, "--data", str(tiny_data), "--epochs", "3", "--steps-per-epoch", "4",
