@@ -442,3 +442,23 @@ def test_a_damaged_legacy_h5_is_refused_in_one_line(tmp_path):
         f.attrs["layer_names"] = 7
     with pytest.raises(WeightsError, match="'layer_names' of / is not a list of names"):
         read(tmp_path / "typed.h5", get_spec("vgg11"))
+
+
+def test_init_from_builds_at_net_as_width_and_records_it(tiny_data, tmp_path):
+    from keras_alexnet.train import TrainConfig, train
+
+    base = dict(data=str(tiny_data), image_size=32, resize=(36, 36), batch_size=8,
+                init="he", scale=0.0078, epochs=1, steps_per_epoch=1, val_steps=1,
+                cache=str(tmp_path / "cache"))  # fmt: skip
+    train(TrainConfig(model="vgg_a", width=1 / 16, output=str(tmp_path / "a"), **base),
+          log=lambda *a: None)  # fmt: skip
+    assert Metadata.load(tmp_path / "a" / "metadata.json").model_args == {"width": 1 / 16}
+    # No --width: net D is built at net A's width, so A's layers fit (VGG Section 3.1).
+    config = TrainConfig(model="vgg_d", init_from=str(tmp_path / "a"), output=str(tmp_path / "d"),
+                         **base)  # fmt: skip
+    lines = []
+    train(config, log=lines.append)
+    assert any(line.startswith("Initialised block1_conv1") for line in lines)
+    model = keras.saving.load_model(tmp_path / "d" / "best.keras")
+    assert model.get_layer("block1_conv1").kernel.shape[-1] == 4  # 64 / 16
+    assert Metadata.load(tmp_path / "d" / "metadata.json").model_args == {"width": 1 / 16}
