@@ -54,9 +54,9 @@ def filtered_stderr(banner=BANNER):
             text = captured.read().decode(errors="replace")
             kept = [line for line in text.splitlines(keepends=True)
                     if not any(b in line for b in banner)]  # fmt: skip
-            if kept:
-                sys.stderr.write("".join(kept))
-                sys.stderr.flush()
+            if kept:  # back to fd 2, through `filter_native_stderr`'s filter if there is one
+                with open(2, "wb", closefd=False) as stderr:
+                    stderr.write("".join(kept).encode())
 
 
 class _QuietTensorFlowImport(importlib.abc.MetaPathFinder):
