@@ -332,6 +332,28 @@ def test_fine_tuning_from_an_imported_caffe_run_builds_caffes_net_as_from_the_fi
         train(TrainConfig(**base, weights=str(run), lrn=False, output=str(tmp_path / "x")))
 
 
+def test_a_resumed_run_is_rebuilt_with_the_architecture_its_metadata_records(tmp_path):
+    from keras_alexnet.train import _architecture
+
+    run = tmp_path / "run"
+    run.mkdir()
+    caffe = {"lrn": CAFFE_LRN, "lrn_per_tower": False, "ceil_mode": True, "width": WIDTH}
+    Metadata(model="alexnet", class_names=("a", "b"), input_size=227, resize=256,
+             mean=(0.0, 0.0, 0.0), towers=2, lrn=True, pool="overlapping",
+             model_args=caffe).save(run / "metadata.json")  # fmt: skip
+    spec = get_spec("alexnet")
+    resumed = TrainConfig(model="alexnet", data="photos", output=str(run)).resolved(spec)
+    assert _architecture(resumed, spec, None) == {
+        **caffe,
+        "towers": 2,
+        "use_lrn": True,
+        "pool": "overlapping",
+    }
+    other = TrainConfig(model="alexnet", data="photos", output=str(run), towers=1)
+    with pytest.raises(TrainingError, match=f"--towers 1 does not fit the run {run}"):
+        _architecture(other.resolved(spec), spec, None)
+
+
 def test_metadata_without_model_args_loads_as_the_papers_and_round_trips_them(tmp_path):
     old = {"model": "alexnet", "class_names": ["a", "b"], "input_size": 227, "resize": 256,
            "mean": [1, 2, 3]}  # fmt: skip
