@@ -271,8 +271,8 @@ def _metadata(spec, preset, names):
 def import_weights(source_path, model, output, argv=None, class_names=None, **overrides):
     """Import a published weight file into `model` and write a run directory at `output`.
 
-    The model keeps the file's classifier and its number of classes: ImageNet's names for
-    1000, else the names in the file `class_names` (one a line), else "0" .. "N-1".
+    The model keeps the file's classifier and its number of classes, named by the file
+    `class_names` (one a line) if given, else ImageNet's names for 1000, else "0" .. "N-1".
     `overrides` replace the source's Preset fields (bgr, mean, std, input_size, resize,
     protocol). The run directory holds best.keras, metadata.json and command.json, written
     atomically; an output that exists and is not empty is refused. Returns `output`.
