@@ -858,8 +858,37 @@ def test_memory_budget_waits_in_line_then_refuses_and_gives_everything_back():
         cancelled.cancel()
         with pytest.raises(asyncio.CancelledError):
             await cancelled
-        budget.release(6 * MIB)
-        budget.release(1 * MIB)
+        budget.release(7 * MIB)
+        assert budget.in_flight == 0 and not budget._waiters
+
+    asyncio.run(scenario())
+
+
+def test_requests_holding_bodies_never_wait_for_each_other_for_ever():
+    from keras_alexnet.serving.budget import MIB, MemoryBudget, Reservation
+    from keras_alexnet.serving.errors import ApiError
+
+    async def request(budget, order, body, work):
+        reservation = Reservation(budget)
+        try:
+            await reservation.add(body, "the body")
+            await asyncio.sleep(0.01 * order)  # the bodies all arrive first
+            await reservation.add(work, "the work")
+            await asyncio.sleep(0.05)  # working
+            return 200
+        except ApiError as e:
+            return e.status
+        finally:
+            reservation.release()
+
+    async def scenario():
+        # Each request alone fits (3 + 6 of 10), but four bodies (12) would fill the budget
+        # and every request would wait for the others to finish; the later ones give way.
+        budget = MemoryBudget(10 * MIB, wait_s=30.0)
+        statuses = await asyncio.wait_for(
+            asyncio.gather(*[request(budget, i, 3 * MIB, 6 * MIB) for i in range(4)]), 10
+        )
+        assert statuses[0] == 200 and set(statuses) <= {200, 503}, statuses
         assert budget.in_flight == 0 and not budget._waiters
 
     asyncio.run(scenario())

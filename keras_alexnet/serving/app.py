@@ -35,6 +35,7 @@ from starlette.datastructures import UploadFile
 
 from keras_alexnet import __version__
 from keras_alexnet.serving.body_limit import BodyLimit
+from keras_alexnet.serving.budget import SCOPE_KEY
 from keras_alexnet.serving.config import ServeConfig
 from keras_alexnet.serving.errors import ApiError, add_error_handlers
 from keras_alexnet.serving.kserve import (
@@ -122,12 +123,12 @@ async def _infer(service, name, version, request):
     content = await request.body()
     header_length = request.headers.get("inference-header-content-length")
     cost = await loop.run_in_executor(None, parse_cost, content, header_length)
-    async with service.budget.hold(cost, "parsing the request"):
-        parsed = await loop.run_in_executor(
-            None, parse_infer_request, content, header_length, model, service.config.max_batch_size
-        )
-        result = await service.run(parsed.feeds)
-        return infer_response(model, parsed, result)
+    await request.scope[SCOPE_KEY].add(cost, "parsing the request")  # held until answered
+    parsed = await loop.run_in_executor(
+        None, parse_infer_request, content, header_length, model, service.config.max_batch_size
+    )
+    result = await service.run(parsed.feeds)
+    return infer_response(model, parsed, result)
 
 
 @router.post("/v2/models/{name}/infer", openapi_extra=INFER_BODY, responses=INFER_ERRORS)
@@ -184,7 +185,7 @@ async def classify(name: str, request: Request, service: Service):
             400,
         )
     files = await _uploads(request, service.config)
-    results = await service.classify(files)
+    results = await service.classify(files, request.scope[SCOPE_KEY])
     return {"model_name": model.name, "model_version": VERSION, "results": results}
 
 

@@ -3,12 +3,13 @@
 The body is read here, before parsing (counted, whatever Content-Length claims), and
 replayed to the app. A 408 closes the connection: the client is too slow to keep. Its
 memory is reserved in the server's budget (`budget.MemoryBudget`) until the request is
-answered: all of Content-Length before reading, chunk by chunk without one.
+answered: all of Content-Length before reading, chunk by chunk without one. The
+reservation stays in the request's scope, for the routes to add to.
 """
 
 import asyncio
 
-from keras_alexnet.serving.budget import Reservation
+from keras_alexnet.serving.budget import SCOPE_KEY, Reservation
 from keras_alexnet.serving.errors import ApiError, error_response
 
 # Reserved per body byte: the chunks as they arrive and their join.
@@ -55,7 +56,7 @@ class BodyLimit:
         """Handle one ASGI connection."""
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        reservation = Reservation(self.budget)
+        reservation = scope[SCOPE_KEY] = Reservation(self.budget)
         try:
             try:
                 length = self._check_length(dict(scope["headers"]).get(b"content-length"))

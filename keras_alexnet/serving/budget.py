@@ -14,9 +14,9 @@ so `malloc_trim` is called once the work in flight falls to zero after a large b
 
 import asyncio
 import collections
-import contextlib
 import ctypes
 import ctypes.util
+import dataclasses
 import math
 
 from keras_alexnet.serving.errors import ApiError
@@ -24,6 +24,7 @@ from keras_alexnet.serving.errors import ApiError
 MIB = 1024 * 1024
 RETRY_AFTER_S = 1  # what a 503 for a full budget tells the client to wait
 TRIM_AFTER_BYTES = 64 * MIB  # released since the last trim: worth handing back when idle
+SCOPE_KEY = "keras_alexnet.reservation"  # the request's Reservation in its ASGI scope
 
 
 def _malloc_trim():
@@ -37,46 +38,61 @@ def _malloc_trim():
     return trim
 
 
+@dataclasses.dataclass(eq=False)
+class _Waiter:
+    nbytes: int  # what it waits for
+    held: int  # what its request holds already (its body) while it waits
+    future: asyncio.Future  # set when granted, cancelled when refused
+
+
 class MemoryBudget:
-    """Bytes reserved by the requests in flight, kept within `limit_bytes` (None: no limit)."""
+    """Bytes reserved by the requests in flight, kept within `limit_bytes` (None: no limit).
+
+    Requests wait in line, first come first served. A request waiting for more while it
+    holds some (its body) could wait for ever behind others doing the same, the budget
+    full of bodies; when the first in line could not fit even once all running work is
+    done, the last ones in line that hold memory are refused (503) to make room.
+    """
 
     def __init__(self, limit_bytes, wait_s):
         self.limit = limit_bytes
         self.wait_s = wait_s
         self.in_flight = 0
-        self._waiters = collections.deque()  # (bytes, future), first come first served
+        self._waiters = collections.deque()
         self._released = 0  # bytes released since the last malloc_trim
         self._trim = _malloc_trim()
 
-    async def reserve(self, nbytes, what):
-        """Reserve `nbytes` for `what` (a request, a file), waiting up to `wait_s` for room.
+    async def reserve(self, nbytes, what, held=0):
+        """Reserve `nbytes` for `what`, whose request holds `held`, waiting up to `wait_s`.
 
-        ApiError 413 if `nbytes` is more than the whole budget, 503 (Retry-After) if no room
-        came in time. Every reservation must be given back with `release`.
+        ApiError 413 if `held + nbytes` is more than the whole budget, 503 (Retry-After)
+        if no room came in time. Every reservation must be given back with `release`.
         """
         nbytes = int(nbytes)
         if self.limit is None or (not self._waiters and self.in_flight + nbytes <= self.limit):
             self.in_flight += nbytes
             return
-        if nbytes > self.limit:
+        if held + nbytes > self.limit:
             raise ApiError(
-                f"{what} needs about {_mib(nbytes)} MiB of memory, more than the server's "
-                f"whole budget of {_mib(self.limit)} MiB for requests in flight "
+                f"{what} needs about {_mib(held + nbytes)} MiB of memory, more than the "
+                f"server's whole budget of {_mib(self.limit)} MiB for requests in flight "
                 "(--max-inflight-mb)",
                 413,
             )
-        waiter = asyncio.get_running_loop().create_future()
-        self._waiters.append((nbytes, waiter))
+        waiter = _Waiter(nbytes, held, asyncio.get_running_loop().create_future())
+        self._waiters.append(waiter)
+        self._unblock()
         try:
-            await asyncio.wait({waiter}, timeout=self.wait_s)
+            await asyncio.wait({waiter.future}, timeout=self.wait_s)
         except asyncio.CancelledError:  # the request went away while waiting
-            if waiter.done():
+            if not waiter.future.done():
+                self._leave(waiter)
+            elif not waiter.future.cancelled():
                 self.release(nbytes)  # granted just as it went
-            else:
-                self._leave(nbytes, waiter)
             raise
-        if not waiter.done():
-            self._leave(nbytes, waiter)
+        if not waiter.future.done():
+            self._leave(waiter)
+        if waiter.future.cancelled():
             raise ApiError(
                 f"the server is busy: its memory budget for requests in flight "
                 f"({_mib(self.limit)} MiB) has no room for {what} (about {_mib(nbytes)} MiB); "
@@ -84,15 +100,6 @@ class MemoryBudget:
                 503,
                 headers={"Retry-After": str(RETRY_AFTER_S)},
             )
-
-    @contextlib.asynccontextmanager
-    async def hold(self, nbytes, what):
-        """Reserve `nbytes` for `what` for the block (see `reserve`)."""
-        await self.reserve(nbytes, what)
-        try:
-            yield
-        finally:
-            self.release(nbytes)
 
     def release(self, nbytes):
         """Give back a reservation of `nbytes`; let waiting requests in."""
@@ -105,22 +112,42 @@ class MemoryBudget:
             # In a worker thread: trimming a large heap takes milliseconds.
             asyncio.get_running_loop().run_in_executor(None, self._trim, 0)
 
-    def _leave(self, nbytes, waiter):
-        """Take a waiter that was not granted out of the line; the next may fit now."""
-        self._waiters.remove((nbytes, waiter))
-        waiter.cancel()
+    def _leave(self, waiter):
+        """Take a waiter out of the line, refused; the next may fit now."""
+        self._waiters.remove(waiter)
+        waiter.future.cancel()
         self._grant()
 
     def _grant(self):
         """Reserve for the waiters at the head of the line while they fit."""
-        while self._waiters and self.in_flight + self._waiters[0][0] <= self.limit:
-            nbytes, waiter = self._waiters.popleft()
-            self.in_flight += nbytes
-            waiter.set_result(None)
+        while self._waiters and self.in_flight + self._waiters[0].nbytes <= self.limit:
+            waiter = self._waiters.popleft()
+            self.in_flight += waiter.nbytes
+            waiter.future.set_result(None)
+        self._unblock()
+
+    def _unblock(self):
+        """Refuse the last waiters holding memory while the first could never fit otherwise.
+
+        The first fits once running work is done unless the memory held by waiters, and
+        its own need, exceed the budget. It is never refused here: its need and its own
+        holding fit (else 413), so some later waiter holds what it lacks.
+        """
+        while self._waiters:
+            held = sum(w.held for w in self._waiters)
+            if held + self._waiters[0].nbytes <= self.limit:
+                return
+            last = next(w for w in reversed(self._waiters) if w.held)
+            self._waiters.remove(last)
+            last.future.cancel()
 
 
 class Reservation:
-    """What one request holds in a MemoryBudget: grown with `add`, given back by `release`."""
+    """What one request holds in a MemoryBudget: grown with `add`, given back by `release`.
+
+    `BodyLimit` makes it, for the body, and keeps it in the request's ASGI scope under
+    `SCOPE_KEY`; the routes add what parsing or decoding will cost.
+    """
 
     def __init__(self, budget):
         self.budget = budget
@@ -128,7 +155,7 @@ class Reservation:
 
     async def add(self, nbytes, what):
         """Reserve `nbytes` more for `what` (see `MemoryBudget.reserve`)."""
-        await self.budget.reserve(nbytes, what)
+        await self.budget.reserve(nbytes, what, held=self.nbytes)
         self.nbytes += int(nbytes)
 
     def release(self):

@@ -77,17 +77,19 @@ class ModelService:
         except RequestTimeout as e:
             raise ApiError(str(e), 503) from None
 
-    async def classify(self, files):
-        """[{"file", "top5"}] of (filename, bytes) image files, with the model's preprocessing."""
+    async def classify(self, files, reservation):
+        """[{"file", "top5"}] of (filename, bytes) image files, with the model's preprocessing.
+
+        What decoding them costs is added to `reservation` (the request's, in the budget).
+        """
         model, loop = self.model, asyncio.get_running_loop()
         cost = await loop.run_in_executor(None, _classify_cost, files, model, self.config)
-        what = f"{len(files)} image{'s' if len(files) > 1 else ''}"
-        async with self.budget.hold(cost, what):
-            crops = await loop.run_in_executor(
-                None, _preprocess_all, files, model.metadata, self.config.max_pixels
-            )
-            spec = model.inputs[0]
-            result = await self.run({spec.name: np.stack(crops).astype(spec.dtype, copy=False)})
+        await reservation.add(cost, f"decoding {len(files)} image{'s' if len(files) > 1 else ''}")
+        crops = await loop.run_in_executor(
+            None, _preprocess_all, files, model.metadata, self.config.max_pixels
+        )
+        spec = model.inputs[0]
+        result = await self.run({spec.name: np.stack(crops).astype(spec.dtype, copy=False)})
         names = list(model.metadata.class_names)
         return [
             {"file": filename, "top5": top_k(p, names)}
