@@ -355,8 +355,12 @@ def test_files_added_after_an_interrupted_pass_are_neither_lost_nor_doubled(tmp_
     with pytest.raises(KeyboardInterrupt):
         prep.prepare(root, out, size=SIZE, shard_size=5, log=quiet)
     monkeypatch.setattr(prep, "_write_shard", real)
+    leftover = out / ".train-00003.tfrecord.k1ll3d"  # a kill mid-write leaves atomic_path's
+    leftover.mkdir()
+    (leftover / "train-00003.tfrecord").write_bytes(b"half")
     Image.new("RGB", (30, 28), colour(200)).save(root / "a" / "new.png")
     index = prep.prepare(root, out, size=SIZE, shard_size=5, log=quiet)
+    assert not leftover.exists()
     prep.prepare(root, tmp_path / "clean", size=SIZE, shard_size=5, log=quiet)
     got = records(out)
     assert sum(v["count"] for v in index["splits"].values()) == len(got) == 61

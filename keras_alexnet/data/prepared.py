@@ -27,6 +27,7 @@ import hashlib
 import itertools
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -330,6 +331,7 @@ def prepare(
         "val_fraction": val_fraction, "seed": seed, "source": listing.digest,
     }  # fmt: skip
     with RunLock(output, user="prepare", error=ValueError):
+        _remove_temporaries(output)
         if overwrite:
             _clear(output)
         done = _finished(output, signature)
@@ -363,6 +365,13 @@ def _clear(output):
     for split in SPLITS:
         for shard in output.glob(f"{split}-*.tfrecord"):
             shard.unlink()
+
+
+def _remove_temporaries(output):
+    """Remove the half-written shards (fileio.atomic_path's folders) of a killed pass."""
+    for split in SPLITS:
+        for tmp in output.glob(f".{split}-*.tfrecord.*"):
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _write_splits(listing, output, states, signature, *, workers):
