@@ -7,7 +7,7 @@ another:
 
     one 6300x6300 grey PNG (about 39 kB, 39.7 Mpx: under the 40 Mpx limit) to classify;
     four classify requests at once, eight such PNGs each;
-    four infer requests at once, each a 41 MB JSON body ([1, 1400, 1400, 3] FP32 numbers).
+    four infer requests at once, each a 41 MB JSON body ([1, 1442, 1442, 3] FP32 numbers).
 
 The server process's RSS is read from /proc/PID/status: VmHWM (reset before each burst
 through /proc/PID/clear_refs) is the burst's peak, VmRSS a second after the burst its
@@ -39,7 +39,7 @@ from keras_alexnet.serving.local import local_server_process  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 MIB = 1024 * 1024
 PNG_SIDE = 6300  # 39.7 Mpx, under UPLOAD_MAX_PIXELS (40 Mpx)
-JSON_SHAPE = (1, 1400, 1400, 3)  # about 41 MB as JSON numbers like 137.0
+JSON_SHAPE = (1, 1442, 1442, 3)  # about 41 MB as JSON numbers like 137.0
 SETTLE_S = 1.0  # how long after a burst its settled RSS is read
 # The lscpu flags that decide which NumPy / onnxruntime kernels run.
 SIMD_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_vnni", "amx_tile")
@@ -122,7 +122,7 @@ def bursts(png, body):
     return {
         "1 grey PNG": [(classify, one)],
         "4 x 8 grey PNGs": [(classify, eight)] * 4,
-        "4 x 41 MB JSON": [(infer, {"content": body})] * 4,
+        f"4 x {len(body) / 1e6:.0f} MB JSON": [(infer, {"content": body})] * 4,
     }
 
 
@@ -132,7 +132,7 @@ def measure(command, env, requests):
     with open(os.devnull, "w") as quiet:
         server = local_server_process(command, timeout=120, output=quiet, cwd=ROOT, env=env)
         with server as (url, proc):
-            asyncio.run(burst(url, requests["1 grey PNG"]))  # warm: first-use allocations
+            asyncio.run(burst(url, next(iter(requests.values()))))  # warm: first-use set-up
             time.sleep(SETTLE_S)
             idle = status_kib(proc.pid, "VmRSS") / 1024
             for label, batch in requests.items():
@@ -187,15 +187,18 @@ def main(args):
     requests = bursts(png, body)
     serve = [sys.executable, "scripts/serve.py", "--model", str(model)]
     default = ServeConfig(model="").max_inflight_mb
+    default_name = f"budget {default:g} MiB (default)"
+    unlimited_name = "no budget (`--max-inflight-mb 0`)"
     configs = {
-        f"budget {default:g} MiB (default)": (serve, None),
-        "no budget (`--max-inflight-mb 0`)": ([*serve, "--max-inflight-mb", "0"], None),
+        default_name: (serve, None),
+        unlimited_name: ([*serve, "--max-inflight-mb", "0"], None),
     }
+    peaks = {}
     if args.baseline:
         baseline = Path(args.baseline).resolve()
         env = {**os.environ, "PYTHONPATH": str(baseline)}
         command = [sys.executable, str(baseline / "scripts/serve.py"), "--model", str(model)]
-        configs[f"{baseline.name} (no budget)"] = (command, env)
+        configs[f"`{baseline.name}` checkout (no budget)"] = (command, env)
     table = [
         "| server | idle MiB | burst | peak MiB | a second after MiB | answers |",
         "|---|---|---|---|---|---|",
@@ -208,7 +211,13 @@ def main(args):
                 f"{summary(statuses)} |"
             )
         print("\n".join(table[-len(results) :]), flush=True)
+        peaks[name] = max(peak for peak, _, _ in results.values()) - idle
     print("\n".join(table))
+    note = (
+        f"With the default budget the largest burst held {peaks[default_name]:.0f} MiB above "
+        f"idle, within its {default:g} MiB; without it, {peaks[unlimited_name]:.0f} MiB."
+    )
+    print(note)
     if args.write:
         body_mb = len(body) / 1e6
         text = (
@@ -219,8 +228,9 @@ def main(args):
             f"({len(png) / 1000:.0f} kB) to classify; four classify requests at once with "
             f"eight such PNGs each; four infer requests at once with a {body_mb:.0f} MB JSON "
             f"body each ({list(JSON_SHAPE)} FP32). Peak: the server process's VmHWM, reset "
-            f"before each burst; settled: its VmRSS {SETTLE_S:g} s after the burst.\n\n"
-            + "\n".join(table)
+            f"before each burst; settled: its VmRSS {SETTLE_S:g} s after the burst. A "
+            "`--baseline` row is the server of that checkout (`git archive COMMIT | tar -x "
+            "-C DIR`), measured in the same run.\n\n" + "\n".join(table) + "\n\n" + note
         )
         common.update_section("Serving memory", text)
 

@@ -698,6 +698,8 @@ def test_apps_in_one_process_keep_their_own_metrics_and_unexpected_errors_are_js
         ("timeout_s", float("nan"), "a finite number > 0"),
         ("read_timeout_s", 0, "a finite number > 0"),
         ("keep_alive_s", -1, "a finite number > 0"),
+        ("max_inflight_mb", -1, "a finite number >= 0"),
+        ("inflight_wait_s", float("nan"), "a finite number >= 0"),
     ],
 )
 def test_out_of_range_settings_are_refused_naming_the_flag(field, value, requirement):
