@@ -142,3 +142,27 @@ def lost_worker(strategy, checkpoints):
             raise
         tf_config = json.loads(os.environ.get("TF_CONFIG") or "{}")
         raise TrainingError(lost_worker_message(e, tf_config, checkpoints)) from None
+
+
+def check_same_start(strategy, epoch, step, checkpoints):
+    """Raise TrainingError unless every worker of a multi-worker run resumes at epoch, step.
+
+    Each worker restores its own checkpoints; a worker lost while they saved can leave them
+    one checkpoint apart, and workers that start from different weights would train on
+    silently (the all-reduced gradients keep the difference).
+    """
+    import tensorflow as tf
+
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return
+    mine = tf.constant([float(epoch), float(step)], tf.float64)
+    total = strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(lambda: mine), axis=None)
+    if list(total.numpy()) == [strategy.num_replicas_in_sync * float(v) for v in mine.numpy()]:
+        return
+    latest = tf.train.latest_checkpoint(str(checkpoints))
+    here = f"{latest} (epoch {epoch + 1}, step {step})" if latest else "no checkpoint"
+    raise TrainingError(
+        f"the workers restored different checkpoints (this one {here}): a worker was lost "
+        "while they saved. Copy the chief's <output>/checkpoints over every worker's "
+        "<output>/.worker-<index>, then start every worker again with the same command"
+    )

@@ -13,7 +13,13 @@ from pathlib import Path
 
 from keras_alexnet import curves, extras, fileio, filters
 from keras_alexnet.artifacts import METADATA_FILENAME
-from keras_alexnet.distribute import cluster_role, configure_devices, lost_worker, make_strategy
+from keras_alexnet.distribute import (
+    check_same_start,
+    cluster_role,
+    configure_devices,
+    lost_worker,
+    make_strategy,
+)
 from keras_alexnet.metadata import Metadata
 from keras_alexnet.optim import (
     Plateau,
@@ -173,6 +179,7 @@ def _train_locked(plan, config, strategy, run, lr_given, argv, log):
         state.checkpoint, str(run.checkpoints), max_to_keep=config.keep_checkpoints
     )
     history, config = _restore_or_start(state, config, run, plan, lr_given, argv, log)
+    check_same_start(strategy, int(state.epoch.numpy()), int(state.step.numpy()), run.checkpoints)
     if run.is_chief and source.skipped:
         fileio.write_json(run.path / "skipped_files.json", dict(source.skipped))
     if int(state.epoch.numpy()) >= config.epochs:

@@ -313,6 +313,32 @@ def test_a_lost_worker_is_one_line_and_restarting_every_worker_resumes_the_run(t
     assert (run / "history.csv").read_text() == (tmp_path / "whole" / "history.csv").read_text()
 
 
+@pytest.mark.slow
+def test_workers_that_restored_different_checkpoints_stop_in_one_line(tiny_data, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    common = [*TINY, "--data", str(tiny_data), "--steps-per-epoch", "2", "--output", str(run)]
+    first = finish_workers(start_workers([*common, "--epochs", "1"], tmp_path)[0])
+    assert all(rc == 0 for rc, _, _ in first), first[0][2][-3000:]
+    shutil.rmtree(run / ".worker-1")  # as if worker 1 had been lost before it saved
+    (chief, _, chief_err), (worker, _, worker_err) = finish_workers(
+        start_workers([*common, "--epochs", "2"], tmp_path)[0]
+    )
+    for code, err in ((chief, chief_err), (worker, worker_err)):
+        assert code != 0 and "Traceback" not in err, err[-3000:]
+        assert "the workers restored different checkpoints" in err.strip().splitlines()[-1]
+    assert f"(this one {run / 'checkpoints' / 'ckpt-1'} (epoch 2, step 0))" in chief_err
+    assert "(this one no checkpoint)" in worker_err
+    assert history_epochs(run) == [1]  # nothing was trained from the mismatched start
+    # The advice works: the chief's checkpoints copied to the worker, the run resumes.
+    shutil.copytree(run / "checkpoints", run / ".worker-1", dirs_exist_ok=True)
+    again = finish_workers(start_workers([*common, "--epochs", "2"], tmp_path)[0])
+    assert all(rc == 0 for rc, _, _ in again), again[1][2][-3000:]
+    assert "Resumed from" in again[1][1]
+    assert history_epochs(run) == [1, 2]
+
+
 def history_epochs(run):
     with open(run / "history.csv", newline="") as f:
         return [int(row["epoch"]) for row in csv.DictReader(f)]
