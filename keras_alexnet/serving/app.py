@@ -35,7 +35,7 @@ from starlette.datastructures import UploadFile
 
 from keras_alexnet import __version__
 from keras_alexnet.serving.body_limit import BodyLimit
-from keras_alexnet.serving.budget import SCOPE_KEY
+from keras_alexnet.serving.budget import SCOPE_KEY, unmap_large_allocations
 from keras_alexnet.serving.config import ServeConfig
 from keras_alexnet.serving.errors import ApiError, add_error_handlers
 from keras_alexnet.serving.kserve import (
@@ -228,6 +228,7 @@ def serve(config):
 
     from keras_alexnet.serving.protocol import MAX_HEADER_BYTES, StrictH11Protocol
 
+    unmap_large_allocations()  # this process's allocator, before the model loads
     app = create_app(config)
     uvicorn.run(
         app,

@@ -9,7 +9,8 @@ run (one at a time, at most `--max-batch-size` rows) is outside the budget.
 
 Freed memory goes back to the system when the server is idle again: glibc keeps the memory
 freed by large allocations in its arenas (most of a burst stayed resident without this),
-so `malloc_trim` is called once the work in flight falls to zero after a large burst.
+so the server maps large allocations on their own (`unmap_large_allocations`) and calls
+`malloc_trim` once the work in flight falls to zero after a large burst.
 """
 
 import asyncio
@@ -25,6 +26,25 @@ MIB = 1024 * 1024
 RETRY_AFTER_S = 1  # what a 503 for a full budget tells the client to wait
 TRIM_AFTER_BYTES = 64 * MIB  # released since the last trim: worth handing back when idle
 SCOPE_KEY = "keras_alexnet.reservation"  # the request's Reservation in its ASGI scope
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter (malloc.h)
+MMAP_THRESHOLD = 1024 * 1024  # allocations this large are mapped on their own
+
+
+def unmap_large_allocations(threshold=MMAP_THRESHOLD):
+    """Have glibc map each allocation of `threshold` bytes or more alone, unmapped when freed.
+
+    A no-op without glibc; for the server process, at its start. By default glibc raises
+    that threshold up to 32 MiB as large blocks are freed, then keeps such blocks in its
+    arenas once freed: decoded images and parsed bodies stayed resident after a burst. A
+    fixed threshold (set with mallopt) stops that.
+    """
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"))
+        mallopt = libc.mallopt
+    except (OSError, AttributeError, TypeError):
+        return
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    mallopt(M_MMAP_THRESHOLD, threshold)
 
 
 def _malloc_trim():
