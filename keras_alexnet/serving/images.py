@@ -28,7 +28,7 @@ _TF_FORMATS = ("JPEG", "PNG", "GIF", "BMP")
 # pixel for RGB), a conversion to RGB, the NumPy copy and a turn by the EXIF orientation;
 # more where the decoder keeps a buffer of its own. Measured, rounded up; test_serve.py
 # checks them against the peak RSS of decoding.
-DECODE_BYTES_PER_PIXEL = {"L": 4, "I;16": 8, "I;16B": 8, "I;16L": 8, "I;16N": 8, "RGB": 13}
+DECODE_BYTES_PER_PIXEL = {"L": 4, "I;16": 8, "I;16B": 8, "I;16L": 8, "I;16N": 8, "RGB": 14}
 DECODER_BYTES_PER_PIXEL = {"WEBP": 8}
 OTHER_MODE_BYTES_PER_PIXEL = 17  # P, RGBA, LA, CMYK, I, F, ...: converted to RGB first
 
