@@ -89,10 +89,18 @@ def install():
         sys.meta_path.insert(0, _QuietTensorFlowImport())
 
 
-# The lines `filter_native_stderr` drops: absl log lines below FATAL and their tab-indented
-# continuations, absl's notice before its set-up, and libjpeg's (jerror.h) and libpng's
-# messages about a corrupt image. A FATAL line (F...) and anything else passes.
-_ABSL_LINE = rb"[IWE]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ \S+:\d+\] "
+# The lines `filter_native_stderr` drops: absl log entries below FATAL with every line they
+# span (a Status's message runs over several lines: "/job:worker/replica:0/task:1: ...",
+# "The tasks have crashed. ... Restart your program to reset."), absl's notice before its
+# set-up, and libjpeg's (jerror.h) and libpng's messages about a corrupt image. A FATAL
+# entry (F...), a crash report (ENTRY_BREAK) and anything else passes.
+_ABSL_HEADER = rb"\d{4} \d\d:\d\d:\d+\.\d+ +\d+ \S+:\d+\] "
+_ABSL_LINE = rb"[IWE]" + _ABSL_HEADER
+# Lines that end an absl entry we drop: the next entry, and what a crashing process writes.
+_ABSL_ENTRY = re.compile(_ABSL_LINE)
+ENTRY_BREAK = re.compile(
+    rb"[IWEF]" + _ABSL_HEADER + rb"|terminate called|Fatal Python error|\*\*\* |Traceback "
+)
 _IMAGE_LIBRARIES = (
     "Corrupt JPEG data", "Premature end of JPEG file", "Premature end of input file",
     "Warning: unknown JFIF revision", "Invalid SOS parameters", "Inconsistent progression",
@@ -118,12 +126,12 @@ _filtering = False  # whether this process's fd 2 goes through the filter
 
 def filter_lines(source, sink):
     """Copy binary stream `source` to `sink` line by line, leaving out NATIVE_NOISE lines."""
-    dropping = False
+    in_entry = False  # inside an absl entry being dropped
     for line in iter(source.readline, b""):
-        if dropping and line.startswith(b"\t"):  # "\t [[{{node decode_image/DecodeImage}}]]"
+        if in_entry and not ENTRY_BREAK.match(line):  # "\t [[{{node ...}}]]", a Status's lines
             continue
-        dropping = NATIVE_NOISE.match(line) is not None
-        if not dropping:
+        in_entry = _ABSL_ENTRY.match(line) is not None
+        if not in_entry and NATIVE_NOISE.match(line) is None:
             sink.write(line)
             sink.flush()
 

@@ -538,11 +538,16 @@ def test_the_native_stderr_filter_drops_tensorflow_and_libjpeg_lines_only():
         b"W0000 00:00:1796428937.779587    4866 local_rendezvous.cc:412] Local rendezvous "
         b"is aborting with status: INVALID_ARGUMENT: jpeg::Uncompress failed.\n",
         b"\t [[{{node decode_image/DecodeImage}}]]\n",
+        # a multi-line Status, as a lost worker's collective reports it
+        b"E0000 00:00:1796430008.816361   14830 collective_ops.cc:90] Collective failed: "
+        b"UNAVAILABLE: Collective ops is aborted by: failed to connect to all addresses\n",
+        b"/job:worker/replica:0/task:1\n",
+        b"The tasks have crashed. Restart your program to reset.\n",
         b"Corrupt JPEG data: 16 extraneous bytes before marker 0xda\n",
         b"Input file read error\n",
         b"libpng warning: iCCP: known incorrect sRGB profile\n",
     ]
-    mixed = [ours[0], *noise[:3], ours[1], noise[3], ours[2], noise[4], ours[3], noise[5], ours[4]]
+    mixed = [ours[0], *noise[:6], ours[1], noise[6], ours[2], noise[7], ours[3], noise[8], ours[4]]
     sink = io.BytesIO()
     _quiet.filter_lines(io.BytesIO(b"".join(mixed)), sink)
     assert sink.getvalue() == b"".join(ours)
