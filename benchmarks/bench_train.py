@@ -3,8 +3,8 @@ PyTorch SGD step of the same net, measured in one run, with peak memory and the 
 
 Each configuration runs in its own process (so the logical-device split and the peak RSS
 belong to it alone), on synthetic 227x227 batches so that only the step is timed. PyTorch is
-optional (`pip install -e ".[bench]"`): without it its column is skipped. `--demo` instead times
-the README's demo training command end to end and records its accuracy.
+optional (`pip install -e ".[bench]"`): without it its column is skipped. The README's demo
+training command end to end, with its accuracy over runs, is bench_demo.py's.
 """
 
 import argparse
@@ -115,18 +115,6 @@ def get_args_parser():
         help="print only; do not update benchmarks/RESULTS.md (default: write)",
     )
     p.add_argument(
-        "--demo",
-        action="store_true",
-        help="instead, time the README's demo command (scripts/train.py --model alexnet "
-        "--strategy mirrored) and record its wall time and accuracy (default: off)",
-    )
-    p.add_argument(
-        "--demo-output",
-        default=None,
-        help="with --demo, keep the trained run in this new directory, e.g. to measure the "
-        "int8 export's agreement on it (default: a temporary directory)",
-    )
-    p.add_argument(
         "--worker", nargs=3, metavar=("RUNTIME", "STRATEGY", "BATCH"), help=argparse.SUPPRESS
     )
     return p
@@ -144,59 +132,8 @@ def run_config(runtime, strategy, batch, steps):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def run_demo(write=True, output=None):
-    """Run the demo training command in a fresh run directory; report wall time and history.
-
-    The run directory is temporary unless `output` (which must not exist yet) is given.
-    """
-    import contextlib
-    import csv
-    import tempfile
-
-    root = Path(__file__).resolve().parents[1]
-    argv = ["scripts/train.py", "--model", "alexnet", "--strategy", "mirrored"]
-    load_before = os.getloadavg()[0]
-    if output and Path(output).exists():
-        raise SystemExit(f"--demo-output {output} already exists: give a new directory")
-    keep = contextlib.nullcontext(str(output)) if output else tempfile.TemporaryDirectory()
-    with keep as tmp:
-        start = time.perf_counter()
-        out = subprocess.run(
-            [sys.executable, *argv, "--output", tmp], cwd=root, capture_output=True, text=True
-        )
-        seconds = time.perf_counter() - start
-        if out.returncode != 0:
-            raise SystemExit(f"the demo failed:\n{out.stderr[-2000:]}")
-        with open(Path(tmp) / "history.csv", newline="") as f:
-            history = list(csv.DictReader(f))
-    rows = [
-        f"| {r['epoch']} | {float(r['loss']):.4f} | {100 * float(r['top1']):.1f} % | "
-        f"{100 * float(r['val_top1']):.1f} % | {100 * float(r['val_top5']):.1f} % | {r['lr']} |"
-        for r in history
-    ]
-    table = "\n".join([
-        "| epoch | train loss | train top-1 | val top-1 | val top-5 | lr |",
-        "|---|---|---|---|---|---|",
-        *rows,
-    ])  # fmt: skip
-    body = (
-        f"{common.provenance('python ' + ' '.join(argv))}\n\nWall time of the whole command "
-        f"(start-up, data, {len(history)} epochs, validation, checkpoints, best.keras): "
-        f"**{seconds:.0f} s**; final validation top-1 **{100 * float(history[-1]['val_top1']):.1f} "
-        f"%** (the demo set's held-out digits, centre crop). 1-minute load average (other "
-        f"processes share the 2 cores) {load_before:.1f} before, {os.getloadavg()[0]:.1f} "
-        f"after.\n\n{table}"
-    )
-    print(body)
-    if write:
-        common.update_section("Training demo", body)
-
-
 def main(args):
     """Run every configuration, print the table, and record it in RESULTS.md."""
-    if args.demo:
-        run_demo(not args.no_write, args.demo_output)
-        return
     if args.worker:
         runtime, strategy, batch = args.worker
         if runtime == "torch":
