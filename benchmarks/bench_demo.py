@@ -26,7 +26,6 @@ from benchmarks import common  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ("scripts/train.py", "--model", "alexnet", "--strategy", "mirrored")
 # The lscpu flags that decide which kernels TensorFlow and oneDNN can use.
-SIMD_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile")
 
 
 def get_args_parser():
@@ -91,18 +90,6 @@ def spread(values):
     )
 
 
-def cpu():
-    """The CPU's model name and its SIMD flags, from lscpu."""
-    try:
-        text = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    except OSError:
-        return "lscpu not available"
-    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
-    flags = fields.get("Flags", "").split()
-    name = " ".join(fields.get("Model name", "unknown").split())
-    return f"{name}, flags {' '.join(f for f in SIMD_FLAGS if f in flags) or 'none of AVX2+'}"
-
-
 def main(args):
     """Run the command `args.runs` times (or once per seed), print the table, record it."""
     extra = [a for a in args.train_args if a != "--"]
@@ -134,7 +121,7 @@ def main(args):
         f"{statistics.mean(seconds):.0f} s |",
     ])  # fmt: skip
     body = (
-        f"{common.provenance(command)} CPU: {cpu()}.\n\n"
+        f"{common.provenance(command)}\n\n"
         f"{len(seeds)} runs, each in a new run directory; the validation set is the demo's "
         "364 held-out digits (centre crop). Without `--deterministic` TensorFlow does not "
         "promise that runs repeat. Wall time is the whole command (start-up, data, "

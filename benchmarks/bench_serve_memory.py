@@ -23,7 +23,6 @@ import asyncio
 import io
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -42,7 +41,6 @@ PNG_SIDE = 6300  # 39.7 Mpx, under UPLOAD_MAX_PIXELS (40 Mpx)
 JSON_SHAPE = (1, 1442, 1442, 3)  # about 41 MB as JSON numbers like 137.0
 SETTLE_S = 1.0  # how long after a burst its settled RSS is read
 # The lscpu flags that decide which NumPy / onnxruntime kernels run.
-SIMD_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_vnni", "amx_tile")
 
 
 def tiny_model(path):
@@ -145,18 +143,6 @@ def measure(command, env, requests):
     return idle, results
 
 
-def cpu():
-    """The CPU's model name and its SIMD flags, from lscpu."""
-    try:
-        text = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    except OSError:
-        return "lscpu not available"
-    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
-    flags = fields.get("Flags", "").split()
-    name = " ".join(fields.get("Model name", "unknown").split())
-    return f"{name}, flags {' '.join(f for f in SIMD_FLAGS if f in flags) or 'none'}"
-
-
 def summary(statuses):
     """Status codes as `4 x 200`, `2 x 200, 2 x 503`."""
     counts = {s: statuses.count(s) for s in dict.fromkeys(statuses)}
@@ -221,7 +207,7 @@ def main(args):
     if args.write:
         body_mb = len(body) / 1e6
         text = (
-            f"{common.provenance()}\nCPU: {cpu()}.\n\n`benchmarks/bench_serve_memory.py`: "
+            f"{common.provenance()}\n\n`benchmarks/bench_serve_memory.py`: "
             f"`scripts/serve.py` with a tiny ONNX classifier carrying AlexNet's "
             f"preprocessing (resize 256, crop 227), so the figures are the requests' cost. "
             f"Bursts, one after another: one {PNG_SIDE}x{PNG_SIDE} black grey PNG "

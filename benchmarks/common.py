@@ -5,6 +5,7 @@ import os
 import platform
 import re
 import resource
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -56,10 +57,26 @@ def peak_rss_mib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+# The SIMD flags that decide which kernels run (fp32 AVX2 / AVX-512, int8 VNNI, bf16, AMX).
+SIMD_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile")
+
+
+def cpu():
+    """The CPU's model name and its SIMD flags, from lscpu."""
+    try:
+        text = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    except OSError:
+        return "lscpu not available"
+    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+    flags = fields.get("Flags", "").split()
+    name = " ".join(fields.get("Model name", "unknown").split())
+    return f"{name}, flags {' '.join(f for f in SIMD_FLAGS if f in flags) or 'none of AVX2+'}"
+
+
 def machine():
-    """One line describing the machine."""
+    """One line describing the machine, with the CPU's model and SIMD flags."""
     return (
-        f"{os.cpu_count()}-core CPU (CI-class VM), {platform.machine()}, Linux, "
+        f"{os.cpu_count()}-core CPU (CI-class VM; {cpu()}), {platform.machine()}, Linux, "
         f"Python {platform.python_version()}"
     )
 
