@@ -243,20 +243,13 @@ def _open_source(config):
 def _check_data(config, spec, source):
     """Refuse a scale the data cannot give (above a prepared set's) before the first epoch.
 
-    Builds the training and validation pipelines once, unread, so that their own checks run.
+    The pipelines' own check (`check_scales`), without building them: building a pipeline
+    traces its functions, before the run builds them again.
     """
-    from keras_alexnet.data import eval_dataset, train_dataset
+    from keras_alexnet.data.pipeline import check_scales
 
     try:
-        train_dataset(
-            source, image_size=config.image_size, resize=config.resize,
-            batch_size=config.batch_size, seed=config.seed, pca_lighting=config.pca_lighting,
-            flip=config.flip,
-        )  # fmt: skip
-        eval_dataset(
-            source, protocol="center", image_size=config.image_size, resize=config.resize[0],
-            batch_size=config.batch_size,
-        )  # fmt: skip
+        check_scales(source, image_size=config.image_size, resize=config.resize)
     except ValueError as e:
         hint = ""
         if source.layout is not None and source.layout.square and spec.family != "alexnet":

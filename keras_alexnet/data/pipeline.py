@@ -82,6 +82,11 @@ def _scale_range(resize, image_size, source):
     return lo, hi
 
 
+def check_scales(source, *, image_size, resize):
+    """ValueError for scales `train_dataset` and `eval_dataset` would refuse, without building."""
+    _scale_range(resize, image_size, source)
+
+
 def _check_prepared_scale(source, scale):
     """Refuse a scale above a prepared set's: it would up-sample images already down-sampled."""
     if source.layout is not None and scale > source.layout.size:
