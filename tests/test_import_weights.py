@@ -359,6 +359,10 @@ def test_a_10_class_file_imports_with_its_10_classes_never_a_random_imagenet_hea
     # The file's own head: the scores are the source's, not a fresh initialisation's.
     got = runtime.predict(photo_like(2, 224, 224, seed=12))
     assert got.shape == (2, 10) and relative_error(got, expected) < TOLERANCE
+    # The Python API too: build_model with the file keeps its head.
+    model = build_model("vgg16", weights=path)
+    got = model.predict_on_batch(photo_like(2, 224, 224, seed=12))
+    assert got.shape == (2, 10) and relative_error(got, expected) < TOLERANCE
 
 
 def test_import_weights_classes_file_names_the_files_classes_or_is_refused(tmp_path):

@@ -6,6 +6,7 @@ import functools
 from keras_alexnet.models import alexnet as _alexnet
 from keras_alexnet.models import vgg as _vgg
 from keras_alexnet.models.alexnet import CAFFE_LRN, PAPER_LRN, alexnet
+from keras_alexnet.models.common import IMAGENET_CLASSES
 from keras_alexnet.models.vgg import CONFIGS, vgg
 
 
@@ -70,7 +71,7 @@ def get_spec(name):
 def build_model(
     name,
     *,
-    classes=1000,
+    classes=None,
     input_shape=None,
     include_top=True,
     classifier_activation="softmax",
@@ -83,8 +84,9 @@ def build_model(
     `weights`: None (initialised as `init` says) or the path of a published weight file
     (Keras Applications' .h5, torchvision's .pth / .safetensors, and the formats of
     `keras_alexnet.weights.FORMATS`), loaded with the source's preprocessing folded into the
-    model, which still takes RGB pixels on the 0-255 scale. With another `classes` the
-    classifier keeps its initialisation; with `include_top=False` the FC layers are left out.
+    model, which still takes RGB pixels on the 0-255 scale. `classes` defaults to the file's
+    classifier's outputs (1000 without weights); another `classes` keeps the classifier's
+    initialisation; with `include_top=False` the FC layers are left out.
     """
     spec = get_spec(name)
     if weights is not None:
@@ -102,7 +104,7 @@ def build_model(
                 f"towers={towers}"
             )
     return spec.builder(
-        classes=classes,
+        classes=IMAGENET_CLASSES if classes is None else classes,
         input_shape=input_shape,
         include_top=include_top,
         classifier_activation=classifier_activation,

@@ -6,6 +6,7 @@ from keras_alexnet.artifacts import INPUT_NAME
 from keras_alexnet.layers import InputNormalization
 
 INITIALIZERS = ("paper", "glorot", "he")
+IMAGENET_CLASSES = 1000  # ILSVRC-2012: the papers' fc8, the default head without weights
 
 
 def kernel_initializer(init, paper_stddev, seed=None):

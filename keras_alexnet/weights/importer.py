@@ -227,7 +227,11 @@ def build(spec, weights, preset, **kwargs):
 
 def load(spec, path, **kwargs):
     """`build_model(name, weights=path, **kwargs)`: read the file, build, load, fold."""
+    from keras_alexnet.models.common import IMAGENET_CLASSES
+
     weights, preset = read(path, spec)
+    if kwargs.get("classes") is None:  # the file's head, never a random one under its place
+        kwargs["classes"] = file_classes(weights) or IMAGENET_CLASSES
     return build(spec, weights, preset, **kwargs)
 
 
