@@ -183,39 +183,10 @@ def test_mirrored_replicas_all_reduce_to_the_single_device_step():
 
 @pytest.mark.slow
 def test_two_workers_on_loopback_end_with_identical_weights(tiny_data, tmp_path):
-    workers = [f"127.0.0.1:{free_port()}" for _ in range(2)]
-    procs = []
-    for index in range(2):
-        tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
-        env = {**os.environ, "TF_CONFIG": json.dumps(tf_config),
-               "KERAS_ALEXNET_CACHE": str(tmp_path / f"cache{index}")}  # fmt: skip
-        procs.append(
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    str(ROOT / "scripts" / "train.py"),
-                    *TINY,
-                    "--data",
-                    str(tiny_data),
-                    "--strategy",
-                    "multi_worker",
-                    "--epochs",
-                    "1",
-                    "--steps-per-epoch",
-                    "3",
-                    "--output",
-                    str(tmp_path / "run"),
-                ],
-                env=env,
-                cwd=ROOT,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-            )  # fmt: skip
-        )
-    outputs = [p.communicate(timeout=300)[0] for p in procs]
-    for p, out in zip(procs, outputs, strict=True):
-        assert p.returncode == 0, out[-3000:]
+    args = [*TINY, "--data", str(tiny_data), "--epochs", "1", "--steps-per-epoch", "3",
+            "--output", str(tmp_path / "run")]  # fmt: skip
+    for returncode, out, err in finish_workers(start_workers(args, tmp_path)[0]):
+        assert returncode == 0, (out + err)[-3000:]
     chief = read_checkpoint(tmp_path / "run" / "checkpoints")
     other = read_checkpoint(tmp_path / "run" / ".worker-1")
     assert chief.keys() == other.keys() and len(chief) > 20
