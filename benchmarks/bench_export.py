@@ -45,7 +45,7 @@ def get_args_parser():
 
 def make_run(name, work, epochs):
     """A run directory: AlexNet trained on the demo digits, VGG D Glorot-initialised."""
-    from keras_alexnet.train import TrainConfig, train
+    from keras_alexnet.training import TrainConfig, train
 
     run = work / name
     if name == "alexnet":

@@ -10,6 +10,8 @@ Writers and readers take the names from here; the tests spell them out to check 
 
 from pathlib import Path
 
+from keras_alexnet.errors import Error
+
 INPUT_NAME = "images"
 OUTPUT_NAME = "probabilities"
 METADATA_FILENAME = "metadata.json"
@@ -21,7 +23,7 @@ PROPERTY_PREFIX = "keras_alexnet."
 ONNX_SOURCE = "the ONNX file's metadata properties"
 
 
-class ModelPathError(ValueError):
+class ModelPathError(Error, ValueError):
     """A model path that does not exist, is not a model, or lacks its metadata."""
 
     @classmethod
@@ -30,7 +32,7 @@ class ModelPathError(ValueError):
         return cls(f"{path} is not a readable {kind}: {first_line(error)}")
 
 
-class ExportError(RuntimeError):
+class ExportError(Error, RuntimeError):
     """An export that failed or did not verify; nothing was written at the target."""
 
 

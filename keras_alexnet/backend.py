@@ -7,10 +7,12 @@ tf.data pipeline and SavedModel / ONNX export are TensorFlow code: they call
 this module imports Keras only when asked which backend runs, never TensorFlow.
 """
 
+from keras_alexnet.errors import Error
+
 TENSORFLOW = "tensorflow"
 
 
-class BackendError(RuntimeError):
+class BackendError(Error, RuntimeError):
     """A TensorFlow-only part of keras_alexnet was called on another Keras backend."""
 
 

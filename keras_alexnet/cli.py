@@ -10,7 +10,7 @@ A command ends with::
     cli.run(main, get_args_parser(), argv, name="evaluate")
 
 `run` parses the arguments, calls `main(args)` and turns what a user can cause (an
-OSError, a ValueError, any exception class defined in keras_alexnet such as
+OSError, a ValueError, any `keras_alexnet.errors.Error` such as
 TrainingError, ExportError, ModelPathError, EvaluationError) into one line on stderr,
 `evaluate: error: cannot write /x/y: Permission denied`, with exit status 1; Ctrl-C
 exits with 130 and no traceback. Anything else is a bug and keeps its traceback.
@@ -26,8 +26,8 @@ import os
 import sys
 
 from keras_alexnet import _quiet
+from keras_alexnet.errors import Error
 
-PACKAGE = __name__.partition(".")[0]
 ARGPARSE_ERROR = 2  # argparse's own exit status for a bad command line
 INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a Ctrl-C
 # The commands' defaults, each kept when the user set the variable.
@@ -102,9 +102,7 @@ def _exit(line, status):
 
 def is_user_error(error):
     """Whether `error` is one a user causes and can fix (bad path, bad value, full disk)."""
-    return isinstance(error, OSError | ValueError) or any(
-        cls.__module__.partition(".")[0] == PACKAGE for cls in type(error).__mro__
-    )
+    return isinstance(error, OSError | ValueError | Error)
 
 
 def describe(error):
@@ -173,3 +171,29 @@ def add_source_arguments(parser):
         help="cache directory; none: $KERAS_ALEXNET_CACHE or ~/.cache/keras_alexnet "
         "(default: %(default)s)",
     )
+
+
+def add_model_options(group):
+    """Add a flag for every family's architecture option (the registry's), dest its name.
+
+    Left out, a flag is None: the model's published setting, or a run's recorded one.
+    """
+    from keras_alexnet.registry import FAMILIES, all_options
+
+    for option in all_options():
+        owners = " and ".join(f.name for f in FAMILIES.values() if f.option(option.name))
+        kwargs = {"dest": option.name, "default": None, "help": f"{owners} only: {option.help}"}
+        if option.type is bool:
+            group.add_argument(option.flag, action="store_false", **kwargs)
+        elif option.type is int:
+            group.add_argument(option.flag, type=positive_int, **kwargs)
+        else:
+            group.add_argument(option.flag, choices=option.choices, **kwargs)
+
+
+def pop_model_options(values):
+    """Remove the architecture options from `vars(args)`; return those given, as model_args."""
+    from keras_alexnet.registry import all_options
+
+    given = {o.name: values.pop(o.name, None) for o in all_options()}
+    return {k: v for k, v in given.items() if v is not None}

@@ -12,7 +12,9 @@ import dataclasses
 from pathlib import Path
 
 from keras_alexnet import extras, fileio
+from keras_alexnet.errors import Error
 from keras_alexnet.metadata import Metadata
+from keras_alexnet.registry import get_spec
 from keras_alexnet.rundir import RunDirectory
 
 CURVES_FILENAME = "curves.png"
@@ -28,7 +30,7 @@ FIGURE_SIZE = (15.0, 3.2)  # inches: five panels side by side
 DPI = 100
 
 
-class HistoryError(ValueError):
+class HistoryError(Error, ValueError):
     """A history.csv that cannot be drawn: not CSV text, no epochs, a missing column or value."""
 
 
@@ -42,16 +44,17 @@ class RunCurves:
 
 
 def run_label(path, metadata=None):
-    """The run's name and, for AlexNet, its towers, LRN and pooling (from its metadata)."""
+    """The run's name and its family's options (AlexNet: towers, LRN, pooling) as recorded."""
     name = Path(path).resolve().name
     if metadata is None:
         return name
-    if metadata.towers is None:
-        return f"{name} ({metadata.model})"
-    lrn = "LRN" if metadata.lrn else "no LRN"
-    pool = (metadata.pool or "overlapping").replace("_", "-")
-    towers = f"{metadata.towers} tower{'s' if metadata.towers > 1 else ''}"
-    return f"{name} ({towers}, {lrn}, {pool} pool)"
+    try:
+        options = get_spec(metadata.model).options
+    except ValueError:  # a model this version does not know: its name says it
+        options = ()
+    args = metadata.architecture()
+    shown = [option.label(args.get(option.name, option.default)) for option in options]
+    return f"{name} ({', '.join(shown) or metadata.model})"
 
 
 def read_run(path):

@@ -12,6 +12,8 @@ extra to install when one of its modules is missing; the commands print that lin
 
 import importlib.util
 
+from keras_alexnet.errors import Error
+
 # extra -> (what needs it, the modules it installs, as imported)
 EXTRAS = {
     "server": ("the server", ("fastapi", "uvicorn", "python_multipart", "prometheus_client")),
@@ -23,7 +25,7 @@ EXTRAS = {
 }
 
 
-class MissingExtraError(ImportError):
+class MissingExtraError(Error, ImportError):
     """An optional part of keras_alexnet is used without its extra installed."""
 
 

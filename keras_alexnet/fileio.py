@@ -8,8 +8,10 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from keras_alexnet.errors import Error
 
-class WriteError(OSError):
+
+class WriteError(Error, OSError):
     """Writing `filename` failed; reads as one line: `cannot write PATH: CAUSE`."""
 
     def __init__(self, code, path, strerror=None):

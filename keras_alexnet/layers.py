@@ -1,4 +1,4 @@
-"""The two layers the papers need that Keras does not export cleanly: grouped conv and LRN.
+"""The layers Keras does not export cleanly: grouped conv, LRN, adaptive average pooling.
 
 Both run on every Keras backend. On TensorFlow they call `tf.nn` (the grouped
 `tf.nn.conv2d` that exports to one ONNX `Conv`, `tf.nn.local_response_normalization`);
@@ -344,6 +344,49 @@ class InputNormalization(keras.layers.Layer):
         scale = self.scale if isinstance(self.scale, float) else list(self.scale)
         config.update(mean=list(self.mean), scale=scale)
         return config
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class AdaptiveAveragePooling2D(keras.layers.Layer):
+    """Average pooling to a fixed grid with PyTorch's bins, on NHWC maps of any size.
+
+    Bin i of n over a side of length H averages rows floor(i*H/n) .. ceil((i+1)*H/n) - 1,
+    as `torch.nn.AdaptiveAvgPool2d` does (neighbouring bins overlap when n does not divide
+    H). Written as two products with small (n, H) and (n, W) averaging matrices built from
+    the input's shape at run time, so the layer also runs in the fully convolutional twin
+    (inputs of unknown size) and exports to ONNX; `keras.layers.AdaptiveAveragePooling2D`
+    uses the same bins but needs the sizes when the model is built.
+    """
+
+    def __init__(self, output_size, **kwargs):
+        super().__init__(**kwargs)
+        self.output_size = _pair(output_size, "output_size")
+
+    def call(self, inputs):
+        """Return the [N, h, w, C] bin averages of [N, H, W, C] inputs."""
+        shape = ops.shape(inputs)
+        rows = adaptive_bins(shape[1], self.output_size[0], inputs.dtype)
+        cols = adaptive_bins(shape[2], self.output_size[1], inputs.dtype)
+        x = ops.einsum("ih,nhwc->niwc", rows, inputs)
+        return ops.einsum("jw,niwc->nijc", cols, x)
+
+    def compute_output_shape(self, input_shape):
+        """[N, h, w, C] for the output size (h, w)."""
+        return (input_shape[0], *self.output_size, input_shape[-1])
+
+    def get_config(self):
+        """Return the constructor's arguments."""
+        return {**super().get_config(), "output_size": list(self.output_size)}
+
+
+def adaptive_bins(size, bins, dtype):
+    """The (bins, size) matrix averaging PyTorch's adaptive bins over a side of `size`."""
+    index = ops.arange(bins)
+    start = (index * size) // bins
+    end = ((index + 1) * size + bins - 1) // bins  # ceil((i + 1) * size / bins)
+    position = ops.arange(size)
+    inside = ops.logical_and(position[None, :] >= start[:, None], position[None, :] < end[:, None])
+    return ops.cast(inside, dtype) / ops.cast(end - start, dtype)[:, None]
 
 
 def _scale(scale, channels):

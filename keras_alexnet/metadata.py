@@ -10,7 +10,6 @@ import dataclasses
 import json
 
 from keras_alexnet import __version__, fileio
-from keras_alexnet.artifacts import METADATA_FILENAME as FILENAME  # noqa: F401  (train.py)
 from keras_alexnet.artifacts import PROPERTY_PREFIX
 
 
@@ -32,14 +31,12 @@ class Metadata:
     data: str | None = None  # what it was trained on (None: the bundled demo set)
     data_dir: str | None = None
     version: str = __version__
-    # AlexNet's experiments (train --towers, --no-lrn, --pool); None: not AlexNet, or a
-    # file written before they were recorded (then the paper's: 2, True, "overlapping").
-    towers: int | None = None
-    lrn: bool | None = None
-    pool: str | None = None
-    # The builder's other architecture arguments the weights need (Caffe's AlexNet: its LRN
-    # constants, lrn_per_tower False, ceil_mode True; a width other than 1); None or {}: the
-    # paper's. Fine-tuning from the run builds with them (train --weights, --init-from).
+    # The builder's architecture arguments: the family's options as the run set them
+    # (AlexNet's towers, use_lrn, pool) and any others the weights need (Caffe's AlexNet: its
+    # LRN constants, lrn_per_tower False, ceil_mode True; a width other than 1); None or {}:
+    # the published model. Fine-tuning from the run builds with them (--weights,
+    # --init-from). Files written before 0.2 kept AlexNet's options in fields of their own
+    # (towers, lrn, pool): `from_json` moves them here.
     model_args: dict | None = None
 
     def to_json(self):
@@ -50,6 +47,7 @@ class Metadata:
     def from_json(cls, obj):
         """Build from a dict written by `to_json` (unknown keys are ignored)."""
         names = {f.name for f in dataclasses.fields(cls)}
+        obj = _fold_old_fields(obj)
         obj = {k: v for k, v in obj.items() if k in names}
         obj["class_names"] = tuple(obj["class_names"])
         obj["mean"] = tuple(float(m) for m in obj["mean"])
@@ -60,18 +58,8 @@ class Metadata:
         return cls(**obj)
 
     def architecture(self):
-        """The builder arguments the model was built with beyond its defaults (see the fields).
-
-        An AlexNet written before towers / lrn / pool were recorded is the paper's.
-        """
-        args = dict(self.model_args or {})
-        if self.towers is not None:
-            args["towers"] = self.towers
-        if self.lrn is not None:
-            args["use_lrn"] = self.lrn
-        if self.pool is not None:
-            args["pool"] = self.pool
-        return args
+        """The builder arguments the model was built with beyond its defaults (`model_args`)."""
+        return dict(self.model_args or {})
 
     def to_properties(self):
         """Return string key/value pairs for ONNX metadata_props (values JSON-encoded)."""
@@ -96,3 +84,18 @@ class Metadata:
     def load(cls, path):
         """Read a JSON file written by `save`."""
         return cls.from_json(fileio.read_json(path))
+
+
+# Metadata fields of files written before 0.2, and the builder arguments they now are.
+OLD_FIELDS = {"towers": "towers", "lrn": "use_lrn", "pool": "pool"}
+
+
+def _fold_old_fields(obj):
+    """`obj` with an older file's AlexNet fields (towers, lrn, pool) moved into model_args.
+
+    None there meant "not AlexNet" or "not recorded" (the paper's): nothing to move.
+    """
+    old = {new: obj[key] for key, new in OLD_FIELDS.items() if obj.get(key) is not None}
+    if not old:
+        return obj
+    return {**obj, "model_args": {**old, **(obj.get("model_args") or {})}}

@@ -1,12 +1,14 @@
 """The papers' test protocols in one table: how views are made, how their scores reduce.
 
 Pure Python (no TensorFlow): the data pipeline makes the views (`data.eval_dataset`), the
-evaluation reduces the scores (`keras_alexnet.evaluate`), both reading the same entry.
+evaluation reduces the scores (`keras_alexnet.evaluation`), both reading the same entry.
 """
 
 import dataclasses
 
 import numpy as np
+
+from keras_alexnet.registry import PAPER_RECIPES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,11 +73,12 @@ PROTOCOLS = {
         ),
     )
 }
-# The protocol a model's metadata records (train.py), which evaluation uses unless told:
+# The protocol a model's metadata records (training.py), which evaluation uses unless told:
 # the paper's, whose views include reflections, for a model trained with reflections
 # (models.ModelSpec.protocol, by family), the centre crop for one trained without (the
 # demo's digits).
-PAPER_PROTOCOLS = {"alexnet": "ten_crop", "vgg": "dense"}
+# Each family's paper protocol (its recipe's, in the registry).
+PAPER_PROTOCOLS = {family: recipe["protocol"] for family, recipe in PAPER_RECIPES.items()}
 WITHOUT_REFLECTIONS = "center"
 # VGG Section 4.2: a model trained at a fixed S is tested at Q = {S - 32, S, S + 32}.
 SCALE_STEP = 32

@@ -14,20 +14,20 @@ import numpy as np
 
 from keras_alexnet import __version__, fileio
 from keras_alexnet.artifacts import KERAS_BEST, METADATA_FILENAME
+from keras_alexnet.registry import all_options, get_spec, option_flag
 from keras_alexnet.train_config import TrainingError, flag
 
 HISTORY_FIELDS = ("epoch", "loss", "top1", "val_top1", "val_top5", "lr")
 
 
 # What a run directory's checkpoints were made with: resuming with another value of any of
-# these would restore into a different model or data order.
+# these would restore into a different model or data order. model_args is compared option by
+# option; a record written before 0.2 holds AlexNet's options as config fields (OLD_OPTIONS).
 RUN_IDENTITY = (
     "model",
     "data",
     "width",
-    "towers",
-    "lrn",
-    "pool",
+    "model_args",
     "image_size",
     "resize",
     "scale",
@@ -50,9 +50,29 @@ def versions():
     }
 
 
+OLD_OPTIONS = {"towers": "towers", "lrn": "use_lrn", "pool": "pool"}
+
+
 def _label(key):
-    """How a config field is named to a user: its flag (LRN has only --no-lrn)."""
-    return "LRN (--no-lrn)" if key == "lrn" else flag(key)
+    """How a config field or architecture option is named to a user: its flag."""
+    if key == "use_lrn":
+        return "LRN (--no-lrn)"  # a switch: --no-lrn has no value to show
+    return option_flag(key) if key in {o.name for o in all_options()} else flag(key)
+
+
+def _recorded(config, recorded):
+    """The identity fields of a recorded config, with model_args as one entry per option.
+
+    A record from before 0.2 kept AlexNet's options as fields of their own; a VGG's held
+    placeholders there (towers 1), which are not options of its family.
+    """
+    args = recorded.get("model_args")
+    if args is None:
+        options = {o.name for o in get_spec(config.model).options}
+        args = {new: recorded[old] for old, new in OLD_OPTIONS.items() if old in recorded}
+        args = {k: v for k, v in args.items() if k in options}
+    fields = {k: recorded[k] for k in RUN_IDENTITY if k in recorded and k != "model_args"}
+    return {**fields, **args}
 
 
 def _show(value):
@@ -102,11 +122,12 @@ class RunDirectory:
         except (OSError, ValueError, KeyError):
             return  # an unreadable record: the checkpoint restore decides
         ours = json.loads(json.dumps(dataclasses.asdict(config)))
-        for key in RUN_IDENTITY:
-            if key in recorded and recorded[key] != ours[key]:
+        ours = {**ours, **ours.pop("model_args")}
+        for key, value in _recorded(config, recorded).items():
+            if value != ours.get(key):
                 raise TrainingError(
-                    f"{self.path} is a run with {_label(key)} {_show(recorded[key])}, not "
-                    f"{_show(ours[key])}: choose another --output (or the same {_label(key)} "
+                    f"{self.path} is a run with {_label(key)} {_show(value)}, not "
+                    f"{_show(ours.get(key))}: choose another --output (or the same {_label(key)} "
                     "to resume it)"
                 )
 

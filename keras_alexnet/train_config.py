@@ -4,6 +4,8 @@ import dataclasses
 import math
 from pathlib import Path
 
+from keras_alexnet.errors import Error
+
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker")
 
 
@@ -30,11 +32,11 @@ FINE_TUNE_LR = PAPER_LR / 10
 # 0-255 pixels gives NaN, but He init on pixels scaled to about [-1, 1] trains; crops of 67
 # (AlexNet's smallest input) from 76 have a twelfth of 227's pixels (VGG: 32 from 36), and
 # batch 32 gives a small set more steps an epoch. Reflections, lighting and the schedule stay.
+# The crop and resize are each family's (registry: smallest_input, small_resize).
 RECIPES = {
     "paper": {},
     "small": {"init": "he", "scale": 1 / 127.5, "batch_size": 32},
 }
-SMALL_SIZES = {"alexnet": (67, 76), "vgg": (32, 36)}  # family: (crop, resize)
 
 
 # The demo set (8x8 digits, 1,433 train / 364 val) trains with the small recipe by default,
@@ -43,7 +45,7 @@ SMALL_SIZES = {"alexnet": (67, 76), "vgg": (32, 36)}  # family: (crop, resize)
 DEMO_OVERRIDES = {"epochs": 4, "flip": False}
 
 
-class TrainingError(RuntimeError):
+class TrainingError(Error, RuntimeError):
     """A run that cannot go on (NaN loss, bad arguments); the message says why."""
 
 
@@ -72,9 +74,9 @@ class TrainConfig:
     resize: tuple[int, int] | None = None
     image_size: int | None = None
     width: float = 1.0
-    towers: int | None = None  # AlexNet's towers (2, the paper's); VGG: 1
-    lrn: bool = True  # AlexNet's LRN (Section 3.3); False: the ablation
-    pool: str | None = None  # AlexNet's pooling, a POOLS name (overlapping, Section 3.4)
+    # The family's architecture options by builder argument (AlexNet: towers, use_lrn,
+    # pool); missing or None: the published model's (registry.Family.options).
+    model_args: dict | None = None
     precision: str = "float32"
     init_from: str | None = None
     weights: str | None = None
@@ -98,24 +100,25 @@ class TrainConfig:
             "epochs": spec.epochs,
             "batch_size": spec.batch_size,
             "init": spec.train_init,
-            "scale": 1.0,
+            "scale": spec.train_scale,
             "flip": True,
             "resize": (spec.resize, spec.resize),
             "image_size": spec.input_size,
             "output": str(Path("runs") / spec.name),
-            "towers": 2 if spec.family == "alexnet" else 1,
             "lr": FINE_TUNE_LR if self.weights else PAPER_LR,
             "recipe": recipe,
         }
-        if spec.family == "alexnet":
-            fill["pool"] = "overlapping"
+        family = spec.family_spec
         if recipe == "small":
-            crop, resize = SMALL_SIZES[spec.family]
-            fill.update(RECIPES["small"], image_size=crop, resize=(resize, resize))
+            resize = (family.small_resize, family.small_resize)
+            fill.update(RECIPES["small"], image_size=family.smallest_input, resize=resize)
         if self.data is None:
             fill.update(DEMO_OVERRIDES)
+        given = {k: v for k, v in (self.model_args or {}).items() if v is not None}
         return dataclasses.replace(
-            self, **{k: v for k, v in fill.items() if getattr(self, k) is None}
+            self,
+            model_args={**family.defaults(), **given},
+            **{k: v for k, v in fill.items() if getattr(self, k) is None},
         )
 
 
@@ -136,7 +139,7 @@ def check_config(config):
     at_least = {
         "epochs": 1, "batch_size": 1, "cpu_replicas": 1, "checkpoint_every": 1,
         "keep_checkpoints": 1, "plateau_patience": 1, "max_lr_drops": 0, "step_epochs": 1,
-        "image_size": 1, "seed": 0, "steps_per_epoch": 1, "val_steps": 1, "towers": 1,
+        "image_size": 1, "seed": 0, "steps_per_epoch": 1, "val_steps": 1,
     }  # fmt: skip
     for name, low in at_least.items():
         value = getattr(config, name)
@@ -156,25 +159,20 @@ def check_config(config):
         )
     if config.weights and config.init_from:
         raise TrainingError("--weights and --init-from both choose the starting weights: pick one")
-    if config.init_from and not config.model.lower().startswith("vgg"):
-        raise TrainingError("--init-from starts a VGG configuration from a trained VGG A")
-    _check_architecture(config)
+    _check_model(config)
 
 
-def _check_architecture(config):
-    """Raise TrainingError for --towers, --no-lrn or --pool values the model cannot take."""
-    if config.model.lower().startswith("vgg"):
-        if config.towers != 1 or not config.lrn or config.pool is not None:
-            raise TrainingError(
-                "--towers, --no-lrn and --pool are AlexNet's experiments; VGG is one tower "
-                "with its own LRN (vgg_a_lrn) and 2/2 pooling"
-            )
-        return
-    from keras_alexnet.models.alexnet import POOLS, conv_filters
+def _check_model(config):
+    """Raise TrainingError for a model, --init-from or architecture option that cannot work."""
+    from keras_alexnet.registry import get_spec
 
-    if config.pool not in POOLS:
-        raise TrainingError(f"--pool must be one of {', '.join(POOLS)}")
     try:
-        conv_filters(config.width, config.towers)
+        family = get_spec(config.model).family_spec
+    except ValueError as e:
+        raise TrainingError(str(e)) from None
+    if config.init_from and not family.init_from:
+        raise TrainingError("--init-from starts a VGG configuration from a trained VGG A")
+    try:
+        family.check_args(family.resolve(config.model_args), config.width)
     except ValueError as e:
         raise TrainingError(str(e)) from None

@@ -12,9 +12,9 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from keras_alexnet import export, optim, runtime, train
+from keras_alexnet import export, optim, runtime, training
 from keras_alexnet.artifacts import KERAS_BEST, METADATA_FILENAME
-from keras_alexnet.evaluate import evaluate, evaluate_arrays
+from keras_alexnet.evaluation import evaluate, evaluate_arrays
 from keras_alexnet.layers import GroupedConv2D, LocalResponseNormalization
 from keras_alexnet.models import MODEL_NAMES
 
@@ -74,7 +74,7 @@ def refusals(directory):
         "savedmodel_export": lambda: export.export_savedmodel(directory / "tensorflow" / "alexnet"),
         "evaluate": lambda: evaluate(directory / "tensorflow" / "alexnet"),
         "train_step": lambda: optim.make_train_step(None, None, None, 1, 0.0),
-        "train": lambda: train.train(train.TrainConfig(output=str(directory / "no_run"))),
+        "train": lambda: training.train(training.TrainConfig(output=str(directory / "no_run"))),
     }
     messages = {}
     for name, call in calls.items():

@@ -3,7 +3,7 @@
 This process is the TensorFlow side: it builds every model at a tiny width with weights
 drawn in NumPy, saves them as run directories and computes the references. JAX and
 PyTorch run tests/backend_worker.py in their own processes (Keras fixes its backend at
-import), on the same files and inputs.
+import), on the same files and inputs, both at once and while this process computes.
 """
 
 import os
@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_alexnet import optim, runtime
+from keras_alexnet import optim, registry, runtime
 from keras_alexnet.artifacts import KERAS_BEST, METADATA_FILENAME
 from keras_alexnet.data import transforms
-from keras_alexnet.evaluate import evaluate_arrays, numpy_views
+from keras_alexnet.evaluation import evaluate_arrays, numpy_views
 from keras_alexnet.export import relative_error
 from keras_alexnet.layers import GroupedConv2D, LocalResponseNormalization
 from keras_alexnet.metadata import Metadata
@@ -29,7 +29,8 @@ WORKER = Path(__file__).with_name("backend_worker.py")
 BACKENDS = ("jax", "torch")
 TOLERANCE = 1e-5  # the issue's bound on the relative error between backends
 WIDTH = 1 / 16
-SIZES = {"alexnet": (67, 76), "vgg": (32, 36)}  # family: (crop, resize)
+# family: (crop, resize), each family's smallest input
+SIZES = {name: (f.smallest_input, f.small_resize) for name, f in registry.FAMILIES.items()}
 MEAN = (123.0, 117.0, 104.0)  # no scale: LRN sees activations large enough to matter
 CLASSES = tuple("abcde")
 FIT_DECAY = 0.5  # large enough that a wrong decay term shows after two steps
@@ -37,13 +38,19 @@ WORKER_TIMEOUT = 300
 
 
 def _he_weights(model, rng):
-    """Give `model` He-scaled Gaussian kernels and small random biases drawn from `rng`."""
+    """Give `model` He-scaled Gaussian kernels and small random biases drawn from `rng`.
+
+    A batch norm's variances are drawn positive, around one, as training leaves them.
+    """
     weights = []
-    for w in model.get_weights():
-        if w.ndim > 1:
-            weights.append(rng.normal(0, np.sqrt(2 / np.prod(w.shape[:-1])), w.shape))
+    for variable in model.weights:
+        shape = tuple(variable.shape)
+        if len(shape) > 1:
+            weights.append(rng.normal(0, np.sqrt(2 / np.prod(shape[:-1])), shape))
+        elif variable.path.endswith("moving_variance"):
+            weights.append(rng.uniform(0.5, 1.5, shape))
         else:
-            weights.append(rng.normal(0, 0.1, w.shape))
+            weights.append(rng.normal(0, 0.1, shape))
     model.set_weights([w.astype("float32") for w in weights])
     return model
 
@@ -156,27 +163,36 @@ def _environment(backend):
     return {**os.environ, "KERAS_BACKEND": backend, "JAX_PLATFORMS": "cpu"}
 
 
-def _run_workers(directory):
-    """Run JAX, then PyTorch (loading JAX's file), then let JAX load PyTorch's file."""
-    logs = {b: open(directory / f"{b}.log", "w") for b in BACKENDS}
-    command = [sys.executable, str(WORKER), str(directory)]
-    first = subprocess.Popen(
-        command, env=_environment("jax"), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-        stderr=logs["jax"], text=True,
-    )  # fmt: skip
+def _start_workers(directory):
+    """Start the JAX and PyTorch workers side by side; {backend: (process, its log)}."""
+    workers = {}
+    for backend in BACKENDS:
+        log = open(directory / f"{backend}.log", "w")
+        workers[backend] = subprocess.Popen(
+            [sys.executable, str(WORKER), str(directory)], env=_environment(backend),
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True,
+        ), log  # fmt: skip
+    return workers
+
+
+def _finish_workers(directory, workers):
+    """Once both saved their file, each loads the other's; return {backend: its results}."""
     try:
-        assert first.stdout.readline().strip() == "saved", (directory / "jax.log").read_text()
-        second = subprocess.run(
-            command, env=_environment("torch"), input=f"{directory / 'jax' / 'alexnet'}\n",
-            stdout=subprocess.PIPE, stderr=logs["torch"], text=True, timeout=WORKER_TIMEOUT,
-        )  # fmt: skip
-        assert second.returncode == 0, (directory / "torch.log").read_text()[-3000:]
-        first.communicate(f"{directory / 'torch' / 'alexnet'}\n", timeout=WORKER_TIMEOUT)
-        assert first.returncode == 0, (directory / "jax.log").read_text()[-3000:]
+        for backend, (worker, _) in workers.items():
+            saved = worker.stdout.readline().strip()
+            assert saved == "saved", (directory / f"{backend}.log").read_text()[-3000:]
+        jax, torch = (workers[b][0] for b in BACKENDS)
+        jax.stdin.write(f"{directory / 'torch' / 'alexnet'}\n")  # JAX loads PyTorch's file
+        jax.stdin.close()
+        torch.communicate(f"{directory / 'jax' / 'alexnet'}\n", timeout=WORKER_TIMEOUT)
+        jax.communicate(timeout=WORKER_TIMEOUT)
+        for backend, (worker, _) in workers.items():
+            log = (directory / f"{backend}.log").read_text()[-3000:]
+            assert worker.returncode == 0, log
     finally:
-        if first.poll() is None:
-            first.kill()
-        for log in logs.values():
+        for worker, log in workers.values():
+            if worker.poll() is None:
+                worker.kill()
             log.close()
     return {b: dict(np.load(directory / f"{b}.npz")) for b in BACKENDS}
 
@@ -186,8 +202,9 @@ def sides(tmp_path_factory):
     """(inputs, TensorFlow's references, {backend: its results}, the directory)."""
     directory = tmp_path_factory.mktemp("backends")
     data = _inputs(directory, np.random.default_rng(0))
+    workers = _start_workers(directory)  # they run while this process computes its side
     reference = _references(directory, data)
-    return data, reference, _run_workers(directory), directory
+    return data, reference, _finish_workers(directory, workers), directory
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -17,6 +17,7 @@ from test_evaluate import ROOT, make_run
 from keras_alexnet import cli, fileio
 from keras_alexnet.progress import Progress
 from keras_alexnet.runtime import ModelPathError
+from keras_alexnet.train_config import TrainingError
 
 sys.path.insert(0, str(ROOT / "scripts"))
 
@@ -95,6 +96,27 @@ def test_run_turns_user_errors_into_one_line_and_an_exit_status(error, line, sta
         cli.run(raising(error), argparse.ArgumentParser(), [], name="tool")
     assert exit_info.value.code == status
     assert capsys.readouterr().err == f"tool: error: {line}\n"
+
+
+# Exceptions the server turns into HTTP answers itself; no command prints them.
+SERVER_INTERNAL = {"ApiError", "RequestTimeout", "ModelError", "_Refused"}
+
+
+def test_every_package_error_a_command_can_raise_derives_from_the_one_base():
+    import pkgutil
+
+    import keras_alexnet
+    from keras_alexnet.errors import Error
+
+    found = set()
+    for module in pkgutil.walk_packages(keras_alexnet.__path__, "keras_alexnet."):
+        names = vars(importlib.import_module(module.name)).values()
+        found |= {c for c in names if isinstance(c, type) and issubclass(c, BaseException)
+                  and c.__module__ == module.name}  # fmt: skip
+    assert {c.__name__ for c in found} >= {"TrainingError", "WeightsError", "ExportError"}
+    outside = {c.__name__ for c in found if not issubclass(c, Error)} - SERVER_INTERNAL
+    assert outside == set()
+    assert cli.is_user_error(TrainingError("x")) and not cli.is_user_error(RuntimeError("x"))
 
 
 def test_run_keeps_the_traceback_of_a_bug_and_returns_mains_result(capsys):
@@ -363,6 +385,22 @@ def test_every_command_is_an_installed_console_script_with_help():
                              timeout=120)  # fmt: skip
         assert out.returncode == 0 and out.stdout.startswith("usage: "), (name, out.stderr)
         assert "Traceback" not in out.stderr, name
+
+
+def test_no_help_text_quotes_a_measured_figure():
+    """Speeds and sizes change with the machine: --help points to benchmarks/RESULTS.md."""
+    import importlib
+    import re
+
+    from keras_alexnet.commands import COMMANDS
+
+    figure = re.compile(
+        r"\d+(\.\d+)?(-\d+(\.\d+)?)?x (faster|slower)|\d\s*(ms|img/s|images/s)\b|~\s*\d"
+    )
+    for command in COMMANDS:
+        text = importlib.import_module(f"keras_alexnet.commands.{command}")
+        found = figure.search(" ".join(text.get_args_parser().format_help().split()))
+        assert found is None, (command, found and found.group())
 
 
 # ---------------------------------------------------------------- plot

@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 
 from keras_alexnet.data import load_source
-from keras_alexnet.evaluate import EvaluationError, evaluate, near_ties, topk_correct
+from keras_alexnet.evaluation import EvaluationError, evaluate, near_ties, topk_correct
 from keras_alexnet.metadata import Metadata
 from keras_alexnet.models import build_model
 from keras_alexnet.models.dense import fully_convolutional
@@ -141,6 +141,65 @@ def test_center_matches_top_k_computed_with_numpy(run):
     assert result["top1_error"] == pytest.approx(1 - result["top1"])
 
 
+def test_protocol_all_tables_what_each_protocol_gives_alone(run, tmp_path, capsys):
+    from keras_alexnet.commands import evaluate as command
+    from keras_alexnet.protocols import PROTOCOLS
+
+    path, _ = run
+    out = tmp_path / "all.json"
+    argv = ["--model", str(path), "--protocol", "all", "--scales", f"{SIZE},{RESIZE}", "--quiet",
+            "--output-json", str(out)]  # fmt: skip
+    command.main(command.get_args_parser().parse_args(argv))
+    table = capsys.readouterr().out
+    written = json.loads(out.read_text())["protocols"]
+    assert [r["protocol"] for r in written] == list(PROTOCOLS)
+    assert [r["own"] for r in written] == [name == "ten_crop" for name in PROTOCOLS]
+    for result in written:
+        alone = evaluate(path, protocol=result["protocol"], scales=(SIZE, RESIZE), verbose=False)
+        assert (result["top1"], result["top5"]) == (alone["top1"], alone["top5"])
+        row = next(line for line in table.splitlines() if line.startswith(result["protocol"]))
+        assert f"{100 * alone['top1']:.2f}" in row and f"{100 * alone['top5']:.2f}" in row
+    assert "ten_crop *" in table and f"multi_scale (Q {SIZE},{RESIZE})" in table
+
+
+def test_protocol_all_decodes_once_and_skips_what_a_fixed_size_runtime_cannot_run(run, monkeypatch):
+    import keras_alexnet.evaluation as evaluation
+    from keras_alexnet.runtime import load
+
+    class Counting:
+        """The demo source, counting how often its images are read."""
+
+        def __init__(self, source):
+            self.source, self.reads = source, []
+
+        def __getattr__(self, name):
+            return getattr(self.source, name)
+
+        def encoded(self, split, **kwargs):
+            self.reads.append(split)
+            return self.source.encoded(split, **kwargs)
+
+    opened = []
+    open_data = evaluation._open_data
+    monkeypatch.setattr(
+        evaluation, "_open_data", lambda *a: opened.append(Counting(open_data(*a))) or opened[-1]
+    )
+    path, _ = run
+    # A runtime that takes only crops of its input size, as an ONNX file exported for crops.
+    crops_only = dataclasses.replace(load(path), input_size=SIZE)
+    results = evaluation.evaluate_all(crops_only, verbose=False)
+    # Every protocol's views from one read of the split.
+    assert [split for source in opened for split in source.reads] == ["val"]
+    by_name = {r["protocol"]: r for r in results}
+    for name in ("dense", "multi_scale"):
+        assert "cannot run --protocol" in by_name[name]["skipped"]
+    for name in ("center", "ten_crop"):
+        alone = evaluate(path, protocol=name, verbose=False)
+        assert (by_name[name]["top1"], by_name[name]["top5"]) == (alone["top1"], alone["top5"])
+    table = evaluation.format_all(results)
+    assert "dense" in table and "cannot run --protocol dense" in table
+
+
 def test_top_k_counts_boundary_ties_as_correct_like_in_top_k():
     scores = np.array([[0.1, 0.5, 0.5, 0.2], [0.4, 0.3, 0.2, 0.1], [0.25, 0.25, 0.25, 0.25]])
     labels = np.array([2, 1, 3])
@@ -233,7 +292,7 @@ def test_paper_scales_follow_vgg_section_4_2():
 
 
 def test_multi_scale_scales_come_from_the_recorded_training_scale():
-    from keras_alexnet.evaluate import resolve_scales
+    from keras_alexnet.evaluation import resolve_scales
     from keras_alexnet.protocols import PROTOCOLS
 
     multi = PROTOCOLS["multi_scale"]
@@ -251,8 +310,8 @@ def test_multi_scale_scales_come_from_the_recorded_training_scale():
 
 def test_a_run_trained_with_jittered_scales_records_them(tmp_path):
     from keras_alexnet.models import get_spec
-    from keras_alexnet.train import _metadata
     from keras_alexnet.train_config import TrainConfig
+    from keras_alexnet.training import _metadata
 
     spec = get_spec("vgg_a")
     source = load_source(None)

@@ -16,7 +16,7 @@ from keras_alexnet.commands import plot
 from keras_alexnet.layers import GroupedConv2D, LocalResponseNormalization
 from keras_alexnet.metadata import Metadata
 from keras_alexnet.models import build_model
-from keras_alexnet.train import TrainConfig, TrainingError, train
+from keras_alexnet.training import TrainConfig, TrainingError, train
 
 # 3/32 of the paper's widths: 9, 24, 36, 36, 24 filters, which three towers split evenly.
 THIRDS = 3 / 32
@@ -32,7 +32,13 @@ def alexnet_config(data, output, **changes):
                 batch_size=8, init="he", scale=0.0078, output=str(output),
                 cache=str(Path(output).parent / "cache"), epochs=1,
                 steps_per_epoch=2)  # fmt: skip
-    return TrainConfig(**{**base, **changes})
+    options = {k: changes.pop(k) for k in ("towers", "use_lrn", "pool") if k in changes}
+    return TrainConfig(**{**base, **changes}, model_args=options)
+
+
+def options(metadata):
+    """The AlexNet options a run recorded: (towers, use_lrn, pool)."""
+    return tuple(metadata.model_args[k] for k in ("towers", "use_lrn", "pool"))
 
 
 def layer_table(model):
@@ -55,7 +61,7 @@ def test_three_towers_train_and_are_recorded(tiny_data, tmp_path):
              if isinstance(layer, LocalResponseNormalization)]  # fmt: skip
     assert norms == [3, 3]
     metadata = Metadata.load(tmp_path / "run" / "metadata.json")
-    assert (metadata.towers, metadata.lrn, metadata.pool) == (3, True, "overlapping")
+    assert options(metadata) == (3, True, "overlapping")
 
 
 def test_widths_towers_cannot_split_are_one_line_errors(tiny_data, tmp_path):
@@ -69,10 +75,12 @@ def test_widths_towers_cannot_split_are_one_line_errors(tiny_data, tmp_path):
     assert "\n" not in str(error.value)
     assert not (tmp_path / "run" / "checkpoints").exists()
     assert build_model("alexnet", towers=4, width=1 / 8).count_params() > 0  # 12, 32, 48
-    with pytest.raises(ValueError, match="towers applies to AlexNet only"):
+    with pytest.raises(ValueError, match=r"towers \(--towers\) applies to alexnet only"):
         build_model("vgg_a", towers=2)
-    with pytest.raises(TrainingError, match="AlexNet's experiments"):
-        train(alexnet_config(tiny_data, tmp_path / "v", model="vgg_a", lrn=False), log=quiet)
+    with pytest.raises(ValueError, match=r"towers \(--towers\) applies to alexnet only"):
+        build_model("vgg_a", towers=1)  # one rule, whatever the value
+    with pytest.raises(TrainingError, match=r"use_lrn \(--no-lrn\) applies to alexnet only"):
+        train(alexnet_config(tiny_data, tmp_path / "v", model="vgg_a", use_lrn=False), log=quiet)
 
 
 @pytest.mark.parametrize(
@@ -101,19 +109,20 @@ def test_ablations_change_exactly_their_layers(change, layers):
 
 
 def test_ablations_are_recorded_and_a_run_of_other_towers_is_refused(tiny_data, tmp_path):
-    config = alexnet_config(tiny_data, tmp_path / "run", lrn=False, pool="non_overlapping")
+    config = alexnet_config(tiny_data, tmp_path / "run", use_lrn=False, pool="non_overlapping")
     train(config, log=quiet)
     metadata = Metadata.load(tmp_path / "run" / "metadata.json")
-    assert (metadata.towers, metadata.lrn, metadata.pool) == (2, False, "non_overlapping")
+    assert options(metadata) == (2, False, "non_overlapping")
     model = keras.saving.load_model(tmp_path / "run" / "best.keras")
     assert not any(isinstance(layer, LocalResponseNormalization) for layer in model.layers)
     assert model.get_layer("pool1").pool_size == (2, 2)
     refusals = [({"towers": 1}, "--towers 2, not 1"),
-                ({"lrn": True}, r"LRN \(--no-lrn\) off, not on"),
+                ({"use_lrn": True}, r"LRN \(--no-lrn\) off, not on"),
                 ({"pool": "overlapping"}, "--pool non_overlapping, not overlapping")]  # fmt: skip
     for change, message in refusals:
         with pytest.raises(TrainingError, match=message):
-            train(dataclasses.replace(config, epochs=2, **change), log=quiet)
+            args = {**config.model_args, **change}
+            train(dataclasses.replace(config, epochs=2, model_args=args), log=quiet)
 
 
 def test_metadata_written_before_the_experiments_still_loads(tmp_path):
@@ -122,7 +131,7 @@ def test_metadata_written_before_the_experiments_still_loads(tmp_path):
            "data_dir": None, "version": "0.1.0"}  # fmt: skip
     (tmp_path / "metadata.json").write_text(json.dumps(old))
     metadata = Metadata.load(tmp_path / "metadata.json")
-    assert (metadata.towers, metadata.lrn, metadata.pool) == (None, None, None)
+    assert metadata.architecture() == {}  # the published model
     assert Metadata.from_properties(metadata.to_properties()) == metadata
 
 
@@ -181,7 +190,7 @@ def test_without_the_plots_extra_training_says_so_once(tiny_data, tmp_path, monk
 def test_plot_overlays_runs_with_their_settings(tiny_data, tmp_path):
     one = tmp_path / "towers1_nolrn"
     two = tmp_path / "paper"
-    train(alexnet_config(tiny_data, one, towers=1, lrn=False), log=quiet)
+    train(alexnet_config(tiny_data, one, towers=1, use_lrn=False), log=quiet)
     train(alexnet_config(tiny_data, two, pool="non_overlapping", epochs=2), log=quiet)
     output = tmp_path / "both.png"
     runs = plot.main(plot.get_args_parser().parse_args([str(one), str(two), "--output",

@@ -11,7 +11,7 @@ import tensorflow as tf
 from test_evaluate import ROOT, SIZE, make_run
 
 from keras_alexnet import export
-from keras_alexnet.evaluate import EvaluationError, evaluate
+from keras_alexnet.evaluation import EvaluationError, evaluate
 from keras_alexnet.metadata import Metadata
 from keras_alexnet.onnx import convert, quantize
 from keras_alexnet.runtime import load, load_metadata
@@ -118,6 +118,26 @@ def test_int8_export_reports_top1_agreement_measured_independently(exported, tmp
     top = [load(p).predict(images).argmax(-1) for p in (exported["onnx"], int8)]
     assert result["agreement"] == pytest.approx(np.mean(top[0] == top[1]))
     assert result["agreement"] >= 0.5  # int8 noise must not scramble a trained net
+
+
+def test_int8_qdq_format_runs_end_to_end_with_its_agreement_measured(exported, tmp_path):
+    int8 = tmp_path / "alexnet.qdq.onnx"
+    result = quantize.quantize_int8(
+        exported["onnx"], int8, calibration_images=16, agreement_images=48, quant_format="qdq",
+        log=lambda *_: None,
+    )  # fmt: skip
+    ops = [n.op_type for n in onnx.load(str(int8)).graph.node]
+    # QDQ: QuantizeLinear / DequantizeLinear pairs around float ops, no QLinear* operators
+    assert ops.count("QuantizeLinear") > 0 and ops.count("DequantizeLinear") > 0
+    assert not [op for op in ops if op.startswith("QLinear")]
+    assert load_metadata(int8) == load_metadata(exported["onnx"])
+    from keras_alexnet.data import load_source
+
+    images, _ = quantize.center_crops(load_source(None), load_metadata(int8), "val", 48)
+    fp32, qdq = (load(p).predict(images) for p in (exported["onnx"], int8))
+    assert result["agreement"] == pytest.approx(np.mean(fp32.argmax(-1) == qdq.argmax(-1)))
+    assert result["agreement"] >= 0.5  # as the QOperator test: int8 noise, not scrambling
+    assert np.abs(qdq - fp32).max() > 0  # it did quantise
 
 
 def test_failed_export_leaves_nothing_at_the_target(exported, tmp_path, monkeypatch):

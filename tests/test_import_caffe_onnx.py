@@ -16,11 +16,12 @@ from numpy.lib.stride_tricks import sliding_window_view
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
+from keras_alexnet import build_model
 from keras_alexnet.export import relative_error
 from keras_alexnet.layers import CAFFE_LRN, LocalResponseNormalization
 from keras_alexnet.metadata import Metadata
-from keras_alexnet.models import build_model, get_spec
-from keras_alexnet.train import TrainConfig, TrainingError, train
+from keras_alexnet.models import get_spec
+from keras_alexnet.training import TrainConfig, TrainingError, train
 from keras_alexnet.weights import WeightsError, import_weights, read
 
 TOLERANCE = 1e-5
@@ -246,7 +247,7 @@ def test_caffemodel_with_other_layers_or_cut_short_is_refused_in_one_line(tmp_pa
     other.write_bytes(caffemodel(fewer, version=2))
     with pytest.raises(WeightsError, match="not Caffe's AlexNet"):
         build_model("alexnet", weights=other)
-    with pytest.raises(WeightsError, match="imports into alexnet"):
+    with pytest.raises(WeightsError, match="which import into alexnet. Received: model=.vgg_d."):
         build_model("vgg16", weights=other)
 
 
@@ -329,18 +330,20 @@ def test_fine_tuning_from_an_imported_caffe_run_builds_caffes_net_as_from_the_fi
     # The fine-tuned run records what it was built with, for whoever starts from it next.
     assert Metadata.load(tmp_path / "run" / "metadata.json").model_args["lrn_per_tower"] is False
     with pytest.raises(TrainingError, match="--no-lrn does not fit --weights"):
-        train(TrainConfig(**base, weights=str(run), lrn=False, output=str(tmp_path / "x")))
+        train(TrainConfig(**base, weights=str(run), model_args={"use_lrn": False},
+                          output=str(tmp_path / "x")))  # fmt: skip
 
 
 def test_a_resumed_run_is_rebuilt_with_the_architecture_its_metadata_records(tmp_path):
-    from keras_alexnet.train import _architecture
+    from keras_alexnet.training import _architecture
 
     run = tmp_path / "run"
     run.mkdir()
     caffe = {"lrn": CAFFE_LRN, "lrn_per_tower": False, "ceil_mode": True, "width": WIDTH}
     Metadata(model="alexnet", class_names=("a", "b"), input_size=227, resize=256,
-             mean=(0.0, 0.0, 0.0), towers=2, lrn=True, pool="overlapping",
-             model_args=caffe).save(run / "metadata.json")  # fmt: skip
+             mean=(0.0, 0.0, 0.0),
+             model_args={**caffe, "towers": 2, "use_lrn": True, "pool": "overlapping"},
+             ).save(run / "metadata.json")  # fmt: skip
     spec = get_spec("alexnet")
     resumed = TrainConfig(model="alexnet", data="photos", output=str(run)).resolved(spec)
     assert _architecture(resumed, spec, None) == {
@@ -349,7 +352,7 @@ def test_a_resumed_run_is_rebuilt_with_the_architecture_its_metadata_records(tmp
         "use_lrn": True,
         "pool": "overlapping",
     }
-    other = TrainConfig(model="alexnet", data="photos", output=str(run), towers=1)
+    other = TrainConfig(model="alexnet", data="photos", output=str(run), model_args={"towers": 1})
     with pytest.raises(TrainingError, match=f"--towers 1 does not fit the run {run}"):
         _architecture(other.resolved(spec), spec, None)
 

@@ -16,12 +16,13 @@ import onnx
 import pytest
 from keras.src.legacy.saving import legacy_h5_format
 
+from keras_alexnet import build_model
 from keras_alexnet.commands import import_weights as import_weights_command
 from keras_alexnet.export import export_onnx, relative_error
 from keras_alexnet.extras import MissingExtraError
 from keras_alexnet.layers import InputNormalization
 from keras_alexnet.metadata import Metadata
-from keras_alexnet.models import build_model, get_spec
+from keras_alexnet.models import get_spec
 from keras_alexnet.preprocess import center_crop_resized
 from keras_alexnet.runtime import load
 from keras_alexnet.weights import (
@@ -160,9 +161,12 @@ TORCH_CFGS = {"vgg11": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 51
 
 
 class TorchVGG(torch.nn.Module):
-    """torchvision's VGG written out (models/vgg.py): the same modules, so the same keys."""
+    """torchvision's VGG written out (models/vgg.py): the same modules, so the same keys.
 
-    def __init__(self, cfg, width, fc, classes):
+    `batch_norm`: the vgg*_bn variant (make_layers' BatchNorm2d between conv and ReLU).
+    """
+
+    def __init__(self, cfg, width, fc, classes, batch_norm=False):
         super().__init__()
         layers, channels = [], 3
         for cell in cfg:
@@ -170,8 +174,9 @@ class TorchVGG(torch.nn.Module):
                 layers.append(torch.nn.MaxPool2d(kernel_size=2, stride=2))
             else:
                 out = int(cell * width)
-                layers += [torch.nn.Conv2d(channels, out, kernel_size=3, padding=1),
-                           torch.nn.ReLU(inplace=True)]  # fmt: skip
+                layers.append(torch.nn.Conv2d(channels, out, kernel_size=3, padding=1))
+                layers += [torch.nn.BatchNorm2d(out)] if batch_norm else []
+                layers.append(torch.nn.ReLU(inplace=True))
                 channels = out
         self.features = torch.nn.Sequential(*layers)
         self.avgpool = torch.nn.AdaptiveAvgPool2d((7, 7))
@@ -430,7 +435,7 @@ def test_a_resnet_state_dict_says_what_it_is_not_and_which_layouts_are_read(tmp_
     with pytest.raises(WeightsError) as error:
         read(tmp_path / "resnet18.safetensors", get_spec("vgg16"))
     message = str(error.value)
-    assert "not a torchvision VGG state dict" in message and "ResNet" in message
+    assert "not a torchvision AlexNet or VGG state dict" in message and "ResNet" in message
     assert "batch-norm VGG" not in message and "features.N" in message
 
 
@@ -449,7 +454,7 @@ def test_a_damaged_legacy_h5_is_refused_in_one_line(tmp_path):
 
 
 def test_init_from_builds_at_net_as_width_and_records_it(tiny_data, tmp_path):
-    from keras_alexnet.train import TrainConfig, train
+    from keras_alexnet.training import TrainConfig, train
 
     base = dict(data=str(tiny_data), image_size=32, resize=(36, 36), batch_size=8,
                 init="he", scale=0.0078, epochs=1, steps_per_epoch=1, val_steps=1,

@@ -242,7 +242,7 @@ def test_passes_on_prepared_data_are_new_presentations_reproducible_from_the_see
 
 def test_evaluate_and_compute_stats_read_a_prepared_directory(tmp_path):
     from keras_alexnet.data import source_stats
-    from keras_alexnet.evaluate import evaluate
+    from keras_alexnet.evaluation import evaluate
     from tests.test_evaluate import RESIZE, SIZE, make_run
 
     prep.prepare(None, tmp_path / "p", size=RESIZE, log=quiet)  # the demo digits
@@ -440,7 +440,7 @@ def test_size_bounds_are_the_smallest_input_and_the_largest_worth_keeping(
     from keras_alexnet.commands import prepare as command
 
     text = " ".join(command.get_args_parser().format_help().split())
-    assert "smallest input (AlexNet 67, VGG 32) to 1024" in text
+    assert "smallest input (alexnet 67, alexnet_tv 63, vgg 32) to 1024" in text
     for model, size, low in (("alexnet", 66, 67), ("vgg16", 31, 32), ("alexnet", 1025, 67)):
         argv = ["--data", colour_tree, "--output", tmp_path / "p", "--model", model, "--size", size]
         status, err = run_in_process(argv, capsys)

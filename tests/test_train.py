@@ -18,7 +18,7 @@ from keras_alexnet.metadata import Metadata
 from keras_alexnet.optim import coupled_weight_decay, make_train_step
 from keras_alexnet.rundir import RunLock
 from keras_alexnet.serving.local import free_port
-from keras_alexnet.train import TrainConfig, TrainingError, init_from_net_a, train
+from keras_alexnet.training import TrainConfig, TrainingError, init_from_net_a, train
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--model", "vgg_a", "--width", "0.0625", "--image-size", "32", "--resize", "36",
@@ -681,7 +681,7 @@ def history_rows(losses, val_top1):
 
 def test_progress_warning_names_divergence_and_chance_with_what_to_pass():
     from keras_alexnet.models import get_spec
-    from keras_alexnet.train import progress_warning
+    from keras_alexnet.training import progress_warning
 
     paper = TrainConfig(data="photos").resolved(get_spec("alexnet"))
     small = TrainConfig(data="photos", recipe="small").resolved(get_spec("alexnet"))

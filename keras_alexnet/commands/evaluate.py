@@ -62,8 +62,12 @@ def _protocol_args(parser):
     p.add_argument(
         "--protocol",
         default=None,
-        choices=PROTOCOLS,
-        help=f"test protocol; none: {default_protocol_help()} (default: %(default)s)",
+        choices=[*PROTOCOLS, "all"],
+        help="test protocol, or all: one table of top-1 / top-5 under every protocol for "
+        "this model, its own marked, each image decoded once (to set protocols apart from "
+        "nets: run it for each of two models); --scales applies to multi_scale's row, "
+        f"--resize and --image-size to every row; none: {default_protocol_help()} "
+        "(default: %(default)s)",
     )
     p.add_argument(
         "--scales",
@@ -105,16 +109,25 @@ def _output_args(parser):
 def main(args):
     """Evaluate, print the table, and write the JSON."""
     from keras_alexnet import fileio
-    from keras_alexnet.evaluate import evaluate, format_table, parse_scales, write_results
+    from keras_alexnet.evaluation import (
+        ALL,
+        evaluate,
+        evaluate_all,
+        format_all,
+        format_table,
+        parse_scales,
+        write_results,
+    )
 
     if args.output_json:
         fileio.check_writable(args.output_json)  # before the pass, not after it
-    results = evaluate(
+    every = args.protocol == ALL
+    results = (evaluate_all if every else evaluate)(
         args.model,
         data=args.data,
         data_dir=args.data_dir,
         split=args.split,
-        protocol=args.protocol,
+        **({} if every else {"protocol": args.protocol}),
         scales=None if args.scales is None else parse_scales(args.scales),
         image_size=args.image_size,
         resize=args.resize,
@@ -123,7 +136,7 @@ def main(args):
         provider=args.provider,
         verbose=not args.quiet,
     )
-    print(format_table(results))
+    print(format_all(results) if every else format_table(results))
     if args.output_json:
-        write_results(args.output_json, results)
+        write_results(args.output_json, {"protocols": results} if every else results)
         print(f"Wrote {args.output_json}")

@@ -32,8 +32,8 @@ def get_args_parser():
     p.add_argument(
         "--keep-lrn",
         action="store_true",
-        help="keep ONNX LRN nodes instead of the faster Conv+elementwise form "
-        "(default: %(default)s)",
+        help="keep ONNX LRN nodes instead of the Conv+elementwise form (its speed: "
+        "benchmarks/RESULTS.md) (default: %(default)s)",
     )
     p.add_argument(
         "--quantize",
@@ -68,8 +68,9 @@ def get_args_parser():
         "--quant-format",
         choices=quantize.QUANT_FORMATS,
         default=quantize.DEFAULT_FORMAT,
-        help="onnxruntime quantisation format; qoperator ran 1.1-1.8x faster than qdq with the "
-        "same top-1 on CPU (benchmarks/RESULTS.md) (default: %(default)s)",
+        help="onnxruntime quantisation format: qoperator (QLinear operators) or qdq "
+        "(Quantize/DequantizeLinear around float operators); the default measured faster on "
+        "a CPU, see benchmarks/RESULTS.md (default: %(default)s)",
     )
     return p
 

@@ -11,8 +11,8 @@ export, serve and predict take it unchanged. Nothing is downloaded.
 import argparse
 
 from keras_alexnet import cli
-from keras_alexnet.models import ALIASES, MODEL_NAMES
 from keras_alexnet.protocols import PROTOCOLS
+from keras_alexnet.registry import model_choices
 from keras_alexnet.weights.presets import CHANNEL_ORDERS
 
 
@@ -34,7 +34,7 @@ def get_args_parser():
     parser.add_argument(
         "--model",
         required=True,
-        choices=[*MODEL_NAMES, *ALIASES],
+        choices=model_choices(),
         help="which of our models the weights are for (default: %(default)s)",
     )
     parser.add_argument(

@@ -13,42 +13,48 @@ writes a directory.
 import argparse
 
 from keras_alexnet import cli
-from keras_alexnet.models import ALIASES, MODEL_NAMES
+from keras_alexnet.registry import model_choices
 
 
 def get_args_parser():
     """Return the command-line parser."""
-    from keras_alexnet.data import prepared
+    from keras_alexnet.data import layout
+    from keras_alexnet.registry import FAMILIES
 
+    smallest = ", ".join(f"{f.name} {f.smallest_input}" for f in FAMILIES.values())
+    rescaling = ", ".join(
+        f"{f.name} {f.prepared_size}x{f.prepared_size}"
+        if f.square_layout
+        else f"{f.name} shorter side {f.prepared_size}"
+        for f in FAMILIES.values()
+    )
     parser = argparse.ArgumentParser(description=__doc__)
     cli.add_source_arguments(parser)
     parser.add_argument("--output", required=True, help="the prepared directory to write")
     parser.add_argument(
         "--model",
         default="alexnet",
-        choices=[*MODEL_NAMES, *ALIASES],
-        help="whose paper's rescaling to apply: alexnet 256x256, a VGG shorter side 512 "
-        "(default: %(default)s)",
+        choices=model_choices(),
+        help=f"whose family's rescaling to apply: {rescaling} (default: %(default)s)",
     )
     parser.add_argument(
         "--size",
         type=cli.positive_int,
         default=None,
         help="the shorter side to rescale to instead (a VGG trained at one scale S needs S, "
-        "and decodes least at exactly S), from the model's smallest input (AlexNet "
-        f"{prepared.size_bounds('alexnet')[0]}, VGG {prepared.size_bounds('vgg_a')[0]}) to "
-        f"{prepared.MAX_SIZE}; none: the model's (default: %(default)s)",
+        f"and decodes least at exactly S), from the model's smallest input ({smallest}) to "
+        f"{layout.MAX_SIZE}; none: the model's (default: %(default)s)",
     )
     parser.add_argument(
         "--quality",
         type=_quality,
-        default=prepared.QUALITY,
+        default=layout.QUALITY,
         help="JPEG quality of the prepared images, 1-100 (default: %(default)s)",
     )
     parser.add_argument(
         "--shard-size",
         type=cli.positive_int,
-        default=prepared.SHARD_SIZE,
+        default=layout.SHARD_SIZE,
         help="images per TFRecord file (default: %(default)s)",
     )
     parser.add_argument(
@@ -71,7 +77,8 @@ _quality = cli.number(int, lambda v: 1 <= v <= 100, "an integer from 1 to 100")
 
 def main(args):
     """Prepare the directory and report what it holds."""
-    from keras_alexnet.data.prepared import prepare, size_bounds
+    from keras_alexnet.data.layout import size_bounds
+    from keras_alexnet.data.prepared import prepare
 
     smallest, largest = size_bounds(args.model)
     if args.size is not None and not smallest <= args.size <= largest:

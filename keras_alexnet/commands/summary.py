@@ -3,7 +3,7 @@
 import argparse
 
 from keras_alexnet import cli
-from keras_alexnet.models import ALIASES, MODEL_NAMES
+from keras_alexnet.registry import model_choices
 
 
 def get_args_parser():
@@ -12,7 +12,7 @@ def get_args_parser():
     parser.add_argument(
         "--model",
         default="alexnet",
-        choices=[*MODEL_NAMES, *ALIASES],
+        choices=model_choices(),
         help="which published model to build (default: %(default)s)",
     )
     parser.add_argument(
@@ -21,22 +21,16 @@ def get_args_parser():
         default=1000,
         help="number of classes (default: %(default)s)",
     )
-    parser.add_argument(
-        "--towers",
-        type=cli.positive_int,
-        default=None,
-        help="AlexNet only: number of towers; 2 is the paper's, 1 one ungrouped tower (default: 2)",
-    )
+    cli.add_model_options(parser.add_argument_group("architecture options"))
     return parser
 
 
 def main(args):
     """Build the model and print its summary and parameter count."""
-    from keras_alexnet.models import build_model, get_spec
+    from keras_alexnet.models import build_model
 
-    if args.towers is not None and get_spec(args.model).family != "alexnet":
-        raise ValueError(f"--towers applies to alexnet only, not {args.model}")
-    kwargs = {} if args.towers is None else {"towers": args.towers}
-    model = build_model(args.model, classes=args.classes, **kwargs)
+    values = vars(args)
+    options = cli.pop_model_options(values)
+    model = build_model(args.model, classes=args.classes, **options)
     model.summary()
     print(f"{model.name}: {model.count_params():,} parameters")

@@ -24,8 +24,7 @@ import argparse
 import sys
 
 from keras_alexnet import cli
-from keras_alexnet.models import ALIASES, MODEL_NAMES
-from keras_alexnet.models.alexnet import POOLS
+from keras_alexnet.registry import model_choices
 from keras_alexnet.train_config import (
     FINE_TUNE_LR,
     PAPER_LR,
@@ -86,7 +85,7 @@ def _model_args(parser):
     p.add_argument(
         "--model",
         default=DEFAULTS.model,
-        choices=[*MODEL_NAMES, *ALIASES],
+        choices=model_choices(),
         help="which published model to train (default: %(default)s)",
     )
     p.add_argument(
@@ -120,7 +119,7 @@ def _model_args(parser):
         default=DEFAULTS.width,
         help="width multiplier of every layer; 1 is the paper (default: %(default)s)",
     )
-    _experiment_args(p)
+    cli.add_model_options(p)
     p.add_argument(
         "--precision",
         default=DEFAULTS.precision,
@@ -134,33 +133,6 @@ def _model_args(parser):
         action="store_const",
         const="mixed_float16",
         help="the same as --precision mixed_float16",
-    )
-
-
-def _experiment_args(p):
-    """Add AlexNet's experiments: towers and the paper's two ablations (Sections 3.3, 3.4)."""
-    p.add_argument(
-        "--towers",
-        type=cli.positive_int,
-        default=None,
-        help="AlexNet only: towers (groups of conv2, conv4, conv5 and LRN); 1 is one ungrouped "
-        "tower, N must divide every conv layer's width (default: 2, the paper's two GPUs; "
-        "VGG: 1)",
-    )
-    p.add_argument(
-        "--no-lrn",
-        dest="lrn",
-        action="store_false",
-        help="AlexNet only: leave out local response normalisation, the ablation of Section "
-        "3.3, which credits LRN with 1.4 / 1.2 points of top-1 / top-5 error (default: on)",
-    )
-    p.add_argument(
-        "--pool",
-        default=None,
-        choices=tuple(POOLS),
-        help="AlexNet only: overlapping (3x3 windows, stride 2) or non_overlapping (2x2, "
-        "stride 2), the ablation of Section 3.4, which credits overlapping pooling with 0.4 / "
-        "0.3 points of top-1 / top-5 error (default: overlapping, the paper's)",
     )
 
 
@@ -197,8 +169,8 @@ def _data_args(parser):
         "--scale",
         type=cli.positive_float,
         default=None,
-        help="multiplier after in-graph mean subtraction (default: 1, the papers; --recipe small "
-        "and demo: 1/127.5)",
+        help="multiplier after in-graph mean subtraction (default: 1, the papers; alexnet_tv "
+        "1/57.6, torchvision's std; --recipe small and demo: 1/127.5)",
     )
     p.add_argument(
         "--no-pca-lighting",
@@ -346,9 +318,11 @@ def _run_args(parser):
 
 def main(args):
     """Run training and print where the results are."""
-    from keras_alexnet.train import train
+    from keras_alexnet.training import train
 
-    result = train(TrainConfig(**vars(args)), argv=sys.argv)
+    values = vars(args)
+    model_args = cli.pop_model_options(values)
+    result = train(TrainConfig(**values, model_args=model_args), argv=sys.argv)
     if not result.already_finished:
         print(finished_line(result))
 

@@ -35,6 +35,7 @@ import tensorflow as tf
 
 from keras_alexnet import fileio, imageinfo
 from keras_alexnet.data import sources, transforms
+from keras_alexnet.data.layout import MAX_SIZE, QUALITY, SHARD_SIZE, Layout, layout_for
 from keras_alexnet.data.stats import DatasetStats, pixel_moments
 from keras_alexnet.rundir import RunLock
 
@@ -43,43 +44,7 @@ STATE_FILE = ".prepare-state.json"  # the finished shards of an unfinished pass
 FORMAT = 1
 IMAGE_KEY, LABEL_KEY = "image/encoded", "image/class/label"
 SPLITS = ("train", "val")
-SHARD_SIZE = 1024  # images per shard file (about 25-60 MB at 256x256)
-QUALITY = 90  # JPEG quality of the prepared images
-ALEXNET_SIZE = 256  # AlexNet Section 2: 256 x 256
-VGG_MAX_SCALE = 512  # VGG Section 3.1: scale jittering draws S from [256, 512]
-# The largest shorter side: twice the largest scale of either paper. Images are rescaled in
-# float32 on every core at once; sides far above it only spend memory (100000 is an OOM).
-MAX_SIZE = 2 * VGG_MAX_SCALE
 LOCK_FILE = ".lock"  # RunLock's file: one prepare at a time writes a directory
-
-
-@dataclasses.dataclass(frozen=True)
-class Layout:
-    """How prepared images were rescaled: shorter side `size`; `square`: central size x size."""
-
-    size: int
-    square: bool
-
-
-def layout_for(model, size=None):
-    """The paper's layout for a model: AlexNet 256x256; VGG shorter side 512 (or `size`)."""
-    from keras_alexnet.models import get_spec
-
-    family = get_spec(model).family
-    if family == "alexnet":
-        return Layout(size or ALEXNET_SIZE, square=True)
-    return Layout(size or VGG_MAX_SCALE, square=False)
-
-
-def size_bounds(model):
-    """The (smallest, largest) shorter side worth preparing for `model`.
-
-    The smallest is the model's smallest input (its crop must fit); the largest MAX_SIZE.
-    """
-    from keras_alexnet.models import get_spec
-    from keras_alexnet.train_config import SMALL_SIZES  # (smallest input, resize) per family
-
-    return SMALL_SIZES[get_spec(model).family][0], MAX_SIZE
 
 
 def is_prepared(path):

@@ -50,7 +50,7 @@ class Source:
     sizes: dict[str, int]
     skipped: list[tuple[str, str]] = dataclasses.field(default_factory=list)
     kind: str = "directory"  # or "tfds", "prepared"
-    layout: object = None  # a prepared set's `prepared.Layout` (how its images were rescaled)
+    layout: object = None  # a prepared set's `layout.Layout` (how its images were rescaled)
     _factories: dict = dataclasses.field(default_factory=dict, repr=False)
 
     @property

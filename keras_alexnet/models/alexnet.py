@@ -6,6 +6,7 @@ import keras
 
 from keras_alexnet.layers import CAFFE_LRN, PAPER_LRN, GroupedConv2D, LocalResponseNormalization
 from keras_alexnet.models import common
+from keras_alexnet.registry import POOLS
 
 
 class ConvLayer(typing.NamedTuple):
@@ -39,10 +40,10 @@ FC_UNITS = 4096
 FC_PAPER_BIASES = (1.0, 1.0, 0.0)  # fc6, fc7 = 1; fc8 = 0
 PAPER_STDDEV = 0.01  # Section 5: every weight from N(0, 0.01)
 INPUT_SIZE = 227  # (227 - 11) / 4 + 1 = 55, the paper's 55x55 conv1 maps; 224 gives 54.
-# Section 3.4: pooling "with s = 2 and z = 3" overlaps; "s = z = 2" is the traditional
-# non-overlapping pooling the paper compares against. Name -> (window z, stride s).
-POOLS = {"overlapping": (3, 2), "non_overlapping": (2, 2)}
-__all__ = ["CAFFE_LRN", "CONV_LAYERS", "PAPER_LRN", "POOLS", "ConvLayer", "alexnet", "conv_filters"]
+__all__ = [
+    "CAFFE_LRN", "CONV_LAYERS", "PAPER_LRN", "POOLS", "ConvLayer", "alexnet", "check_args",
+    "conv_filters",
+]  # fmt: skip
 
 
 def alexnet(
@@ -163,6 +164,11 @@ def conv_filters(width, towers):
                 f"towers={towers}, width={width}"
             )
     return counts
+
+
+def check_args(args, width=1.0):
+    """The registry's check of a run's options: ValueError if the towers do not split a layer."""
+    conv_filters(width, args["towers"])
 
 
 def _ceil_padding(x, window, stride, index):

@@ -6,7 +6,6 @@ from keras_alexnet.artifacts import INPUT_NAME
 from keras_alexnet.layers import InputNormalization
 
 INITIALIZERS = ("paper", "glorot", "he")
-IMAGENET_CLASSES = 1000  # ILSVRC-2012: the papers' fc8, the default head without weights
 
 
 def kernel_initializer(init, paper_stddev, seed=None):
@@ -73,11 +72,15 @@ def check_window_fits(x, window, where, input_shape):
         )
 
 
-def head(x, *, fc_units, names, dropout, classes, include_top, pooling, activation, init_fn):
+def head(
+    x, *, fc_units, names, dropout, classes, include_top, pooling, activation, init_fn,
+    dropout_first=False,
+):  # fmt: skip
     """Attach the paper's classifier (FC-ReLU-dropout twice, then FC) or headless pooling.
 
     `names` gives the three FC layers' names; `init_fn(i)` returns the (kernel, bias)
-    initialisers of FC layer i (0-based).
+    initialisers of FC layer i (0-based). `dropout_first` drops the inputs of the first two
+    FC layers instead of their outputs (torchvision's AlexNet).
     """
     if not include_top:
         if pooling == "avg":
@@ -88,6 +91,8 @@ def head(x, *, fc_units, names, dropout, classes, include_top, pooling, activati
     x = keras.layers.Flatten(name="flatten")(x)
     for i, (units, name) in enumerate(zip((fc_units, fc_units), names[:2], strict=True)):
         kernel_init, bias_init = init_fn(i)
+        if dropout_first:
+            x = keras.layers.Dropout(dropout, name=f"{name}_dropout")(x)
         x = keras.layers.Dense(
             units,
             activation="relu",
@@ -95,7 +100,8 @@ def head(x, *, fc_units, names, dropout, classes, include_top, pooling, activati
             bias_initializer=bias_init,
             name=name,
         )(x)
-        x = keras.layers.Dropout(dropout, name=f"{name}_dropout")(x)
+        if not dropout_first:
+            x = keras.layers.Dropout(dropout, name=f"{name}_dropout")(x)
     kernel_init, bias_init = init_fn(2)
     return keras.layers.Dense(
         classes,

@@ -45,6 +45,10 @@ INPUT_SIZE = 224
 LRN = PAPER_LRN
 # Section 3.1: weights from a zero-mean normal with variance 10^-2, i.e. stddev 0.1.
 PAPER_STDDEV = 0.1
+# torchvision's batch-norm VGGs (vgg11_bn ... vgg19_bn): BatchNorm2d's eps, and its momentum
+# 0.1 (the new batch's weight) as Keras's momentum (the running average's weight).
+BN_EPSILON = 1e-5
+BN_MOMENTUM = 0.9
 
 
 def vgg(
@@ -61,6 +65,7 @@ def vgg(
     seed=None,
     mean=None,
     scale=1.0,
+    batch_norm=False,
     name=None,
 ):
     """Build VGG configuration `config` (one of CONFIGS' keys) as in the paper's Table 1.
@@ -84,13 +89,16 @@ def vgg(
         seed: seed of the initialisers (None: random).
         mean: RGB mean (0-255 scale) to subtract in-graph; None: inputs are used as given.
         scale: multiplier applied after the mean subtraction (only with `mean`).
-        name: the model's name (default vgg_<config>).
+        batch_norm: torchvision's batch-norm variant (not in the paper): every conv is
+            followed by BatchNormalization (`block{i}_bn{j}`, eps 1e-5) before its ReLU
+            (`block{i}_relu{j}`).
+        name: the model's name (default vgg_<config>, with batch_norm vgg_<config>_bn).
     """
     if config not in CONFIGS:
         raise ValueError(f"config must be one of {sorted(CONFIGS)}. Received: config={config!r}")
     common.check_common_args(classes, include_top, pooling, classifier_activation)
     input_shape = common.resolve_input_shape(input_shape, INPUT_SIZE)
-    name = name or "vgg_" + config.lower().replace("-", "_")
+    name = name or "vgg_" + config.lower().replace("-", "_") + ("_bn" if batch_norm else "")
     seeds = iter(range(1, 1000)) if seed is not None else None
 
     def init_pair(_=None):
@@ -101,7 +109,7 @@ def vgg(
         )
 
     inputs, x = common.stem(input_shape, mean, scale)
-    x = _features(x, CONFIGS[config], width, init_pair, input_shape)
+    x = _features(x, CONFIGS[config], width, init_pair, input_shape, batch_norm)
     outputs = common.head(
         x,
         fc_units=common.scaled(FC_UNITS, width),
@@ -116,7 +124,7 @@ def vgg(
     return keras.Model(inputs, outputs, name=name)
 
 
-def _features(x, cells, width, init_pair, input_shape):
+def _features(x, cells, width, init_pair, input_shape, batch_norm=False):
     """The convolutional body of one Table 1 row; `init_pair()` gives each conv's initialisers."""
     block, conv_in_block = 1, 0
     for cell in cells:
@@ -134,9 +142,19 @@ def _features(x, cells, width, init_pair, input_shape):
                 common.scaled(filters, width),
                 kernel,
                 padding="same",
-                activation="relu",
+                activation=None if batch_norm else "relu",
                 kernel_initializer=kernel_init,
                 bias_initializer=bias_init,
                 name=f"block{block}_conv{conv_in_block}",
             )(x)
+            if batch_norm:
+                x = _batch_norm_relu(x, f"block{block}", conv_in_block)
     return x
+
+
+def _batch_norm_relu(x, block, index):
+    """The BatchNorm2d + ReLU torchvision's VGGs put after each convolution."""
+    x = keras.layers.BatchNormalization(
+        epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=f"{block}_bn{index}"
+    )(x)
+    return keras.layers.ReLU(name=f"{block}_relu{index}")(x)

@@ -10,6 +10,7 @@ onnxruntime.
 import os
 
 from keras_alexnet.artifacts import OUTPUT_NAME, PROPERTY_PREFIX, ModelPathError, first_line
+from keras_alexnet.errors import Error
 from keras_alexnet.metadata import Metadata
 
 AUTO = "auto"
@@ -30,7 +31,7 @@ AUTO_PROVIDERS = (
 VERIFY_PROVIDER = CPU_PROVIDER
 
 
-class ProviderError(ValueError):
+class ProviderError(Error, ValueError):
     """An onnxruntime execution provider this installation does not offer."""
 
 

@@ -5,20 +5,16 @@ names below load on first use, so `keras_alexnet.serving.images` (used by `predi
 `serving.config` load no FastAPI.
 """
 
-import importlib
+from keras_alexnet._lazy import lazy_exports
 
-# exported name -> the module that defines it
+# exported name -> "module:attribute"
 _EXPORTS = {
-    "OnnxModel": "keras_alexnet.serving.model",
-    "ServeConfig": "keras_alexnet.serving.config",
-    "create_app": "keras_alexnet.serving.app",
-    "serve": "keras_alexnet.serving.app",
+    "OnnxModel": "keras_alexnet.serving.model:OnnxModel",
+    "ServeConfig": "keras_alexnet.serving.config:ServeConfig",
+    "create_app": "keras_alexnet.serving.app:create_app",
+    "serve": "keras_alexnet.serving.app:serve",
 }
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name):
-    """Import an exported name's module when the name is first asked for (PEP 562)."""
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

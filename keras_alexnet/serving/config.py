@@ -44,7 +44,8 @@ class ServeConfig:
     read_timeout_s: float = 30.0  # for a request's headers, and then for its body
     keep_alive_s: float = 5.0  # an idle connection is closed after this
     # Memory for the requests in flight (bodies, parsed JSON, decoded images), 0: no limit.
-    # With an AlexNet server's ~400 MiB it fits a 2 GB container, with room for a model run.
+    # Sized, with the server's own memory, for a 2 GB container (figures:
+    # benchmarks/RESULTS.md, "Serving memory").
     max_inflight_mb: float = 1024.0
     inflight_wait_s: float = 10.0  # a request waits this long for room, then gets a 503
     log_level: str = "warning"

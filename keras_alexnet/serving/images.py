@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from keras_alexnet import imageinfo
+from keras_alexnet.errors import Error
 from keras_alexnet.preprocess import UPLOAD_MAX_PIXELS, EvalTransform, center_crop_resized
 
 MAX_PIXELS = UPLOAD_MAX_PIXELS  # a decoded image larger than this is refused
@@ -33,7 +34,7 @@ DECODER_BYTES_PER_PIXEL = {"WEBP": 8}
 OTHER_MODE_BYTES_PER_PIXEL = 17  # P, RGBA, LA, CMYK, I, F, ...: converted to RGB first
 
 
-class ImageError(ValueError):
+class ImageError(Error, ValueError):
     """An upload that is not a readable image."""
 
 

@@ -185,11 +185,6 @@ def _convert(layers, path):
 
 def read_caffemodel(path, spec):
     """Read Caffe's bvlc_alexnet .caffemodel: (weights by layer name, the Caffe Preset)."""
-    if spec.family != "alexnet":
-        raise WeightsError(
-            f"a .caffemodel imports into alexnet (Caffe's bvlc_alexnet). Received: "
-            f"model={spec.name!r}"
-        )
     weights = _convert(read_net_layers(path), path)
     conv1_filters = weights["conv1"][0].shape[-1]
     return weights, CAFFE_ALEXNET.replace(model_args=alexnet_args(conv1_filters))

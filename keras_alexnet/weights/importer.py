@@ -10,7 +10,6 @@ FORMATS; its reader is imported only when a file of that format is read.
 """
 
 import dataclasses
-import importlib
 import json
 import math
 import sys
@@ -19,40 +18,48 @@ from pathlib import Path
 import numpy as np
 
 from keras_alexnet import extras, fileio
+from keras_alexnet._lazy import resolve
 from keras_alexnet.artifacts import KERAS_BEST, METADATA_FILENAME
+from keras_alexnet.errors import Error
 from keras_alexnet.weights.presets import Preset
 
 CLASS_NAMES_FILE = Path(__file__).resolve().parent.parent / "data" / "imagenet_classes.txt"
 IMAGENET = "imagenet2012"  # what the published weights were trained on (TFDS's name)
-ALEXNET_DEFAULTS = {"towers": 2, "use_lrn": True, "pool": "overlapping"}  # alexnet()'s
 
 
-class WeightsError(ValueError):
+class WeightsError(Error, ValueError):
     """A weight file that cannot be read, or does not fit the model it is imported into."""
 
 
 @dataclasses.dataclass(frozen=True)
 class Format:
-    """A weight file format: its file name endings, its reader, the extra it needs."""
+    """A weight file format: its file name endings, its reader, the families it reads."""
 
     name: str
     suffixes: tuple[str, ...]
     reader: str  # "module:function", imported on first use
+    families: tuple[str, ...]  # registry family names the files hold
+    holds: str  # what such files are, for the refusal of a model of another family
     extra: str | None = None  # keras_alexnet.extras name, checked before the reader loads
 
 
+TORCHVISION_HOLDS = (
+    "torchvision's weights are its VGGs and its AlexNet, the one-weird-trick net (alexnet_tv),"
+    " not the paper's"
+)
 FORMATS = [
-    Format("keras_h5", (".h5", ".hdf5"), "keras_alexnet.weights.keras_h5:read_keras_h5"),
-    Format("torchvision", (".pth", ".pt"), "keras_alexnet.weights.torchvision:read_pth", "torch"),
-    Format(
-        "torchvision_safetensors",
-        (".safetensors",),
-        "keras_alexnet.weights.torchvision:read_safetensors",
-        "weights",
-    ),
-    Format("caffe", (".caffemodel",), "keras_alexnet.weights.caffe:read_caffemodel"),
-    Format("onnx_zoo", (".onnx",), "keras_alexnet.weights.onnx_zoo:read_onnx_zoo"),
-]
+    Format("keras_h5", (".h5", ".hdf5"), "keras_alexnet.weights.keras_h5:read_keras_h5",
+           ("vgg",), "Keras Applications' .h5 weights are VGG16 / VGG19"),
+    Format("torchvision", (".pth", ".pt"), "keras_alexnet.weights.torchvision:read_pth",
+           ("vgg", "alexnet_tv"), TORCHVISION_HOLDS, "torch"),
+    Format("torchvision_safetensors", (".safetensors",),
+           "keras_alexnet.weights.torchvision:read_safetensors", ("vgg", "alexnet_tv"),
+           TORCHVISION_HOLDS, "weights"),
+    Format("caffe", (".caffemodel",), "keras_alexnet.weights.caffe:read_caffemodel",
+           ("alexnet",), "a .caffemodel is Caffe's bvlc_alexnet"),
+    Format("onnx_zoo", (".onnx",), "keras_alexnet.weights.onnx_zoo:read_onnx_zoo",
+           ("alexnet", "vgg"), "the ONNX model zoo's files are its AlexNet and VGGs"),
+]  # fmt: skip
 
 
 def detect_format(path):
@@ -71,10 +78,23 @@ def read(path, spec):
     if not path.is_file():
         raise WeightsError(f"{path} is not a file")
     fmt = detect_format(path)
+    check_family(fmt, spec)
     if fmt.extra is not None:
         extras.require(fmt.extra)
-    module, function = fmt.reader.split(":")
-    return getattr(importlib.import_module(module), function)(path, spec)
+    return resolve(fmt.reader)(path, spec)
+
+
+def check_family(fmt, spec):
+    """Refuse in one line a model whose family `fmt`'s files do not hold, naming those that fit."""
+    if spec.family in fmt.families:
+        return
+    from keras_alexnet.registry import ALIASES, MODELS
+
+    fits = [n for n, s in MODELS.items() if s.family in fmt.families]
+    fits += [a for a, n in ALIASES.items() if n in fits]
+    raise WeightsError(
+        f"{fmt.holds}, which import into {', '.join(fits)}. Received: model={spec.name!r}"
+    )
 
 
 def read_start(path, spec):
@@ -227,7 +247,7 @@ def build(spec, weights, preset, **kwargs):
 
 def load(spec, path, **kwargs):
     """`build_model(name, weights=path, **kwargs)`: read the file, build, load, fold."""
-    from keras_alexnet.models.common import IMAGENET_CLASSES
+    from keras_alexnet.registry import IMAGENET_CLASSES
 
     weights, preset = read(path, spec)
     if kwargs.get("classes") is None:  # the file's head, never a random one under its place
@@ -251,13 +271,8 @@ def _metadata(spec, preset, names):
     """The run directory's Metadata: names, the preset's sizes, normalisation and model_args."""
     from keras_alexnet.metadata import Metadata
 
-    args = dict(preset.model_args)
-    # AlexNet's experiments as built (the builder's defaults unless the weights need others)
-    experiment = {
-        "towers": args.pop("towers", ALEXNET_DEFAULTS["towers"]),
-        "lrn": args.pop("use_lrn", ALEXNET_DEFAULTS["use_lrn"]),
-        "pool": args.pop("pool", ALEXNET_DEFAULTS["pool"]),
-    }
+    # the family's options as built (their defaults unless the weights need others)
+    args = {**spec.family_spec.defaults(), **preset.model_args}
     return Metadata(
         model=spec.name,
         class_names=names,
@@ -268,7 +283,6 @@ def _metadata(spec, preset, names):
         protocol=preset.protocol,
         data=IMAGENET,
         model_args=args or None,
-        **(experiment if spec.family == "alexnet" else {}),
     )
 
 

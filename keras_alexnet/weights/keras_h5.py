@@ -74,11 +74,6 @@ def read_h5_weights(path):
 
 def read_keras_h5(path, spec):
     """Read Keras Applications' VGG weights: (weights by layer name, the caffe-mode Preset)."""
-    if spec.family != "vgg":
-        raise WeightsError(
-            f"Keras Applications' .h5 weights are VGG16 / VGG19 (vgg16, vgg19); "
-            f"Received: model={spec.name!r}"
-        )
     weights = read_h5_weights(path)
     first = next(iter(weights.values()))[0] if weights else None
     width = vgg_args(first.shape[-1]) if first is not None and first.ndim == 4 else {}

@@ -11,6 +11,8 @@ converted through Caffe2 (LRN across all maps, Caffe's constants, pool1 padded a
 to round up as Caffe does at 224); the VGG files come from MXNet Gluon.
 """
 
+import dataclasses
+
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
@@ -21,11 +23,56 @@ from keras_alexnet.weights.caffe import ALEXNET_LAYERS, alexnet_args
 from keras_alexnet.weights.importer import WeightsError, dense_from_chw, vgg_args
 from keras_alexnet.weights.presets import ONNX_ZOO_ALEXNET, ONNX_ZOO_VGG
 
-VGG_FC = ("fc1", "fc2", "predictions")
-VGG_POOL = (2, 2)  # window, stride
 FC_LAYERS = 3
 WEIGHT_OPS = ("Conv", "Gemm", "LRN", "MaxPool")
 PASS_THROUGH = ("Identity", "Cast")  # nodes between an initializer and a weight input, followed
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """How a family's zoo file maps onto our model: conv names, pooling, FC names, rounding."""
+
+    conv_name: object  # (conv index, block, conv in block) -> our layer name
+    expected_conv: object  # (conv index, kernel) -> (stride, pad, group)
+    pool: tuple[int, int]  # MaxPool window, stride
+    fc_names: tuple[str, ...]
+    max_convs: int | None  # more Conv nodes than this: not the family's net
+    caffe: bool  # Caffe's AlexNet: its LRN, and pools that may round up (ceil_mode)
+    preset: object  # (weights, input size, ceil_mode) -> Preset
+
+
+def _alexnet_conv(index, kernel):
+    """(stride, pad, group) of AlexNet's conv number `index` (0-based), Caffe's padding."""
+    layer = CONV_LAYERS[index]
+    return layer.stride, 0 if index == 0 else (kernel - 1) // 2, 2 if layer.tower_local else 1
+
+
+LAYOUTS = {
+    "alexnet": Layout(
+        conv_name=lambda index, block, in_block: ALEXNET_LAYERS[index],
+        expected_conv=_alexnet_conv,
+        pool=POOLS["overlapping"],
+        fc_names=ALEXNET_LAYERS[len(CONV_LAYERS) :],
+        max_convs=len(CONV_LAYERS),
+        caffe=True,
+        preset=lambda first, size, ceil_mode: ONNX_ZOO_ALEXNET.replace(
+            input_size=size,
+            resize=size,
+            model_args={**alexnet_args(first), "ceil_mode": ceil_mode},
+        ),
+    ),  # fmt: skip
+    "vgg": Layout(
+        conv_name=lambda index, block, in_block: f"block{block}_conv{in_block}",
+        expected_conv=lambda index, kernel: (1, (kernel - 1) // 2, 1),
+        pool=(2, 2),
+        fc_names=("fc1", "fc2", "predictions"),
+        max_convs=None,
+        caffe=False,
+        preset=lambda first, size, ceil_mode: ONNX_ZOO_VGG.replace(
+            input_size=size, model_args=vgg_args(first)
+        ),
+    ),
+}
 
 
 def _attributes(node):
@@ -95,21 +142,13 @@ def _pads(node, attributes, rank=2):
     return pads[:rank], pads[rank:]
 
 
-def _expected_conv(spec, index, kernel):
-    """(stride, pad, group) of our conv number `index` (0-based) with a `kernel` window."""
-    if spec.family == "vgg":
-        return 1, (kernel - 1) // 2, 1
-    layer = CONV_LAYERS[index]
-    return layer.stride, 0 if index == 0 else (kernel - 1) // 2, 2 if layer.tower_local else 1
-
-
 def _conv(node, spec, index, constants, size):
     """A Conv node's [kernel, bias] in our layout, its map size after it, checked against ours."""
     attributes = _attributes(node)
     weight = constants.input(node, 1)
     out, _, kh, kw = weight.shape
     bias = constants.input(node, 2) if len(node.input) > 2 else np.zeros(out, np.float32)
-    stride, pad, group = _expected_conv(spec, index, kh)
+    stride, pad, group = LAYOUTS[spec.family].expected_conv(index, kh)
     begin, end = _pads(node, attributes)
     got = (tuple(attributes.get("strides", (1, 1))), begin + end, attributes.get("group", 1))
     if kh != kw or got != ((stride, stride), [pad] * 4, group):
@@ -123,7 +162,7 @@ def _conv(node, spec, index, constants, size):
 def _pool(node, spec, size):
     """A MaxPool's output size and whether it rounds (floor, ceil) as the file's does."""
     attributes = _attributes(node)
-    window, stride = VGG_POOL if spec.family == "vgg" else POOLS["overlapping"]
+    window, stride = LAYOUTS[spec.family].pool
     begin, end = _pads(node, attributes)
     got = (tuple(attributes.get("kernel_shape", ())), tuple(attributes.get("strides", (1, 1))))
     if got != ((window,) * 2, (stride,) * 2) or any(begin) or len(set(end)) > 1:
@@ -157,7 +196,7 @@ def _check_lrn(node, spec, path):
     )
     got = (size, alpha / size if size else None, beta, bias)
     if (
-        spec.family != "alexnet"
+        not LAYOUTS[spec.family].caffe
         or got[0] != ours[0]
         or not np.allclose(got[1:], ours[1:], rtol=1e-5)
     ):
@@ -181,18 +220,17 @@ def _gemm(node, constants):
 
 def _features(graph, spec, constants, size, path):
     """Walk the Conv / LRN / MaxPool nodes: ({our conv: [kernel, bias]}, ceil_mode)."""
+    layout = LAYOUTS[spec.family]
     weights, rounding, block, in_block = {}, [], 1, 0
     convs = 0
     for node in graph.node:
         if node.op_type == "Conv":
             in_block += 1
-            name = (
-                ALEXNET_LAYERS[convs]
-                if spec.family == "alexnet"
-                else f"block{block}_conv{in_block}"
-            )
-            if spec.family == "alexnet" and convs >= len(CONV_LAYERS):
-                raise WeightsError(f"{path}: more than {len(CONV_LAYERS)} Conv nodes: not AlexNet")
+            if layout.max_convs is not None and convs >= layout.max_convs:
+                raise WeightsError(
+                    f"{path}: more than {layout.max_convs} Conv nodes: not {spec.family}"
+                )
+            name = layout.conv_name(convs, block, in_block)
             weights[name], size = _conv(node, spec, convs, constants, size)
             convs += 1
         elif node.op_type == "MaxPool":
@@ -202,7 +240,7 @@ def _features(graph, spec, constants, size, path):
         elif node.op_type == "LRN":
             _check_lrn(node, spec, path)
     floor, ceil = (all(r[i] for r in rounding) for i in (0, 1))
-    if not floor and not (ceil and spec.family == "alexnet"):
+    if not floor and not (ceil and layout.caffe):
         raise WeightsError(f"{path}: its MaxPools round sizes neither as ours nor as Caffe's")
     return weights, not floor
 
@@ -221,14 +259,11 @@ def read_onnx_zoo(path, spec):
         raise WeightsError(
             f"{path}: {len(gemms)} Gemm nodes, not {spec.name}'s {FC_LAYERS} FC layers"
         )
-    names = ALEXNET_LAYERS[len(CONV_LAYERS) :] if spec.family == "alexnet" else VGG_FC
+    layout = LAYOUTS[spec.family]
     channels = list(weights.values())[-1][0].shape[-1]
-    for i, (name, node) in enumerate(zip(names, gemms, strict=True)):
+    for i, (name, node) in enumerate(zip(layout.fc_names, gemms, strict=True)):
         weight, bias = _gemm(node, constants)
         kernel = dense_from_chw(weight, channels, f"Gemm {node.name}") if i == 0 else weight.T
         weights[name] = [kernel, bias]
     first = list(weights.values())[0][0].shape[-1]
-    if spec.family == "vgg":
-        return weights, ONNX_ZOO_VGG.replace(input_size=size, model_args=vgg_args(first))
-    model_args = {**alexnet_args(first), "ceil_mode": ceil_mode}
-    return weights, ONNX_ZOO_ALEXNET.replace(input_size=size, resize=size, model_args=model_args)
+    return weights, layout.preset(first, size, ceil_mode)

@@ -16,6 +16,7 @@ import numpy as np
 
 from keras_alexnet import fileio
 from keras_alexnet.backend import require_tensorflow
+from keras_alexnet.errors import Error
 from keras_alexnet.preprocess import EvalTransform, resize_bilinear, shorter_side_shape
 from keras_alexnet.progress import Progress
 from keras_alexnet.protocols import PROTOCOLS, fit_scales, paper_scales
@@ -24,7 +25,7 @@ from keras_alexnet.runtime import ModelPathError, Runtime, load
 TIE_TOLERANCE = 1e-5
 
 
-class EvaluationError(ValueError):
+class EvaluationError(Error, ValueError):
     """Arguments or data that cannot be evaluated, with what to do instead."""
 
 
@@ -239,6 +240,193 @@ def evaluate(
     return results
 
 
+ALL = "all"  # evaluate's --protocol that runs every protocol
+
+
+def evaluate_all(
+    model,
+    *,
+    data=None,
+    data_dir=None,
+    split="val",
+    scales=None,
+    image_size=None,
+    resize=None,
+    batch_size=32,
+    threads=None,
+    provider="auto",
+    verbose=True,
+):
+    """`evaluate` under every protocol of PROTOCOLS in one pass: a list of result dicts.
+
+    The model is loaded once and each image decoded once: every protocol's views at every
+    scale Q are cut from that decode (an image rescaled to a Q once for all views at that
+    Q), and views shared by two protocols (dense's and multi_scale's at Q = resize) are
+    scored once. The numbers are `evaluate`'s under each protocol alone; `scales` applies
+    to multi_scale only, `resize` and `image_size` to all. A protocol the runtime cannot
+    run (dense or multi_scale on a fixed-size runtime) gives a dict with its `protocol` and
+    the reason under `skipped`. Each dict's `own` says whether it is the model's protocol
+    (its metadata's); `seconds` and `images_per_second` are the shared pass's.
+    """
+    require_tensorflow("evaluate (a tf.data pipeline)", "evaluate_arrays on images in memory")
+    runtime = (
+        model if isinstance(model, Runtime) else load(model, threads=threads, provider=provider)
+    )
+    metadata = runtime.metadata
+    transform = EvalTransform.from_metadata(metadata, resize=resize, crop=image_size)
+    if data is None:
+        data, data_dir = metadata.data, data_dir or metadata.data_dir
+    source = _open_data(data, data_dir)
+    plans = {name: _plan(runtime, source, protocol, transform, scales)
+             for name, protocol in PROTOCOLS.items()}  # fmt: skip
+    _check_data(metadata, source, split)
+    keys = list(
+        dict.fromkeys(key for plan in plans.values() if "keys" in plan for key in plan["keys"])
+    )
+    scored, labels, seconds = _score_shared(
+        source, runtime, split, keys, transform, batch_size, verbose
+    )
+    if labels is None:
+        raise EvaluationError(f"split {split!r} of {source.name!r} yielded no images")
+    results = []
+    for name, plan in plans.items():
+        own = name == metadata.protocol
+        if "skipped" in plan:
+            results.append({"protocol": name, "skipped": plan["skipped"], "own": own})
+            continue
+        scores = np.mean([scored[key] for key in plan["keys"]], axis=0).astype(np.float32)
+        results.append({
+            **_accuracy(scores, labels),
+            "protocol": name,
+            "runtime": runtime.name,
+            "images_per_second": len(labels) / seconds if seconds > 0 else float("inf"),
+            "seconds": seconds,
+            "model": str(runtime.path),
+            "data": source.name,
+            "split": split,
+            "input_size": transform.crop,
+            "resize": transform.resize,
+            "scales": plan["scales"],
+            "scales_note": plan["note"],
+            "own": own,
+        })  # fmt: skip
+    return results
+
+
+def _plan(runtime, source, protocol, transform, scales):
+    """{keys: the (views, Q) this protocol averages, scales, note} or {skipped: why}.
+
+    Only a whole-image or multi-scale protocol may be skipped: center's and ten_crop's
+    errors are the model's or the data's, and every protocol would fail alike.
+    """
+    from keras_alexnet.data.pipeline import _check_prepared_scale
+
+    qs, note = resolve_scales(protocol, runtime.metadata, transform.crop, scales)
+    try:
+        _check_model(runtime, protocol, transform, qs)
+        for q in protocol.test_scales(transform.resize, qs):
+            try:
+                _check_prepared_scale(source, q)
+            except ValueError as e:
+                raise EvaluationError(str(e)) from None
+    except EvaluationError as e:
+        if not (protocol.whole_image or protocol.multi_scale):
+            raise
+        return {"skipped": str(e)}
+    keys = [(protocol.views, q) for q in protocol.test_scales(transform.resize, qs)]
+    return {"keys": keys, "scales": list(qs) if protocol.multi_scale else None, "note": note}
+
+
+def _shared_views(source, split, keys, crop):
+    """A tf.data pipeline of (views at each (kind, Q) of `keys`, label), one decode per image.
+
+    The views are `data.eval_dataset`'s, cut with the same ops.
+    """
+    import tensorflow as tf
+
+    from keras_alexnet.data import transforms
+    from keras_alexnet.data.pipeline import _options, decoder
+
+    decode = decoder(source)
+    cut = {"center": transforms.center_crop, "ten_crop": transforms.ten_crop}
+
+    def views(contents, label):
+        image = decode(contents)
+        rescaled = {
+            q: transforms.resize_shorter(image, q) for q in dict.fromkeys(q for _, q in keys)
+        }
+        out = tuple(
+            transforms.dense_views(rescaled[q]) if kind == "dense" else cut[kind](rescaled[q], crop)
+            for kind, q in keys
+        )
+        return out, label
+
+    ds = source.encoded(split).map(views, num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE).with_options(_options())
+
+
+def _score_shared(source, runtime, split, keys, transform, batch_size, verbose):
+    """Score every (kind, Q) of `keys` in one pass: ({key: scores [N, classes]}, labels, seconds).
+
+    Crops go to the model in batches of `batch_size` images, as `evaluate` sends them;
+    whole images one by one.
+    """
+    reducer = {p.views: p for p in PROTOCOLS.values()}
+    scored = {key: [] for key in keys}
+    pending, labels = {key: [] for key in keys if key[0] != "dense"}, []
+
+    def flush():
+        for (kind, q), crops in pending.items():
+            if crops:
+                views = np.stack(crops)
+                flat = runtime.predict(views.reshape(-1, *views.shape[-3:]))
+                scored[kind, q].append(reducer[kind].reduce(flat, len(crops)))
+                crops.clear()
+
+    ds = _shared_views(source, split, keys, transform.crop)
+    start, batched = time.perf_counter(), 0
+    with Progress(source.sizes[split], "images", "img", enabled=verbose) as bar:
+        for views, label in ds:
+            for (kind, q), view in zip(keys, views, strict=True):
+                if kind == "dense":
+                    scored[kind, q].append(reducer[kind].reduce(runtime.predict(view.numpy()), 1))
+                else:
+                    pending[kind, q].append(view.numpy())
+            labels.append(int(label.numpy()))
+            batched += 1
+            if batched == batch_size:
+                flush()
+                batched = 0
+            bar.add(1)
+        flush()
+    seconds = time.perf_counter() - start
+    if not labels:
+        return None, None, seconds
+    scores = {key: np.concatenate(parts).astype(np.float32) for key, parts in scored.items()}
+    return scores, np.asarray(labels), seconds
+
+
+def format_all(results):
+    """Render `evaluate_all`'s results as one table: a row per protocol, top-1 and top-5 in %."""
+    ran = next(r for r in results if "skipped" not in r)
+    lines = [
+        f"model    {ran['model']} ({ran['runtime']})",
+        f"data     {ran['data']} / {ran['split']}, {ran['count']:,} images",
+        "",
+        f"{'protocol':<22}  {'top-1 %':>8}  {'top-5 %':>8}",
+    ]
+    for result in results:
+        name = result["protocol"] + (" *" if result["own"] else "")
+        if "skipped" in result:
+            lines.append(f"{name:<22}  {'-':>8}  {'-':>8}  {result['skipped']}")
+            continue
+        scales = result.get("scales") or [result["resize"]]
+        label = f"{name} (Q {','.join(str(q) for q in scales)})"
+        lines.append(f"{label:<22}  {100 * result['top1']:>8.2f}  {100 * result['top5']:>8.2f}")
+    lines.append("* the model's own protocol (its metadata's)")
+    return "\n".join(lines)
+
+
 def evaluate_arrays(model, images, labels, *, protocol=None, scales=None, batch_size=32):
     """Evaluate a model path or Runtime on uint8 [H, W, 3] images in memory, on any backend.
 
@@ -369,7 +557,9 @@ __all__ = [
     "EvaluationError",
     "ModelPathError",
     "evaluate",
+    "evaluate_all",
     "evaluate_arrays",
+    "format_all",
     "format_table",
     "near_ties",
     "numpy_views",

@@ -29,20 +29,15 @@ from keras_alexnet.optim import (
 )
 from keras_alexnet.progress import Progress
 from keras_alexnet.protocols import trained_protocol
+from keras_alexnet.registry import option_flag
 from keras_alexnet.rundir import RunDirectory, RunLock
 from keras_alexnet.train_config import PAPER_LR, TrainConfig, TrainingError, check_config
-from keras_alexnet.weights.importer import ALEXNET_DEFAULTS
 
 # The paper's recipe for B-E (VGG Section 3.1): these layers of a trained net A start the
 # deeper net ("the first four convolutional layers and the last three fully-connected
 # layers"); the rest is initialised as usual.
 NET_A_CONVS = 4
 NET_A_FC = ("fc1", "fc2", "predictions")
-# The architecture flags at the paper's settings (TrainConfig's defaults, resolved), which
-# starting weights built otherwise replace (`_architecture`).
-PAPER_ARCHITECTURE = {**ALEXNET_DEFAULTS, "width": 1.0}
-ARCHITECTURE_FLAGS = {"towers": "--towers", "use_lrn": "--no-lrn", "pool": "--pool",
-                      "width": "--width"}  # fmt: skip
 
 # When a run says it is not learning (`progress_warning`): after WARN_AFTER epochs, an epoch
 # loss DIVERGED times the first epoch's, or a best validation top-1 within CHANCE_MARGIN of
@@ -114,7 +109,7 @@ def train(config, *, argv=None, log=print):
     require_tensorflow(
         "train (tf.data and the tf.distribute loop)", "optim.compile_paper and model.fit"
     )
-    from keras_alexnet.models import get_spec
+    from keras_alexnet.registry import get_spec
 
     spec = get_spec(config.model)
     lr_given = config.lr is not None
@@ -252,7 +247,11 @@ def _check_data(config, spec, source):
         check_scales(source, image_size=config.image_size, resize=config.resize)
     except ValueError as e:
         hint = ""
-        if source.layout is not None and source.layout.square and spec.family != "alexnet":
+        if (
+            source.layout is not None
+            and source.layout.square
+            and not spec.family_spec.square_layout
+        ):
             hint = (
                 f"; it holds AlexNet's central squares: for {spec.name}'s scales prepare it "
                 f"with `prepare.py --model {spec.name}`"
@@ -393,22 +392,22 @@ def _architecture(config, spec, start):
     towers or width): a recorded setting replaces a flag left at the paper's default, and a
     flag that asks for something else is refused in one line.
     """
-    ours = {"width": config.width}
-    if spec.family == "alexnet":
-        ours.update(towers=config.towers, use_lrn=config.lrn, pool=config.pool)
+    ours = {"width": config.width, **config.model_args}
+    published = {"width": 1.0, **spec.family_spec.defaults()}
     theirs, source = _recorded_architecture(config, start)
     for key, value in theirs.items():
-        if key in ours and ours[key] != value and ours[key] != PAPER_ARCHITECTURE[key]:
+        if key in ours and ours[key] != value and ours[key] != published[key]:
             raise TrainingError(
-                f"{_flag(key, ours[key])} does not fit {source}, built with {key} {value}: "
-                "leave the flag out"
+                f"{_flag(spec, key, ours[key])} does not fit {source}, built with {key} "
+                f"{value}: leave the flag out"
             )
     return {**ours, **theirs}
 
 
-def _flag(key, value):
+def _flag(spec, key, value):
     """How an architecture setting reads on the command line (--no-lrn has no value)."""
-    return ARCHITECTURE_FLAGS[key] if key == "use_lrn" else f"{ARCHITECTURE_FLAGS[key]} {value}"
+    option = spec.family_spec.option(key)
+    return option.show(value) if option else f"{option_flag(key)} {value}"
 
 
 def _metadata(config, spec, source, start=None):
@@ -422,11 +421,6 @@ def _metadata(config, spec, source, start=None):
     if start is not None:
         mean, scale = start[1].mean, start[1].scale
     architecture = _architecture(config, spec, start)
-    experiment = {
-        "towers": architecture.pop("towers", None),
-        "lrn": architecture.pop("use_lrn", None),
-        "pool": architecture.pop("pool", None),
-    }
     if architecture.get("width") == 1:
         del architecture["width"]
     return Metadata(
@@ -441,7 +435,6 @@ def _metadata(config, spec, source, start=None):
         data=config.data,
         data_dir=config.data_dir,
         model_args=architecture or None,
-        **(experiment if spec.family == "alexnet" else {}),
     )
 
 
@@ -557,7 +550,7 @@ def _finished_result(run, history, strategy, log):
 
 def _load_start(model, start, config, log):
     """Set `--weights` into the model; a head of another class count keeps its init."""
-    from keras_alexnet.models import get_spec
+    from keras_alexnet.registry import get_spec
     from keras_alexnet.weights.importer import WeightsError, set_weights
 
     weights, preset = start
