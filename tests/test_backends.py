@@ -183,9 +183,9 @@ def _finish_workers(directory, workers):
             assert saved == "saved", (directory / f"{backend}.log").read_text()[-3000:]
         jax, torch = (workers[b][0] for b in BACKENDS)
         jax.stdin.write(f"{directory / 'torch' / 'alexnet'}\n")  # JAX loads PyTorch's file
-        jax.stdin.close()
+        jax.stdin.close()  # so the two load at once; JAX writes nothing more to its stdout
         torch.communicate(f"{directory / 'jax' / 'alexnet'}\n", timeout=WORKER_TIMEOUT)
-        jax.communicate(timeout=WORKER_TIMEOUT)
+        jax.wait(timeout=WORKER_TIMEOUT)
         for backend, (worker, _) in workers.items():
             log = (directory / f"{backend}.log").read_text()[-3000:]
             assert worker.returncode == 0, log

@@ -148,7 +148,15 @@ def check_run(run, *, classes, input_size, resize=None):
 def check_demo(readme, outcome):
     finished(outcome.stdout)
     assert "on 2 replica(s)" in outcome.stdout  # mirrored over two logical CPUs
-    check_run(readme.paths["runs"] / "alexnet", classes=10, input_size=67, resize=76)
+    run = readme.paths["runs"] / "alexnet"
+    check_run(run, classes=10, input_size=67, resize=76)
+    metadata = json.loads((run / "metadata.json").read_text())
+    assert metadata["class_names"] == [str(d) for d in range(10)]
+    # Trained without reflections, so its protocol is the centre crop, not ten mirrored crops.
+    assert metadata["protocol"] == "center"
+    assert metadata["scale"] == pytest.approx(1 / 127.5)
+    config = json.loads((run / "command.json").read_text())["config"]
+    assert (config["init"], config["batch_size"], config["flip"]) == ("he", 32, False)
 
 
 def check_flowers(readme, outcome):

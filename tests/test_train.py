@@ -389,35 +389,6 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(tiny_data,
     assert history_epochs(run) == [1, 2, 3]
 
 
-@pytest.mark.slow
-def test_the_demo_command_trains_alexnet_mirrored_on_the_digits(tmp_path):
-    # The README's first command, cut to 2 steps of 1 epoch and one validation batch.
-    run = tmp_path / "run"
-    args = ["--model", "alexnet", "--strategy", "mirrored", "--epochs", "1",
-            "--steps-per-epoch", "2", "--val-steps", "1", "--output", str(run)]  # fmt: skip
-    out = run_train(args, cache=tmp_path / "cache", timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert "on 2 replica(s)" in out.stdout
-    assert history_epochs(run) == [1]
-    metadata = Metadata.load(run / "metadata.json")
-    assert metadata.class_names == tuple(str(d) for d in range(10))
-    # Trained without reflections, so its protocol is the centre crop, not ten mirrored crops.
-    assert (metadata.input_size, metadata.resize, metadata.protocol) == (67, 76, "center")
-    assert metadata.scale == pytest.approx(1 / 127.5)
-    config = json.loads((run / "command.json").read_text())["config"]
-    assert (config["init"], config["batch_size"], config["flip"]) == ("he", 32, False)
-    best = keras.saving.load_model(run / "best.keras")
-    probs = best.predict_on_batch(np.full((1, 67, 67, 3), 128.0, "float32"))
-    np.testing.assert_allclose(probs.sum(), 1.0, rtol=1e-5)  # softmax output
-    # The same command a second time: the run is finished, which it says, exit 0.
-    again = run_train(args, cache=tmp_path / "cache", timeout=600)
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert f"{run} has already finished 1 epochs; its best model is {run / 'best.keras'}" in (
-        again.stdout
-    )
-    assert "Traceback" not in again.stderr and history_epochs(run) == [1]
-
-
 def test_bad_arguments_are_one_line_errors(tmp_path):
     out = run_train(["--model", "vgg_a", "--image-size", "300"], cache=tmp_path / "c")
     assert out.returncode != 0 and "larger than the resize size" in out.stderr
@@ -454,6 +425,18 @@ def test_a_finished_run_says_so_and_a_larger_epochs_continues_it(tiny_data, tmp_
     assert history_epochs(tmp_path / "run") == [1, 2]
     # Trained with reflections (the default for real data): the paper's protocol.
     assert Metadata.load(tmp_path / "run" / "metadata.json").protocol == "dense"
+
+
+def test_bf16_on_a_cpu_without_native_bf16_says_it_is_emulated(tiny_data, tmp_path, monkeypatch):
+    from keras_alexnet import hardware
+
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"avx2", "fma"}))
+    lines = []
+    config = tiny_config(tiny_data, tmp_path / "run", precision="mixed_bfloat16",
+                         steps_per_epoch=1, val_steps=1)  # fmt: skip
+    assert train(config, log=lines.append).epochs == 1
+    assert hardware.bf16_warning("mixed_bfloat16", False, {"avx2"}) in lines
+    assert keras.mixed_precision.global_policy().name == "float32"  # the caller's, restored
 
 
 @pytest.mark.parametrize(
