@@ -14,7 +14,7 @@ import numpy as np
 
 # The commands' TensorFlow settings (oneDNN on) take effect only if set before TensorFlow
 # is imported: every benchmark imports this module first.
-from keras_alexnet import cli
+from keras_alexnet import cli, hardware
 
 cli.prepare_process()
 
@@ -57,20 +57,15 @@ def peak_rss_mib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-# The SIMD flags that decide which kernels run (fp32 AVX2 / AVX-512, int8 VNNI, bf16, AMX).
-SIMD_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile")
-
-
 def cpu():
-    """The CPU's model name and its SIMD flags, from lscpu."""
+    """The CPU's model name and its SIMD flags (lscpu's model name, /proc/cpuinfo's flags)."""
     try:
         text = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
     except OSError:
-        return "lscpu not available"
+        text = ""
     fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
-    flags = fields.get("Flags", "").split()
     name = " ".join(fields.get("Model name", "unknown").split())
-    return f"{name}, flags {' '.join(f for f in SIMD_FLAGS if f in flags) or 'none of AVX2+'}"
+    return f"{name}, flags {hardware.simd_summary(hardware.cpu_flags())}"
 
 
 def machine():

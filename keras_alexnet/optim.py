@@ -4,6 +4,7 @@
 backend; `make_train_step` is the TensorFlow training loop's step (tf.distribute).
 """
 
+import contextlib
 import math
 
 from keras_alexnet.train_config import PAPER_LR, TrainConfig
@@ -166,3 +167,16 @@ def learning_rate_variable(optimizer):
     """The learning-rate variable (unwrapping a LossScaleOptimizer)."""
     inner = getattr(optimizer, "inner_optimizer", optimizer)
     return inner.learning_rate
+
+
+@contextlib.contextmanager
+def global_precision(policy):
+    """Keras's global dtype policy set to `policy` inside the block, the previous one after."""
+    import keras
+
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)

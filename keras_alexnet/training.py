@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from keras_alexnet import curves, extras, fileio, filters
+from keras_alexnet import curves, extras, fileio, filters, hardware
 from keras_alexnet.artifacts import METADATA_FILENAME
 from keras_alexnet.distribute import (
     check_same_start,
@@ -23,6 +23,7 @@ from keras_alexnet.distribute import (
 from keras_alexnet.metadata import Metadata
 from keras_alexnet.optim import (
     Plateau,
+    global_precision,
     learning_rate_for,
     learning_rate_variable,
     make_train_step,
@@ -124,8 +125,20 @@ def train(config, *, argv=None, log=print):
     keras.utils.set_random_seed(config.seed)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
-    keras.mixed_precision.set_global_policy(config.precision)
+    with global_precision(config.precision):
+        return _train_in_precision(config, spec, lr_given, argv, log)
+
+
+def _train_in_precision(config, spec, lr_given, argv, log):
+    """The body of `train`, under the run's precision policy."""
+    import tensorflow as tf
+
     strategy = make_strategy(config.strategy, config.cpu_replicas)
+    warning = hardware.bf16_warning(
+        config.precision, bool(tf.config.list_logical_devices("GPU")), hardware.cpu_flags()
+    )
+    if warning:
+        log(warning)
     if config.batch_size % strategy.num_replicas_in_sync:
         raise TrainingError(
             f"--batch-size {config.batch_size} does not split evenly over "
@@ -472,9 +485,8 @@ def _build_state(config, spec, strategy, metadata, start=None):
         sums = tf.Variable(tf.zeros(3, tf.float64), trainable=False, name="epoch_sums")
         plateau = Plateau(config.plateau_patience, config.max_lr_drops)
     # Softmax twin outside the strategy, in float32: validation, and the saved best model.
-    keras.mixed_precision.set_global_policy("float32")
-    inference = build_model(spec.name, classifier_activation="softmax", **model_kwargs)
-    keras.mixed_precision.set_global_policy(config.precision)
+    with global_precision("float32"):
+        inference = build_model(spec.name, classifier_activation="softmax", **model_kwargs)
     # model.variables includes the dropout layers' seed-generator states, which the model
     # object alone does not expose to tf.train.Checkpoint: needed for an exact resume.
     checkpoint = tf.train.Checkpoint(
