@@ -7,7 +7,10 @@ multi-threaded kernels may add in another order, and another CPU takes other ker
 small differences grow over training. This prints each run's best epoch (the one best.keras
 holds) and last epoch validation top-1, their mean and spread, and the wall time, and
 records them in RESULTS.md ("Training demo") with the machine's CPU flags and load.
-Arguments after `--` are appended to the command (e.g. `-- --epochs 1` for a quick look)."""
+With `--precisions float32,mixed_bfloat16` each run is made in each precision (the
+same seeds, the same epochs), for bf16's accuracy against float32's ("Training demo by
+precision"). Arguments after `--` are appended to the command (e.g. `-- --epochs 1` for a
+quick look)."""
 
 import argparse
 import csv
@@ -25,7 +28,6 @@ from benchmarks import common  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ("scripts/train.py", "--model", "alexnet", "--strategy", "mirrored")
-# The lscpu flags that decide which kernels TensorFlow and oneDNN can use.
 
 
 def get_args_parser():
@@ -42,6 +44,12 @@ def get_args_parser():
         default=None,
         help="comma-separated --seed of each run, e.g. 1,2,3 (instead of --runs): how much the "
         "figures move with the seed (default: the README's command, seed 0, every run)",
+    )
+    p.add_argument(
+        "--precisions",
+        default=None,
+        help="comma-separated --precision of each set of runs, e.g. float32,mixed_bfloat16 "
+        "(default: the command's own, float32)",
     )
     p.add_argument(
         "--work-dir",
@@ -91,46 +99,60 @@ def spread(values):
 
 
 def main(args):
-    """Run the command `args.runs` times (or once per seed), print the table, record it."""
+    """Run the command `args.runs` times (or once per seed), per precision; print, record."""
     extra = [a for a in args.train_args if a != "--"]
     seeds = [int(v) for v in args.seeds.split(",")] if args.seeds else [None] * args.runs
-    command = "python " + " ".join([*DEMO, *extra, *(["--seed", "S"] if args.seeds else [])])
+    precisions = args.precisions.split(",") if args.precisions else [None]
+    command = "python " + " ".join([
+        *DEMO, *extra, *(["--precision", "P"] if args.precisions else []),
+        *(["--seed", "S"] if args.seeds else []),
+    ])  # fmt: skip
     load_before = os.getloadavg()[0]
     keep = tempfile.TemporaryDirectory() if args.work_dir is None else None
     root = Path(args.work_dir or keep.name)
-    rows, bests, lasts, seconds = [], [], [], []
-    for i, seed in enumerate(seeds, 1):
-        flags = [*extra, "--seed", str(seed)] if seed is not None else extra
-        took, history = run_once(root / f"run-{i}", flags)
-        epoch, best, last = run_figures(history)
-        rows.append(
-            f"| {i} | {0 if seed is None else seed} | {100 * best:.2f} % (epoch {epoch}) | "
-            f"{100 * last:.2f} % | {took:.0f} s |"
+    rows, summaries, index = [], [], 0
+    for precision in precisions:
+        shown = precision or "float32"
+        bests, lasts, seconds = [], [], []
+        for seed in seeds:
+            index += 1
+            flags = [*extra, *(["--precision", precision] if precision else [])]
+            flags += ["--seed", str(seed)] if seed is not None else []
+            took, history = run_once(root / f"run-{index}", flags)
+            epoch, best, last = run_figures(history)
+            rows.append(
+                f"| {index} | {shown} | {0 if seed is None else seed} | {100 * best:.2f} % "
+                f"(epoch {epoch}) | {100 * last:.2f} % | {took:.0f} s |"
+            )
+            bests.append(best)
+            lasts.append(last)
+            seconds.append(took)
+            print(rows[-1], flush=True)
+        summaries.append(
+            f"| mean ± sd (min-max) | {shown} | | {spread(bests)} | {spread(lasts)} | "
+            f"{statistics.mean(seconds):.0f} s |"
         )
-        bests.append(best)
-        lasts.append(last)
-        seconds.append(took)
-        print(rows[-1], flush=True)
     if keep is not None:
         keep.cleanup()
     table = "\n".join([
-        "| run | seed | best val top-1 (epoch) | last epoch val top-1 | wall time |",
-        "|---|---|---|---|---|",
+        "| run | precision | seed | best val top-1 (epoch) | last epoch val top-1 | wall time |",
+        "|---|---|---|---|---|---|",
         *rows,
-        f"| mean ± sd (min-max) | | {spread(bests)} | {spread(lasts)} | "
-        f"{statistics.mean(seconds):.0f} s |",
+        *summaries,
     ])  # fmt: skip
     body = (
-        f"{common.provenance(command)}\n\n"
-        f"{len(seeds)} runs, each in a new run directory; the validation set is the demo's "
-        "364 held-out digits (centre crop). Without `--deterministic` TensorFlow does not "
-        "promise that runs repeat. Wall time is the whole command (start-up, data, "
+        f"{common.provenance(command)} Run by `python {' '.join(sys.argv)}`.\n\n"
+        f"{len(seeds)} runs per precision, each in a new run directory; the validation set is "
+        "the demo's 364 held-out digits (centre crop). Without `--deterministic` TensorFlow "
+        "does not promise that runs repeat. Wall time is the whole command (start-up, data, "
         "epochs, validation, checkpoints). 1-minute load average (other processes share the "
         f"cores) {load_before:.1f} before, {os.getloadavg()[0]:.1f} after.\n\n{table}"
     )
     print(body)
     if not args.no_write:
-        common.update_section("Training demo", body)
+        common.update_section(
+            "Training demo by precision" if args.precisions else "Training demo", body
+        )
 
 
 if __name__ == "__main__":

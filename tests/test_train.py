@@ -833,24 +833,34 @@ def test_bench_demo_reports_each_runs_best_and_last_epoch(tmp_path):
     env = {**os.environ, "KERAS_ALEXNET_CACHE": str(tmp_path / "cache")}
     out = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "bench_demo.py"), "--seeds", "0,1",
+         "--precisions", "float32,mixed_bfloat16",
          "--no-write", "--work-dir", str(tmp_path / "w"), "--", "--epochs", "2",
          "--steps-per-epoch", "2", "--val-steps", "2", "--width", "0.0625"],
         env=env, capture_output=True, text=True, timeout=600, cwd=ROOT,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
     rows = [line for line in out.stdout.splitlines() if line.startswith("| ")]
-    bests, lasts = [], []
-    for i, seed in enumerate((0, 1), 1):
-        history = list(csv.DictReader(open(tmp_path / "w" / f"run-{i}" / "history.csv")))
+    runs = enumerate([(p, s) for p in ("float32", "mixed_bfloat16") for s in (0, 1)], 1)
+    for i, (precision, seed) in runs:
+        run = tmp_path / "w" / f"run-{i}"
+        history = list(csv.DictReader(open(run / "history.csv")))
+        assert json.loads((run / "command.json").read_text())["config"]["precision"] == precision
         best = max(history, key=lambda r: float(r["val_top1"]))
-        bests.append(100 * float(best["val_top1"]))
-        lasts.append(100 * float(history[-1]["val_top1"]))
-        expected = (f"| {i} | {seed} | {bests[-1]:.2f} % (epoch {best['epoch']}) | "
-                    f"{lasts[-1]:.2f} % | ")  # fmt: skip
+        bests = 100 * float(best["val_top1"])
+        lasts = 100 * float(history[-1]["val_top1"])
+        expected = (f"| {i} | {precision} | {seed} | {bests:.2f} % (epoch {best['epoch']}) | "
+                    f"{lasts:.2f} % | ")  # fmt: skip
         assert any(row.startswith(expected) for row in rows), (expected, rows)
-    summary = next(row for row in rows if row.startswith("| mean"))
-    assert f"{np.mean(bests):.1f} % ± {np.std(bests, ddof=1):.1f}" in summary
-    assert f"{np.mean(lasts):.1f} % ± {np.std(lasts, ddof=1):.1f}" in summary
+    for first, precision in ((1, "float32"), (3, "mixed_bfloat16")):
+        histories = [
+            list(csv.DictReader(open(tmp_path / "w" / f"run-{i}" / "history.csv")))
+            for i in (first, first + 1)
+        ]
+        bests = [100 * max(float(r["val_top1"]) for r in h) for h in histories]
+        lasts = [100 * float(h[-1]["val_top1"]) for h in histories]
+        summary = next(r for r in rows if r.startswith(f"| mean ± sd (min-max) | {precision} |"))
+        assert f"{np.mean(bests):.1f} % ± {np.std(bests, ddof=1):.1f}" in summary
+        assert f"{np.mean(lasts):.1f} % ± {np.std(lasts, ddof=1):.1f}" in summary
     assert (
         ", flags " in out.stdout  # the CPU's SIMD flags in the provenance line
         and "Command: `python scripts/train.py --model alexnet" in out.stdout
