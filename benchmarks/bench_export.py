@@ -155,8 +155,8 @@ def main(args):
             "the onnxruntime-vs-Keras verification; the error is max |onnx - keras| / "
             "max |keras| over 4 random crops and one larger (dense) image. int8: "
             "`quant_pre_process` + `quantize_static` (per-channel int8 weights; int8 "
-            "activations for QDQ, uint8 for QOperator; MinMax; conv1 and LRN kept fp32; "
-            "QOperator max pools on uint8 NHWC), calibrated on "
+            "activations for QDQ, uint8 for QOperator; MinMax; every conv int8, LRN kept fp32 "
+            "and computed in NHWC; QOperator max pools on uint8 NHWC), calibrated on "
             f"{args.calibration_images} centre crops of "
             "training digits. img/s: onnxruntime CPU, one batch of 8 centre crops, best of 3.",
             "",

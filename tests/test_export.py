@@ -102,12 +102,11 @@ def test_int8_export_reports_top1_agreement_measured_independently(exported, tmp
     )
     model = onnx.load(str(int8))
     assert any(n.op_type == "QuantizeLinear" for n in model.graph.node)
-    # conv1 reads the pixels and feeds the fp32 LRN: it stays fp32, the other convs are int8.
-    convs = [n for n in model.graph.node if n.op_type in ("Conv", "QLinearConv")]
-    lrn = [n.op_type for n in convs if "/expanded/" in n.output[0]]
-    assert lrn == ["Conv", "Conv"]  # the two LRN band convolutions, fp32
-    layers = [n.op_type for n in convs if "/expanded/" not in n.output[0]]
-    assert layers == ["Conv"] + ["QLinearConv"] * 4
+    # Every convolution is int8; the LRN stays fp32, in NHWC, its window sum an AveragePool.
+    convs = [n.op_type for n in model.graph.node if n.op_type in ("Conv", "QLinearConv")]
+    assert convs == ["QLinearConv"] * 5
+    pools = [n for n in model.graph.node if n.op_type == "AveragePool"]
+    assert len(pools) == 2 and all("/expanded/" in n.output[0] for n in pools)
     assert load_metadata(int8) == load_metadata(exported["onnx"])
     assert result["bytes"] < exported["onnx"].stat().st_size
     assert result["agreement_images"] == 48
@@ -219,3 +218,20 @@ def test_export_cli_reports_on_stdout_and_keeps_stderr_free_of_tensorflow_noise(
         f"export_onnx: error: {tmp_path / 'nope'} does not exist: pass a .keras file, a "
         "training run directory, a SavedModel directory or an .onnx file"
     ]
+
+
+def test_profile_onnx_times_files_side_by_side_and_lists_operator_shares(exported, capsys):
+    from benchmarks import profile_onnx
+
+    args = profile_onnx.get_args_parser().parse_args(
+        [str(exported["onnx"]), str(exported["onnx"]), "--batch-sizes", "2", "--seconds",
+         "0.1", "--rounds", "1", "--top", "99"]
+    )  # fmt: skip
+    profile_onnx.main(args)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1] == "batch 2" and lines[2] == "| file | img/s | vs alexnet.onnx |"
+    assert lines[4].startswith("| alexnet.onnx | ") and lines[4].endswith(" | 1.00x |")
+    start = lines.index("alexnet.onnx, batch 2, share of kernel time") + 3
+    rows = lines[start : lines.index("", start)]
+    shares = {row.split(" | ")[0][2:]: float(row.split(" | ")[1][:-4]) for row in rows}
+    assert "Conv" in shares and sum(shares.values()) == pytest.approx(100, abs=1)

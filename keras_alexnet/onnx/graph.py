@@ -17,6 +17,12 @@ its blocked (NCHWc) layout. A grouped band convolution (one group per tower) com
 same per-tower sums in one pass over all channels, so the whole pattern becomes one
 expanded LRN.
 
+For int8, `channels_last_lrn` rewrites each expanded LRN to run in NHWC, where
+onnxruntime keeps its int8 convolutions: the windowed sum becomes a 1-D AveragePool over
+each tower's channels (rows of `size` channels, zero-padded, divided by `size`), and the
+Transposes at its ends cancel against onnxruntime's own around the NHWC QLinearConvs
+(profile in benchmarks/RESULTS.md, "int8 inference").
+
 `fold_input_normalization` folds the in-graph mean subtraction (and scale) into the
 first convolution when that convolution pads nothing (AlexNet's conv1): conv(s(x - m))
 = conv'(x) with W' = W s and b' = b - sum W' m, exactly, since no padded zero meets the
@@ -99,22 +105,105 @@ def _lrn_nodes(prefix, x, y, channels, attrs, groups=1):
             group=groups,
         ),
     ]
+    normalize, inits = _normalize(prefix, x, f"{prefix}/d", y, beta)
+    return nodes + normalize, initializers + inits
+
+
+def _normalize(prefix, x, d, y, beta):
+    """Nodes computing y = x * d^-beta (two square roots when beta = 0.75), and initializers."""
     if beta == 0.75:
-        nodes += [
-            helper.make_node("Sqrt", [f"{prefix}/d"], [f"{prefix}/sqrt_d"]),
-            helper.make_node("Mul", [f"{prefix}/d", f"{prefix}/sqrt_d"], [f"{prefix}/d15"]),
+        return [
+            helper.make_node("Sqrt", [d], [f"{prefix}/sqrt_d"]),
+            helper.make_node("Mul", [d, f"{prefix}/sqrt_d"], [f"{prefix}/d15"]),
             helper.make_node("Sqrt", [f"{prefix}/d15"], [f"{prefix}/d075"]),
             helper.make_node("Div", [x, f"{prefix}/d075"], [y]),
-        ]
-    else:
-        initializers.append(
-            numpy_helper.from_array(np.array(-beta, np.float32), f"{prefix}/neg_beta")
+        ], []
+    neg_beta = numpy_helper.from_array(np.array(-beta, np.float32), f"{prefix}/neg_beta")
+    return [
+        helper.make_node("Pow", [d, f"{prefix}/neg_beta"], [f"{prefix}/f"]),
+        helper.make_node("Mul", [x, f"{prefix}/f"], [y]),
+    ], [neg_beta]
+
+
+def _expanded_lrn_parameters(g, square):
+    """The parameters of the expanded LRN (as `_lrn_nodes` wrote it) that squares in `square`.
+
+    (prefix, x, y, channels per group, size, alpha, beta, bias), or None.
+    """
+    prefix = square.output[0].removesuffix("/square")
+    conv = g.only_consumer(square.output[0])
+    if conv is None or conv.op_type != "Conv" or square.input[0] != square.input[1]:
+        return None
+    band, bias = g.constant(conv.input[1]), g.constant(conv.input[2])
+    last = [n for name in (f"{prefix}/d075", f"{prefix}/f") for n in g.consumers.get(name, [])]
+    if band is None or bias is None or len(last) != 1 or last[0] is None:
+        return None
+    width = band.shape[1]
+    middle = band[width // 2, :, 0, 0]  # a channel whose window the edges do not clip
+    size = int(np.count_nonzero(middle))
+    beta = 0.75 if last[0].op_type == "Div" else -float(g.constant(f"{prefix}/neg_beta"))
+    alpha = float(middle.max()) * size
+    return prefix, square.input[0], last[0].output[0], width, size, alpha, beta, float(bias[0])
+
+
+def _channels_last_lrn_nodes(prefix, x, y, width, size, alpha, beta, bias):
+    """Nodes and initializers of LRN on NCHW `x` computed in NHWC, per group of `width`."""
+    p = prefix
+    initializers = [
+        numpy_helper.from_array(np.array([-1, 1, width], np.int64), f"{p}/rows"),
+        numpy_helper.from_array(np.array(alpha, np.float32), f"{p}/alpha"),
+        numpy_helper.from_array(np.array(bias, np.float32), f"{p}/bias"),
+    ]
+    nodes = [
+        helper.make_node("Transpose", [x], [f"{p}/nhwc"], perm=[0, 2, 3, 1]),
+        helper.make_node("Shape", [f"{p}/nhwc"], [f"{p}/shape"]),
+        helper.make_node("Mul", [f"{p}/nhwc", f"{p}/nhwc"], [f"{p}/square"]),
+        helper.make_node("Reshape", [f"{p}/square", f"{p}/rows"], [f"{p}/square_rows"]),
+        helper.make_node(
+            "AveragePool",
+            [f"{p}/square_rows"],
+            [f"{p}/mean_rows"],
+            kernel_shape=[size],
+            pads=[(size - 1) // 2, size // 2],
+            count_include_pad=1,
+        ),  # fmt: skip
+        helper.make_node("Reshape", [f"{p}/mean_rows", f"{p}/shape"], [f"{p}/mean"]),
+        helper.make_node("Mul", [f"{p}/mean", f"{p}/alpha"], [f"{p}/scaled"]),
+        helper.make_node("Add", [f"{p}/scaled", f"{p}/bias"], [f"{p}/d"]),
+    ]
+    normalize, inits = _normalize(p, f"{p}/nhwc", f"{p}/d", f"{p}/y_nhwc", beta)
+    nodes += [*normalize, helper.make_node("Transpose", [f"{p}/y_nhwc"], [y], perm=[0, 3, 1, 2])]
+    return nodes, initializers + inits
+
+
+def channels_last_lrn(model):
+    """Return a copy of `model` with each expanded LRN (`expand_lrn`'s) computed in NHWC."""
+    model = _copy(model)
+    graph = model.graph
+    g = _Graph(graph)
+    nodes, initializers, replaced, prefixes = [], [], set(), []
+    for node in graph.node:
+        if node.op_type != "Mul" or not node.output[0].endswith("/expanded/square"):
+            continue
+        found = _expanded_lrn_parameters(g, node)
+        if found is None:
+            continue
+        prefix = found[0]
+        replaced.update(
+            id(n) for n in graph.node if any(o.startswith(f"{prefix}/") for o in n.output)
         )
-        nodes += [
-            helper.make_node("Pow", [f"{prefix}/d", f"{prefix}/neg_beta"], [f"{prefix}/f"]),
-            helper.make_node("Mul", [x, f"{prefix}/f"], [y]),
-        ]
-    return nodes, initializers
+        replaced.add(id(g.producer[found[2]]))
+        prefixes.append(f"{prefix}/")
+        new, inits = _channels_last_lrn_nodes(*found)
+        nodes += new
+        initializers += inits
+    kept = [t for t in graph.initializer if not t.name.startswith(tuple(prefixes))]
+    del graph.initializer[:]
+    graph.initializer.extend(kept + initializers)
+    nodes += [n for n in graph.node if id(n) not in replaced]
+    del graph.node[:]
+    graph.node.extend(_topological(nodes, graph))
+    return model
 
 
 def _is_transpose(node, perm):
