@@ -129,6 +129,32 @@ def measure(model, flags, args, image):
     }
 
 
+def in_process(model, batch, seconds):
+    """Images/s of the same model alone in onnxruntime in this process, on `batch` crops."""
+    from keras_alexnet.onnx.session import onnx_session
+
+    session = onnx_session(model)
+    x = np.random.default_rng(0).uniform(0, 255, (batch, 227, 227, 3)).astype("float32")
+    for _ in range(2):
+        session.run(None, {"images": x})
+    calls, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds or calls < 2:
+        session.run(None, {"images": x})
+        calls += 1
+    return batch * calls / (time.perf_counter() - start)
+
+
+def overhead_line(rows, alone, batch):
+    """The served images/s against the model alone at the server's largest batch."""
+    best = max(r["throughput"] for r in rows.values())
+    return (
+        f"The same model alone in onnxruntime in this process, batches of {batch}: "
+        f"{alone:.1f} images/s; the best server configuration gives {best / alone:.0%} of "
+        f"it (serving overhead {1 - best / alone:.0%}: JPEG decoding and resizing, HTTP and "
+        "the clients, on the same cores)."
+    )
+
+
 def notes(rows, clients):
     """What the table says: the gain from batching and how much of the latency is queueing."""
     batched, alone = rows.values()
@@ -201,6 +227,7 @@ def main(args):
             model, ["--no-batching", "--max-batch-size", str(args.max_batch_size)], args, image
         ),
     }
+    alone = in_process(model, args.max_batch_size, args.duration / 3)
     table = [
         "| server | requests | images/s | p50 ms | p99 ms | errors | mean images per run |",
         "|---|---|---|---|---|---|---|",
@@ -211,6 +238,7 @@ def main(args):
             f"{r['p99']:.0f} | {r['errors']} | {r['mean_batch']:.1f} |"
         )
     print("\n".join(table))
+    print(overhead_line(rows, alone, args.max_batch_size))
     for label, r in rows.items():
         print(f"{label}: answers by status {r['statuses']}")
     if args.write:
@@ -225,6 +253,8 @@ def main(args):
             f"{os.getloadavg()[0]:.1f} (other processes shared the machine).\n\n"
             + "\n".join(table)
             + "\n\n"
+            + overhead_line(rows, alone, args.max_batch_size)
+            + " "
             + notes(rows, args.clients)
         )
         common.update_section("Serving", body)
