@@ -81,32 +81,31 @@ def test_per_tower_lrn_becomes_one_grouped_band_conv_with_the_same_result():
     np.testing.assert_allclose(run(expanded, x), expected, rtol=1e-5)
 
 
-@pytest.mark.parametrize(("towers", "size", "beta", "bias"), [(2, 5, 0.75, 1.0), (1, 4, 0.5, 2.0)])
-def test_channels_last_lrn_keeps_what_the_expanded_lrn_computes(towers, size, beta, bias):
+@pytest.mark.parametrize(
+    ("towers", "channels", "size", "beta", "bias"),
+    [(2, 12, 5, 0.75, 1.0), (2, 6, 5, 0.75, 1.0), (1, 7, 4, 0.5, 2.0)],
+    ids=["two-towers", "towers-narrower-than-the-window", "even-window"],
+)
+def test_channels_last_lrn_keeps_what_the_expanded_lrn_computes(towers, channels, size, beta, bias):
     # The int8 path's LRN: NHWC, the window sum a 1-D AveragePool over each tower's channels
-    # (tf2onnx's tower pattern takes LRN's defaults, beta 0.75 and bias 1; an even size too).
-    model = (
-        tower_lrn_model(12, 2, size, 5e-4 * 40)
-        if towers == 2
-        else lrn_model(7, size, 5e-4 * 40, beta, bias)
-    )
-    expanded = expand_lrn(model)
-    rewritten = channels_last_lrn(expanded)
+    # (tf2onnx's tower pattern takes LRN's defaults, beta 0.75 and bias 1). With 3 channels
+    # a tower, fewer than the window's 5, the edges clip every window (a narrow --width).
+    if towers == 2:
+        model = tower_lrn_model(channels, 2, size, 5e-4 * 40)
+    else:
+        model = lrn_model(channels, size, 5e-4 * 40, beta, bias)
+    rewritten = channels_last_lrn(expand_lrn(model))
     onnx.checker.check_model(rewritten, full_check=True)
     ops = [n.op_type for n in rewritten.graph.node]
     assert "AveragePool" in ops and "Conv" not in ops  # no band convolution left
     assert ops[0] == ops[-1] == "Transpose"  # NCHW in and out, NHWC between
     names = [t.name for t in rewritten.graph.initializer]
     assert len(names) == len(set(names)) and not any(n.endswith("/band") for n in names)
-    channels = 12 if towers == 2 else 7
     x = np.random.default_rng(3).uniform(-30, 30, (2, channels, 5, 4)).astype("float32")
-    if towers == 2:
-        halves = np.split(x, 2, axis=1)
-        expected = np.concatenate(
-            [onnx_lrn_by_hand(h, size, 5e-4 * 40, beta, bias) for h in halves], axis=1
-        )
-    else:
-        expected = onnx_lrn_by_hand(x, size, 5e-4 * 40, beta, bias)
+    expected = np.concatenate(
+        [onnx_lrn_by_hand(t, size, 5e-4 * 40, beta, bias) for t in np.split(x, towers, axis=1)],
+        axis=1,
+    )
     np.testing.assert_allclose(run(rewritten, x), expected, rtol=1e-5)
 
 

@@ -128,7 +128,10 @@ def _normalize(prefix, x, d, y, beta):
 def _expanded_lrn_parameters(g, square):
     """The parameters of the expanded LRN (as `_lrn_nodes` wrote it) that squares in `square`.
 
-    (prefix, x, y, channels per group, size, alpha, beta, bias), or None.
+    (prefix, x, y, channels per group, window, alpha / size, beta, bias), or None. The
+    window is (channels before, channels after) each output's own, read off the band as
+    it is: where a group has fewer channels than LRN's size, the edges clip every window
+    and the band, not the size, says what is summed.
     """
     prefix = square.output[0].removesuffix("/square")
     conv = g.only_consumer(square.output[0])
@@ -139,19 +142,29 @@ def _expanded_lrn_parameters(g, square):
     if band is None or bias is None or len(last) != 1 or last[0] is None:
         return None
     width = band.shape[1]
-    middle = band[width // 2, :, 0, 0]  # a channel whose window the edges do not clip
-    size = int(np.count_nonzero(middle))
+    first_group = band[:width, :, 0, 0]  # [output o, input i]; every group's is the same
+    outputs, inputs = np.nonzero(first_group)
+    values = first_group[outputs, inputs]
+    if not len(values) or np.any(values != values[0]):
+        return None
+    window = (int(np.max(outputs - inputs)), int(np.max(inputs - outputs)))
     beta = 0.75 if last[0].op_type == "Div" else -float(g.constant(f"{prefix}/neg_beta"))
-    alpha = float(middle.max()) * size
-    return prefix, square.input[0], last[0].output[0], width, size, alpha, beta, float(bias[0])
+    x, y = square.input[0], last[0].output[0]
+    return prefix, x, y, width, window, float(values[0]), beta, float(bias[0])
 
 
-def _channels_last_lrn_nodes(prefix, x, y, width, size, alpha, beta, bias):
-    """Nodes and initializers of LRN on NCHW `x` computed in NHWC, per group of `width`."""
+def _channels_last_lrn_nodes(prefix, x, y, width, window, per_channel, beta, bias):
+    """Nodes and initializers of LRN on NCHW `x` computed in NHWC, per group of `width`.
+
+    The window sum is an AveragePool over rows of `width` channels (zero-padded by
+    `window`), so it is scaled back by the pool's size times `per_channel` (alpha / size).
+    """
     p = prefix
+    before, after = window
+    kernel = before + after + 1
     initializers = [
         numpy_helper.from_array(np.array([-1, 1, width], np.int64), f"{p}/rows"),
-        numpy_helper.from_array(np.array(alpha, np.float32), f"{p}/alpha"),
+        numpy_helper.from_array(np.array(per_channel * kernel, np.float32), f"{p}/alpha"),
         numpy_helper.from_array(np.array(bias, np.float32), f"{p}/bias"),
     ]
     nodes = [
@@ -163,8 +176,8 @@ def _channels_last_lrn_nodes(prefix, x, y, width, size, alpha, beta, bias):
             "AveragePool",
             [f"{p}/square_rows"],
             [f"{p}/mean_rows"],
-            kernel_shape=[size],
-            pads=[(size - 1) // 2, size // 2],
+            kernel_shape=[kernel],
+            pads=[before, after],
             count_include_pad=1,
         ),  # fmt: skip
         helper.make_node("Reshape", [f"{p}/mean_rows", f"{p}/shape"], [f"{p}/mean"]),
