@@ -91,14 +91,26 @@ def resize_bilinear(image, height, width, *, top=0, left=0, crop=None):
     x0, x1, fx = _taps(image.shape[1], width, left, cols)
 
     def corners(y):
-        # Only the source pixels the window reads: whole source rows would make a 1-pixel
-        # high, 1,000,000 wide image cost 227 x 1,000,000 x 3 float32.
-        near = image[np.ix_(y, x0)].astype(np.float32)
-        return near + (image[np.ix_(y, x1)] - near) * fx[None, :, None]
+        near = _gather(image, y, x0).astype(np.float32)
+        return near + (_gather(image, y, x1) - near) * fx[None, :, None]
 
     # Columns first, then rows, as TensorFlow's kernel blends.
     upper = corners(y0)
     return upper + (corners(y1) - upper) * fy[:, None, None]
+
+
+def _gather(image, rows, cols):
+    """`image[rows][:, cols]` for index vectors, reading only the pixels it returns.
+
+    Whole source rows would make a 1-pixel high, 1,000,000 wide image cost 227 x 1,000,000
+    x 3. A contiguous image is read by flat pixel index (`take` on [H * W, C]: about 4x
+    faster than `np.ix_` on a 500x375 photo), any other through `np.ix_`.
+    """
+    if not image.flags.c_contiguous:
+        return image[np.ix_(rows, cols)]
+    flat = image.reshape(-1, image.shape[-1])
+    index = (rows[:, None] * image.shape[1] + cols[None, :]).ravel()
+    return flat.take(index, axis=0).reshape(len(rows), len(cols), image.shape[-1])
 
 
 def center_crop_resized(image, resize, size):

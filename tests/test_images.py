@@ -180,3 +180,15 @@ def test_windowed_resize_equals_tensorflow_on_elongated_images(shape, resize, si
     image = np.random.default_rng(6).integers(0, 256, shape, dtype=np.uint8)
     want = transforms.center_crop(transforms.resize_shorter(tf.constant(image), resize), size)
     np.testing.assert_allclose(images.center_crop_resized(image, resize, size), want, atol=1e-3)
+
+
+def test_resize_of_a_strided_view_equals_that_of_its_copy():
+    # Contiguous images are read by flat pixel index, views (an EXIF turn, a caller's
+    # slice) through np.ix_: both must give the same numbers.
+    image = np.random.default_rng(7).integers(0, 256, (60, 80, 3), dtype=np.uint8)
+    view = image.transpose(1, 0, 2)[::-1]
+    assert not view.flags.c_contiguous
+    np.testing.assert_array_equal(
+        images.center_crop_resized(view, 40, 32),
+        images.center_crop_resized(np.ascontiguousarray(view), 40, 32),
+    )

@@ -83,10 +83,13 @@ def _short_name(provider):
     return provider.removesuffix("ExecutionProvider").lower()
 
 
-def onnx_session(path, threads=None, provider=AUTO):
+def onnx_session(path, threads=None, provider=AUTO, *, spin=True):
     """The one maker of onnxruntime sessions: `threads` intra-op threads, `provider` (see above).
 
-    `threads` 0 or None lets onnxruntime choose (one per core).
+    `threads` 0 or None lets onnxruntime choose (one per core). With `spin` False the
+    intra-op threads sleep instead of busy-waiting between operators: the server's choice,
+    where image decoding and HTTP share the cores with the model (benchmarks/RESULTS.md,
+    Serving).
     """
     import onnxruntime as ort
 
@@ -96,6 +99,8 @@ def onnx_session(path, threads=None, provider=AUTO):
     # Operators run one after another (sequential mode); parallelism is inside each one.
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if not spin:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         return ort.InferenceSession(str(path), options, providers=providers)
     except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph types

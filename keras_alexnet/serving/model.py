@@ -65,7 +65,7 @@ class OnnxModel:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"no ONNX model at {path}")
-        self.session = onnx_session(path, threads, provider)
+        self.session = onnx_session(path, threads, provider, spin=False)
         self.path = path
         self.name = name or path.stem
         self.inputs = [_spec(n) for n in self.session.get_inputs()]
