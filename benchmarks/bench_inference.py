@@ -1,7 +1,8 @@
-"""Forward throughput of the paper's AlexNet (227) and VGG D (224): Keras/TF, our ONNX fp32
-and int8 exports in onnxruntime, and a PyTorch eager reference of the same architecture
-(groups=2, per-tower LRN), all measured in one run, with GFLOP/s against a matmul peak
-measured in the same run. PyTorch is optional (`pip install -e ".[bench]"`).
+"""Forward throughput of the paper's AlexNet (227) and VGG D (224): Keras/TF in float32 and
+bf16 (the mixed_bfloat16 policy), our ONNX fp32 and int8 exports in onnxruntime, and a
+PyTorch eager reference of the same architecture (groups=2, per-tower LRN), all measured in
+one run, with GFLOP/s against matmul peaks (fp32, bf16) measured in the same run. PyTorch
+is optional (`pip install -e ".[bench]"`).
 
 The models have random weights (`INIT`: chosen so the 1000 scores of an untrained net are
 not saturated, which would make the export check vacuous) and ImageNet's mean in-graph; the
@@ -27,6 +28,7 @@ BATCHES = {"alexnet": (1, 8, 32), "vgg_d": (1, 8)}
 # the paper's init for AlexNet; for VGG D its N(0, 0.1) saturates the softmax of an
 # untrained net, so Glorot on pixels scaled by 1/128.
 INIT = {"alexnet": {}, "vgg_d": {"init": "glorot", "scale": 1 / 128}}
+BF16 = "keras/tf bf16"  # Keras's mixed_bfloat16 policy; its % of peak is of the bf16 peak
 
 
 def throughput(fn, batch, min_seconds):
@@ -43,7 +45,7 @@ def throughput(fn, batch, min_seconds):
 
 
 def build_runtimes(name, work, log):
-    """Return {runtime: predict(x_nhwc)} for Keras, ONNX fp32, ONNX int8 and PyTorch."""
+    """Return {runtime: predict(x_nhwc)} for Keras (fp32, bf16), ONNX fp32 and int8, PyTorch."""
     import tensorflow as tf
 
     from keras_alexnet.data import IMAGENET_STATS
@@ -51,6 +53,7 @@ def build_runtimes(name, work, log):
     from keras_alexnet.metadata import Metadata
     from keras_alexnet.models import build_model, get_spec
     from keras_alexnet.onnx.session import onnx_session
+    from keras_alexnet.optim import global_precision
 
     spec = get_spec(name)
     init = INIT[name]
@@ -68,6 +71,11 @@ def build_runtimes(name, work, log):
     export = export_onnx(path, onnx_path, quantize="int8", agreement_images=64, log=log)
     keras_fn = tf.function(lambda x: model(x, training=False))
     runtimes = {"keras/tf": lambda x: keras_fn(x).numpy()}
+    with global_precision("mixed_bfloat16"):  # bf16 compute, the same float32 weights
+        bf16 = build_model(name, seed=0, mean=IMAGENET_STATS.mean, **init)
+    bf16.set_weights(model.get_weights())
+    bf16_fn = tf.function(lambda x: bf16(x, training=False))
+    runtimes[BF16] = lambda x: bf16_fn(x).numpy()
     for label, file in (("onnx fp32", onnx_path), ("onnx int8", Path(export["int8"]["path"]))):
         session = onnx_session(file)
         runtimes[label] = lambda x, s=session: s.run(None, {"images": x})[0]
@@ -84,6 +92,15 @@ def build_runtimes(name, work, log):
     except ImportError:
         log("PyTorch is not installed: its column is skipped")
     return runtimes, flops, export
+
+
+def bf16_note(name, batch, speeds):
+    """bf16's speed against the best fp32 runtime and ONNX int8 at one batch size."""
+    fp32 = max(v for r, v in speeds.items() if r in ("keras/tf", "onnx fp32"))
+    return (
+        f"{name} batch {batch}: {speeds[BF16] / fp32:.2f}x the best fp32, "
+        f"{speeds[BF16] / speeds['onnx int8']:.2f}x int8"
+    )
 
 
 def get_args_parser():
@@ -118,8 +135,9 @@ def get_args_parser():
 def main(args):
     """Measure every runtime at every batch size, print the table, record it."""
     peak = common.matmul_peak_gflops()
+    bf16_peak = common.tf_matmul_peaks()["bf16"]
     load_before = os.getloadavg()[0]
-    rows, notes, points = [], [], []
+    rows, notes, points, bf16_notes = [], [], [], []
     with tempfile.TemporaryDirectory() as work:
         for name in args.models.split(","):
             runtimes, flops, export = build_runtimes(name, work, log=lambda m: None)
@@ -141,6 +159,7 @@ def main(args):
                         img_s = throughput(lambda f=runtimes[r], x=x: f(x), batch, args.min_seconds)
                         speeds[r] = max(speeds.get(r, 0.0), img_s)
                 speeds = {r: speeds[r] for r in runtimes}
+                bf16_notes.append(bf16_note(name, batch, speeds))
                 base = speeds.get("pytorch eager")
                 for runtime, img_s in speeds.items():
                     ratio = f"{img_s / base:.2f}x" if base else "n/a"
@@ -148,9 +167,10 @@ def main(args):
                     rows.append((name, batch, runtime, img_s, ratio, flops * img_s / 1e9))
                     print(f"{name} batch {batch} {runtime}: {img_s:.1f} img/s, {ratio}", flush=True)
     peak = max(peak, common.matmul_peak_gflops())
+    bf16_peak = max(bf16_peak, common.tf_matmul_peaks()["bf16"])
     rows = [
         f"| {name} | {batch} | {runtime} | {img_s:.1f} | {ratio} | "
-        f"{gflops:.0f} ({100 * gflops / peak:.0f} %) |"
+        f"{gflops:.0f} ({100 * gflops / (bf16_peak if runtime == BF16 else peak):.0f} %) |"
         for name, batch, runtime, img_s, ratio, gflops in rows
     ]
     table = "\n".join([
@@ -162,10 +182,15 @@ def main(args):
         f"{common.provenance()}\n\nForward passes on random 0-255 batches, best of "
         f"{args.rounds} alternating rounds of >= {args.min_seconds:g} s each, 2 intra-op threads "
         f"(the machine's cores) for every runtime. float32 GEMM peak measured in the same run "
-        f"(NumPy 2048^2, best before or after): {peak:.0f} GFLOP/s. 1-minute load average "
+        f"(NumPy 2048^2, best before or after): {peak:.0f} GFLOP/s; bf16 (TensorFlow's, the same "
+        f"way; the `{BF16}` row's %): {bf16_peak:.0f} GFLOP/s. 1-minute load average "
         f"(other processes share "
         f"the 2 cores) {load_before:.1f} before, {os.getloadavg()[0]:.1f} after.\n\n{table}\n\n"
         + "\n".join(f"- {n}" for n in notes)
+        + "\n- bf16 (Keras's mixed_bfloat16) against fp32 and int8: "
+        + "; ".join(bf16_notes)
+        + ". Inference is offered in fp32 and int8 (ONNX), not bf16, as long as int8 is "
+        "the faster at every batch size."
         + "\n- The weights are random (AlexNet: paper init; VGG D: Glorot): the 1000 scores "
         "are nearly tied, so the int8 agreement above measures quantisation noise, not "
         "accuracy (an untrained net's top-1 hangs on tiny score differences); on a trained "

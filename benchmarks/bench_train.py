@@ -95,21 +95,8 @@ def torch_worker(mode, precision, batch, steps):
 
 
 def peak_worker():
-    """TensorFlow's float32 and bf16 matmul GFLOP/s on 2048^2 matrices (oneDNN), best of 10."""
-    import tensorflow as tf
-
-    peaks = {}
-    for name, dtype in (("fp32", tf.float32), ("bf16", tf.bfloat16)):
-        a, b = (tf.cast(tf.random.stateless_normal((2048, 2048), (s, 0)), dtype) for s in (0, 1))
-        matmul = tf.function(lambda a, b: tf.reduce_sum(tf.cast(tf.matmul(a, b)[0], tf.float32)))
-        matmul(a, b).numpy()
-        best = float("inf")
-        for _ in range(10):
-            start = time.perf_counter()
-            matmul(a, b).numpy()
-            best = min(best, time.perf_counter() - start)
-        peaks[name] = 2 * 2048**3 / best / 1e9
-    return peaks
+    """TensorFlow's float32 and bf16 matmul GFLOP/s (`common.tf_matmul_peaks`)."""
+    return common.tf_matmul_peaks()
 
 
 def _time(step, steps, batch, flops):

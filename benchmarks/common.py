@@ -52,6 +52,24 @@ def matmul_peak_gflops(n=2048, repeats=10):
     return 2 * n**3 / best / 1e9
 
 
+def tf_matmul_peaks(n=2048, repeats=10):
+    """TensorFlow's float32 and bf16 matmul GFLOP/s on n x n matrices (oneDNN), best of 10."""
+    import tensorflow as tf
+
+    peaks = {}
+    for name, dtype in (("fp32", tf.float32), ("bf16", tf.bfloat16)):
+        a, b = (tf.cast(tf.random.stateless_normal((n, n), (s, 0)), dtype) for s in (0, 1))
+        matmul = tf.function(lambda a, b: tf.reduce_sum(tf.cast(tf.matmul(a, b)[0], tf.float32)))
+        matmul(a, b).numpy()
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            matmul(a, b).numpy()
+            best = min(best, time.perf_counter() - start)
+        peaks[name] = 2 * n**3 / best / 1e9
+    return peaks
+
+
 def peak_rss_mib():
     """Peak resident memory of this process in MiB."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
