@@ -196,7 +196,7 @@ def main(args):
         "accuracy (an untrained net's top-1 hangs on tiny score differences); on a trained "
         "AlexNet it is in *Export*."
     )
-    if plot(points, PLOT):
+    if plot(points, PLOT, plot_title()):
         body += f"\n\n![throughput against batch size]({PLOT.name})"
     print(body)
     if not args.no_write:
@@ -206,8 +206,19 @@ def main(args):
 PLOT = Path(__file__).with_name("inference_throughput.png")
 
 
-def plot(points, path):
-    """Plot img/s against batch size per runtime, one panel per model; False without matplotlib."""
+def plot_title():
+    """The plot's title: what was measured, on which machine, when."""
+    import datetime
+
+    return f"Forward throughput; {common.machine()}; {datetime.date.today().isoformat()}"
+
+
+def plot(points, path, title=""):
+    """Plot img/s against batch size per runtime, one panel per model; False without matplotlib.
+
+    The x axis is labelled at the measured batch sizes; one legend below the panels, so it
+    hides no line; `title` (machine and date) above them.
+    """
     try:
         import matplotlib
 
@@ -216,15 +227,21 @@ def plot(points, path):
     except ImportError:
         return False
     models = sorted({p[0] for p in points})
-    fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 4.6), squeeze=False)
     for ax, model in zip(axes[0], models, strict=True):
         for runtime in sorted({p[1] for p in points if p[0] == model}):
             xs = [(b, v) for m, r, b, v in points if m == model and r == runtime]
             ax.plot([b for b, _ in xs], [v for _, v in xs], marker="o", label=runtime)
+        batches = sorted({b for m, _, b, _ in points if m == model})
         ax.set(title=model, xlabel="batch size", ylabel="images / s", xscale="log")
+        ax.set_xticks(batches, [str(b) for b in batches])
+        ax.minorticks_off()
+        ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), frameon=False)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
     from keras_alexnet import fileio
 
     with fileio.atomic_path(path) as tmp:
