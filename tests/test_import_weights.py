@@ -8,6 +8,7 @@ preprocessing of the same pixels (keras.applications' preprocess_input; torchvis
 """
 
 import importlib.util
+import sys
 
 import h5py
 import keras
@@ -19,7 +20,6 @@ from keras.src.legacy.saving import legacy_h5_format
 from keras_alexnet import build_model
 from keras_alexnet.commands import import_weights as import_weights_command
 from keras_alexnet.export import export_onnx, relative_error
-from keras_alexnet.extras import MissingExtraError
 from keras_alexnet.layers import InputNormalization
 from keras_alexnet.metadata import Metadata
 from keras_alexnet.models import get_spec
@@ -288,12 +288,20 @@ def test_per_channel_scale_normalises_each_channel_and_round_trips_its_config():
         InputNormalization(scale=(1.0, 2.0))
 
 
-def test_a_pth_file_without_pytorch_names_the_extra_in_one_line(tmp_path, monkeypatch):
+def test_a_pth_file_is_read_without_pytorch(tmp_path, monkeypatch):
+    reference = torch_vgg("vgg11", 1 / 16, seed=16)
+    torch.save(reference.state_dict(), tmp_path / "vgg11.pth")
+    safetensors_torch.save_file(reference.state_dict(), tmp_path / "vgg11.safetensors")
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda n: None if n == "torch" else real(n))
-    (tmp_path / "vgg16.pth").write_bytes(b"")
-    with pytest.raises(MissingExtraError, match=r"pip install 'keras_alexnet\[torch\]'"):
-        read(tmp_path / "vgg16.pth", get_spec("vgg16"))
+    monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` now fails
+    spec = get_spec("vgg11")
+    weights, _ = read(tmp_path / "vgg11.pth", spec)
+    expected, _ = read(tmp_path / "vgg11.safetensors", spec)
+    assert list(weights) == list(expected)
+    for layer in expected:
+        for a, b in zip(weights[layer], expected[layer], strict=True):
+            np.testing.assert_array_equal(a, b)
 
 
 def test_unknown_formats_and_existing_outputs_are_refused_in_one_line(tmp_path):

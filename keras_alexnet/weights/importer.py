@@ -17,10 +17,13 @@ from pathlib import Path
 
 import numpy as np
 
-from keras_alexnet import extras, fileio
+from keras_alexnet import extras, fileio, runtime
 from keras_alexnet._lazy import resolve
 from keras_alexnet.artifacts import KERAS_BEST, METADATA_FILENAME
 from keras_alexnet.errors import Error
+from keras_alexnet.metadata import Metadata
+from keras_alexnet.registry import ALIASES, IMAGENET_CLASSES, MODELS
+from keras_alexnet.rundir import versions
 from keras_alexnet.weights.presets import Preset
 
 CLASS_NAMES_FILE = Path(__file__).resolve().parent.parent / "data" / "imagenet_classes.txt"
@@ -51,7 +54,7 @@ FORMATS = [
     Format("keras_h5", (".h5", ".hdf5"), "keras_alexnet.weights.keras_h5:read_keras_h5",
            ("vgg",), "Keras Applications' .h5 weights are VGG16 / VGG19"),
     Format("torchvision", (".pth", ".pt"), "keras_alexnet.weights.torchvision:read_pth",
-           ("vgg", "alexnet_tv"), TORCHVISION_HOLDS, "torch"),
+           ("vgg", "alexnet_tv"), TORCHVISION_HOLDS),
     Format("torchvision_safetensors", (".safetensors",),
            "keras_alexnet.weights.torchvision:read_safetensors", ("vgg", "alexnet_tv"),
            TORCHVISION_HOLDS, "weights"),
@@ -88,7 +91,6 @@ def check_family(fmt, spec):
     """Refuse in one line a model whose family `fmt`'s files do not hold, naming those that fit."""
     if spec.family in fmt.families:
         return
-    from keras_alexnet.registry import ALIASES, MODELS
 
     fits = [n for n, s in MODELS.items() if s.family in fmt.families]
     fits += [a for a, n in ALIASES.items() if n in fits]
@@ -103,8 +105,6 @@ def read_start(path, spec):
     A run directory or `.keras` file gives its weights by layer name and a Preset made from
     its metadata (its mean and scale, sizes and protocol).
     """
-    from keras_alexnet import runtime
-
     try:
         kind = runtime.resolve(path)[0]
     except runtime.ModelPathError:
@@ -247,8 +247,6 @@ def build(spec, weights, preset, **kwargs):
 
 def load(spec, path, **kwargs):
     """`build_model(name, weights=path, **kwargs)`: read the file, build, load, fold."""
-    from keras_alexnet.registry import IMAGENET_CLASSES
-
     weights, preset = read(path, spec)
     if kwargs.get("classes") is None:  # the file's head, never a random one under its place
         kwargs["classes"] = file_classes(weights) or IMAGENET_CLASSES
@@ -269,8 +267,6 @@ def _class_names(classes, class_names):
 
 def _metadata(spec, preset, names):
     """The run directory's Metadata: names, the preset's sizes, normalisation and model_args."""
-    from keras_alexnet.metadata import Metadata
-
     # the family's options as built (their defaults unless the weights need others)
     args = {**spec.family_spec.defaults(), **preset.model_args}
     return Metadata(
@@ -296,7 +292,6 @@ def import_weights(source_path, model, output, argv=None, class_names=None, **ov
     atomically; an output that exists and is not empty is refused. Returns `output`.
     """
     from keras_alexnet.models import get_spec
-    from keras_alexnet.rundir import versions
 
     spec = get_spec(model)
     output = Path(output)

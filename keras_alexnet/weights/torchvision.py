@@ -13,17 +13,16 @@ Three layouts, told apart by their keys (`LAYOUTS`):
 Kernels are (out, in, kh, kw) and a Linear's weight (out, in); the first Linear's inputs
 are the flattened (c, h, w) map. Inputs are RGB / 255 with a per-channel mean and std
 (presets.TORCHVISION). A `.pth` may also be a training checkpoint holding the state dict
-(`WRAPPERS`), with the `module.` prefix DataParallel adds; it is read with PyTorch's safe
-loader only.
+(`WRAPPERS`), with the `module.` prefix DataParallel adds; it is read without PyTorch by
+`keras_alexnet.weights.pth`, which rebuilds tensors and nothing else.
 """
 
-import argparse
 import dataclasses
 import re
-import warnings
 
 import numpy as np
 
+from keras_alexnet.weights import pth
 from keras_alexnet.weights.importer import WeightsError, dense_from_chw
 from keras_alexnet.weights.presets import TORCHVISION
 
@@ -33,10 +32,6 @@ RESNET_HINT = "conv1, bn1, layer1..4 and fc: a ResNet's layout"
 # PyTorch's tutorial "model_state_dict", torchvision's references "model", DeepSpeed "module".
 WRAPPERS = ("state_dict", "model_state_dict", "model", "module")
 PARALLEL_PREFIX = "module."  # DataParallel / DistributedDataParallel
-# Plain-data classes checkpoints hold besides tensors (torchvision's references save their
-# argparse arguments); the safe loader rebuilds them without running the file's code.
-SAFE_GLOBALS = [argparse.Namespace]
-UNSAFE_GLOBAL = re.compile(r"GLOBAL (\S+) was not an allowed global")
 BATCH_NORM = ("weight", "bias", "running_mean", "running_var")  # Keras BN's weights' order
 BATCH_NORM_COUNTER = "num_batches_tracked"
 VGG_DEPTHS = {8: "11", 10: "13", 13: "16", 16: "19"}  # convolutions -> torchvision's name
@@ -191,14 +186,12 @@ def _preset(weights, spec):
 
 
 def _checkpoint_state(obj, path):
-    """The state dict in what torch.load returned: itself, or the one a checkpoint holds.
+    """The state dict in what the file holds: itself, or the one a checkpoint holds.
 
     Checkpoints: `{"state_dict": ..., "epoch": 3}`, torchvision references' `{"model": ...}`,
     the other WRAPPERS.
     """
-    import torch
-
-    while isinstance(obj, dict) and not all(isinstance(v, torch.Tensor) for v in obj.values()):
+    while isinstance(obj, dict) and not all(isinstance(v, np.ndarray) for v in obj.values()):
         inner = next((k for k in WRAPPERS if isinstance(obj.get(k), dict)), None)
         if inner is None:
             break
@@ -206,7 +199,7 @@ def _checkpoint_state(obj, path):
     if not isinstance(obj, dict):
         raise WeightsError(f"{path} holds a {type(obj).__name__}, not a state dict")
     for key, value in obj.items():
-        if not isinstance(value, torch.Tensor):
+        if not isinstance(value, np.ndarray):
             raise WeightsError(
                 f"{path}: entry {key!r} is a {type(value).__name__}, not a tensor: neither a "
                 f"state dict nor a checkpoint holding one under {', '.join(WRAPPERS)}"
@@ -215,36 +208,25 @@ def _checkpoint_state(obj, path):
 
 
 def _refusal(path, error):
-    """PyTorch's refusal of a file, in our words.
-
-    It says what the file holds, never PyTorch's advice to load it with weights_only=False
-    (which would run the file's code).
-    """
-    found = UNSAFE_GLOBAL.search(str(error))
-    if found:
+    """The reader's refusal of a file, in one line that says what the file holds."""
+    if isinstance(error, pth.RefusedGlobal):
         return WeightsError(
-            f"{path} holds {found.group(1)}, Python code that loading would run, not only "
+            f"{path} holds {error}, Python code that loading would run, not only "
             "tensors: refused; save model.state_dict() with torch.save, or as .safetensors"
         )
-    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    if "weights_only" in first:
-        first = "PyTorch's safe loader refuses it"
-    return WeightsError(f"{path} is not a readable PyTorch file: {first}")
+    return WeightsError(f"{path} is not a readable PyTorch file: {error}")
 
 
 def read_pth(path, spec):
-    """Read a torchvision AlexNet or VGG `.pth` (state dict or checkpoint) safely."""
-    import torch
-
+    """Read a torchvision AlexNet or VGG `.pth` (state dict or checkpoint), without PyTorch."""
     try:
-        # Its warnings (deprecations, storage notices) would precede our one-line answer.
-        with warnings.catch_warnings(), torch.serialization.safe_globals(SAFE_GLOBALS):
-            warnings.simplefilter("ignore")
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises RuntimeError, UnpicklingError, ...
+        state = pth.load(path)
+    except pth.PthError as e:
         raise _refusal(path, e) from None
+    except OSError as e:
+        raise WeightsError(f"{path} is not readable: {e.strerror}") from None
     state = _checkpoint_state(state, path)
-    arrays = {k: v.detach().float().numpy() for k, v in state.items()}
+    arrays = {k: np.asarray(v, np.float32) for k, v in state.items()}
     weights = convert_state_dict(arrays, path, spec)
     return weights, _preset(weights, spec)
 
