@@ -4,7 +4,7 @@
     pip install 'keras_alexnet[int8]'     # int8 ONNX export (export_onnx --quantize int8)
     pip install 'keras_alexnet[plots]'    # training curves (curves.png, scripts/plot.py)
     pip install 'keras_alexnet[weights]'  # torchvision .safetensors weights (import_weights)
-    pip install 'keras_alexnet[torch]'    # Keras's PyTorch backend (CPU wheel; .pth files need no PyTorch)
+    pip install 'keras_alexnet[torch]'    # Keras's PyTorch backend (.pth files need no PyTorch)
 
 `require("server")` raises `MissingExtraError` (an ImportError) in one line naming the
 extra to install when one of its modules is missing; the commands print that line.
