@@ -5,6 +5,7 @@ neither imports the other.
 """
 
 from keras_alexnet import models
+from keras_alexnet.weights.importer import load
 
 
 def build_model(name, *, weights=None, classes=None, **kwargs):
@@ -20,6 +21,5 @@ def build_model(name, *, weights=None, classes=None, **kwargs):
     """
     if weights is None:
         return models.build_model(name, classes=classes, **kwargs)
-    from keras_alexnet.weights.importer import load
 
     return load(models.get_spec(name), weights, classes=classes, **kwargs)

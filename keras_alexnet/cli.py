@@ -27,6 +27,7 @@ import sys
 
 from keras_alexnet import _quiet
 from keras_alexnet.errors import Error
+from keras_alexnet.registry import FAMILIES, all_options
 
 ARGPARSE_ERROR = 2  # argparse's own exit status for a bad command line
 INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a Ctrl-C
@@ -178,8 +179,6 @@ def add_model_options(group):
 
     Left out, a flag is None: the model's published setting, or a run's recorded one.
     """
-    from keras_alexnet.registry import FAMILIES, all_options
-
     for option in all_options():
         owners = " and ".join(f.name for f in FAMILIES.values() if f.option(option.name))
         kwargs = {"dest": option.name, "default": None, "help": f"{owners} only: {option.help}"}
@@ -193,7 +192,5 @@ def add_model_options(group):
 
 def pop_model_options(values):
     """Remove the architecture options from `vars(args)`; return those given, as model_args."""
-    from keras_alexnet.registry import all_options
-
     given = {o.name: values.pop(o.name, None) for o in all_options()}
     return {k: v for k, v in given.items() if v is not None}

@@ -140,13 +140,13 @@ def _check_model(runtime, protocol, transform, scales):
         raise EvaluationError(
             f"{runtime.path} takes {runtime.input_size}x{runtime.input_size} images but the "
             f"data is cropped to {image_size}x{image_size}: pass --image-size "
-            f"{runtime.input_size} or re-export the model with scripts/export_onnx.py"
+            f"{runtime.input_size} or re-export the model with keras-alexnet-export-onnx"
         )
     if protocol.whole_image and not runtime.dense:
         raise EvaluationError(
             f"{runtime.path} takes only {runtime.input_size}px crops, so it cannot run "
             f"--protocol {protocol.name}: use center or ten_crop, or export with "
-            "scripts/export_onnx.py (its exports take whole images)"
+            "keras-alexnet-export-onnx (its exports take whole images)"
         )
     smallest = min(protocol.test_scales(transform.resize, scales))
     if smallest < image_size:

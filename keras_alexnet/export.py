@@ -29,6 +29,7 @@ from keras_alexnet.artifacts import (
 )
 from keras_alexnet.backend import require_tensorflow
 from keras_alexnet.onnx import quantize as quantize_defaults
+from keras_alexnet.onnx.convert import opset_version, to_onnx
 from keras_alexnet.onnx.quantize import quantize_int8
 from keras_alexnet.onnx.session import VERIFY_PROVIDER, onnx_session
 from keras_alexnet.runtime import load_keras_model
@@ -96,8 +97,6 @@ def _write_onnx(model, metadata, output, opset, expand_lrn, log):
     """Convert `model` to ONNX at `output`, atomically, once checked and verified; return it."""
     import onnx
 
-    from keras_alexnet.onnx.convert import to_onnx
-
     twin = _dense_twin(model)
     (crops, whole), expected = _reference(model, twin, metadata.input_size)
     with fileio.atomic_path(output) as tmp:
@@ -138,7 +137,6 @@ def export_onnx(
     onnxruntime runs faster (`keras_alexnet.onnx.graph`). Returns a dict of what was measured.
     """
     require_tensorflow("ONNX export (tf2onnx)")
-    from keras_alexnet.onnx.convert import opset_version
 
     if quantize not in (None, "int8"):
         raise ExportError(f"--quantize takes int8. Received: {quantize!r}")

@@ -13,8 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from keras_alexnet import fileio
+from keras_alexnet import fileio, runtime
 from keras_alexnet.artifacts import first_line
+from keras_alexnet.data.kinds import as_path, is_local
+from keras_alexnet.onnx.session import read_metadata
 
 BACKGROUND = (255, 255, 255)  # between kernels and between towers
 GAP = 8  # pixels between towers
@@ -259,7 +261,6 @@ def conv1_kernels(model):
     """
     if not isinstance(model, str | Path):
         return _keras_conv1(model, None)
-    from keras_alexnet import runtime
 
     kind, path, _ = runtime.resolve(model)
     if kind == "onnxruntime":
@@ -291,8 +292,6 @@ def _onnx_conv1(path):
     """Conv1 of an fp32 ONNX export: the first Conv node's weight initializer."""
     import onnx
     from onnx import numpy_helper
-
-    from keras_alexnet.onnx.session import read_metadata
 
     proto = onnx.load(str(path))
     metadata = read_metadata({p.key: p.value for p in proto.metadata_props}, path, required=False)
@@ -330,17 +329,13 @@ UNKNOWN = "unknown"
 def data_colour(metadata, cache=None):
     """`colour_in_data` of the data a model was trained on, or colour "unknown" with why.
 
-    The statistics are the source's (`keras_alexnet.data.sources.load_source`): the bundled
+    The statistics are the source's (`keras_alexnet.data.load_source`): the bundled
     demo set, a class-folder directory that exists here, or a prepared TFDS set.
     """
     if metadata is None:
         return {"colour": UNKNOWN, "reason": "the model has no metadata naming its data"}
     data = metadata.data
-    if (
-        data is not None
-        and data.startswith(("/", ".", "~"))
-        and not Path(data).expanduser().exists()
-    ):
+    if is_local(data) and not as_path(data).exists():
         return {"colour": UNKNOWN, "reason": f"its training data {data} is not on this machine"}
     from keras_alexnet.data.sources import load_source
 

@@ -7,6 +7,7 @@ backend; `make_train_step` is the TensorFlow training loop's step (tf.distribute
 import contextlib
 import math
 
+from keras_alexnet.backend import require_tensorflow
 from keras_alexnet.train_config import PAPER_LR, TrainConfig
 
 
@@ -121,8 +122,6 @@ def make_train_step(
     update stay outside it: XLA cannot hold a cross-replica merge).
     """
     import keras
-
-    from keras_alexnet.backend import require_tensorflow
 
     require_tensorflow("the tf.distribute training loop", "optim.compile_paper and model.fit")
     import tensorflow as tf

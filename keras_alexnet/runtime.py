@@ -17,6 +17,7 @@ import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
+from keras_alexnet import backend
 from keras_alexnet.artifacts import (
     KERAS_BEST,
     METADATA_FILENAME,
@@ -26,6 +27,7 @@ from keras_alexnet.artifacts import (
     SERVING_SIGNATURE,
     ModelPathError,
 )
+from keras_alexnet.backend import require_tensorflow
 from keras_alexnet.metadata import Metadata
 from keras_alexnet.onnx.session import (
     AUTO,
@@ -156,8 +158,6 @@ def _compiled(model, shape):
     TensorFlow: a tf.function over `shape`, one trace for every batch; JAX and PyTorch:
     Keras's own predict function (jit-compiled on JAX, per input shape).
     """
-    from keras_alexnet import backend
-
     if not backend.is_tensorflow():
         return model.predict_on_batch
     import tensorflow as tf
@@ -171,8 +171,6 @@ def _compiled(model, shape):
 def _load_savedmodel(path):
     """Runtime of a SavedModel written by `keras_alexnet.export.export_savedmodel`."""
     import numpy as np
-
-    from keras_alexnet.backend import require_tensorflow
 
     require_tensorflow(f"loading the SavedModel {path}")
     import tensorflow as tf

@@ -5,6 +5,7 @@ import math
 from pathlib import Path
 
 from keras_alexnet.errors import Error
+from keras_alexnet.registry import get_spec
 
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker")
 
@@ -164,8 +165,6 @@ def check_config(config):
 
 def _check_model(config):
     """Raise TrainingError for a model, --init-from or architecture option that cannot work."""
-    from keras_alexnet.registry import get_spec
-
     try:
         family = get_spec(config.model).family_spec
     except ValueError as e:

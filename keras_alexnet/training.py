@@ -11,8 +11,9 @@ import sys
 import time
 from pathlib import Path
 
-from keras_alexnet import curves, extras, fileio, filters, hardware
+from keras_alexnet import curves, extras, fileio, filters, hardware, runtime
 from keras_alexnet.artifacts import METADATA_FILENAME
+from keras_alexnet.backend import require_tensorflow
 from keras_alexnet.distribute import (
     check_same_start,
     cluster_role,
@@ -30,9 +31,10 @@ from keras_alexnet.optim import (
 )
 from keras_alexnet.progress import Progress
 from keras_alexnet.protocols import trained_protocol
-from keras_alexnet.registry import option_flag
+from keras_alexnet.registry import get_spec, option_flag
 from keras_alexnet.rundir import RunDirectory, RunLock
 from keras_alexnet.train_config import PAPER_LR, TrainConfig, TrainingError, check_config
+from keras_alexnet.weights.importer import WeightsError, read_start, set_weights
 
 # The paper's recipe for B-E (VGG Section 3.1): these layers of a trained net A start the
 # deeper net ("the first four convolutional layers and the last three fully-connected
@@ -105,12 +107,9 @@ def train(config, *, argv=None, log=print):
     that has reached `config.epochs` says so and returns at once. TensorFlow backend only
     (tf.data and tf.distribute); on another, fine-tune with optim.compile_paper and fit.
     """
-    from keras_alexnet.backend import require_tensorflow
-
     require_tensorflow(
         "train (tf.data and the tf.distribute loop)", "optim.compile_paper and model.fit"
     )
-    from keras_alexnet.registry import get_spec
 
     spec = get_spec(config.model)
     lr_given = config.lr is not None
@@ -267,7 +266,7 @@ def _check_data(config, spec, source):
         ):
             hint = (
                 f"; it holds AlexNet's central squares: for {spec.name}'s scales prepare it "
-                f"with `prepare.py --model {spec.name}`"
+                f"with `keras-alexnet-prepare --model {spec.name}`"
             )
         scales = ",".join(str(s) for s in dict.fromkeys(config.resize))
         raise TrainingError(f"--resize {scales}: {e}{hint}") from None
@@ -365,7 +364,6 @@ def _starting_point(config, spec):
     """`--weights`: (weights by layer name, Preset) to fine-tune from; None to start afresh."""
     if not config.weights:
         return None
-    from keras_alexnet.weights.importer import WeightsError, read_start
 
     try:
         return read_start(config.weights, spec)
@@ -379,8 +377,6 @@ def _recorded_architecture(config, start):
     `--weights` (a file's needs, a run's metadata), `--init-from`'s run, or, resuming, this
     run's own metadata.
     """
-    from keras_alexnet import runtime
-
     if start is not None:
         return dict(start[1].model_args), f"--weights {config.weights}"
     if config.init_from is None:
@@ -562,9 +558,6 @@ def _finished_result(run, history, strategy, log):
 
 def _load_start(model, start, config, log):
     """Set `--weights` into the model; a head of another class count keeps its init."""
-    from keras_alexnet.registry import get_spec
-    from keras_alexnet.weights.importer import WeightsError, set_weights
-
     weights, preset = start
     try:
         set_weights(model, weights, preset, get_spec(config.model))
@@ -597,8 +590,6 @@ def init_from_net_a(model, path, log=print):
     same shapes in every configuration). Returns the names of the layers copied.
     """
     import keras
-
-    from keras_alexnet import runtime
 
     try:
         source, metadata = runtime.load_keras_model(path)

@@ -356,12 +356,12 @@ def test_shards_are_disjoint_and_cover_the_data(tmp_path):
 
 
 def test_listing_decodes_each_file_once_and_rescans_only_changed_files(tree, monkeypatch):
-    from keras_alexnet.data import sources
+    from keras_alexnet.data import scan
 
     first = directory_source(tree, val_fraction=0.25, seed=0)
     calls = []
-    real = sources.scan_image
-    monkeypatch.setattr(sources, "scan_image", lambda p: calls.append(p) or real(p))
+    real = scan.scan_image
+    monkeypatch.setattr(scan, "scan_image", lambda p: calls.append(p) or real(p))
     again = directory_source(tree, val_fraction=0.25, seed=0)
     assert calls == [] and again.skipped == first.skipped and again.stats == first.stats
     changed = tree / "cat" / "rgb0.jpg"

@@ -767,7 +767,7 @@ def test_a_scale_the_prepared_data_cannot_give_is_refused_before_the_run_directo
         train(jittered, log=lines.append)
     message = str(error.value)
     assert message.startswith("--resize 36,48: ") and "prepared at shorter side 36" in message
-    assert "prepare.py --model vgg_a" in message and "\n" not in message
+    assert "keras-alexnet-prepare --model vgg_a" in message and "\n" not in message
     assert not any(line.startswith("Epoch") for line in lines)
     assert not run.exists()  # nothing that refuses the corrected command
     assert train(tiny_config(prepared, run), log=lambda *a: None).epochs == 1

@@ -3,7 +3,7 @@
 import argparse
 import json
 
-from keras_alexnet import cli
+from keras_alexnet import cli, fileio
 
 
 def get_args_parser():
@@ -20,7 +20,6 @@ def get_args_parser():
 
 def main(args):
     """Compute, write and print the statistics."""
-    from keras_alexnet import fileio
     from keras_alexnet.data import source_stats
 
     if args.output:

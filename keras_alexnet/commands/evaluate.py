@@ -7,7 +7,16 @@ trained on, as recorded in its metadata, so `--model export/alexnet.onnx` works 
 
 import argparse
 
-from keras_alexnet import cli
+from keras_alexnet import cli, fileio
+from keras_alexnet.evaluation import (
+    ALL,
+    evaluate,
+    evaluate_all,
+    format_all,
+    format_table,
+    parse_scales,
+    write_results,
+)
 from keras_alexnet.onnx.session import AUTO, provider_help
 from keras_alexnet.protocols import PROTOCOLS, default_protocol_help, default_scales_help
 
@@ -108,17 +117,6 @@ def _output_args(parser):
 
 def main(args):
     """Evaluate, print the table, and write the JSON."""
-    from keras_alexnet import fileio
-    from keras_alexnet.evaluation import (
-        ALL,
-        evaluate,
-        evaluate_all,
-        format_all,
-        format_table,
-        parse_scales,
-        write_results,
-    )
-
     if args.output_json:
         fileio.check_writable(args.output_json)  # before the pass, not after it
     every = args.protocol == ALL

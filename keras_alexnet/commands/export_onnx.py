@@ -8,7 +8,8 @@ larger whole images give the VGG paper's dense evaluation.
 
 import argparse
 
-from keras_alexnet import cli, extras
+from keras_alexnet import cli, extras, fileio
+from keras_alexnet.export import export_onnx
 from keras_alexnet.onnx import quantize
 
 
@@ -77,9 +78,6 @@ def get_args_parser():
 
 def main(args):
     """Export, verify, and report."""
-    from keras_alexnet import fileio
-    from keras_alexnet.export import export_onnx
-
     if args.quantize:
         extras.require("int8")  # before the fp32 conversion, not after it
     if args.output:

@@ -6,6 +6,9 @@ Signatures: serving_default (float32) and serving_uint8 (uint8), both [N, H, W, 
 
 import argparse
 
+from keras_alexnet import fileio
+from keras_alexnet.export import export_savedmodel
+
 
 def get_args_parser():
     """Return the command-line parser."""
@@ -21,9 +24,6 @@ def get_args_parser():
 
 def main(args):
     """Export, verify, and report."""
-    from keras_alexnet import fileio
-    from keras_alexnet.export import export_savedmodel
-
     if args.output:
         fileio.check_writable(args.output)  # before the export, not after it
     export_savedmodel(args.model, args.output)

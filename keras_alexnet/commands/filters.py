@@ -8,8 +8,16 @@ the towers differ; it also says when the training data has no colour to learn.
 
 import argparse
 
-from keras_alexnet import cli
-from keras_alexnet.filters import GAP, SCALE
+from keras_alexnet import cli, fileio
+from keras_alexnet.filters import (
+    GAP,
+    SCALE,
+    colour_report,
+    conv1_kernels,
+    conv1_picture,
+    format_table,
+    write_png,
+)
 
 
 def get_args_parser():
@@ -43,15 +51,6 @@ def get_args_parser():
 
 def main(args):
     """Write the picture, print the table, write the JSON."""
-    from keras_alexnet import fileio
-    from keras_alexnet.filters import (
-        colour_report,
-        conv1_kernels,
-        conv1_picture,
-        format_table,
-        write_png,
-    )
-
     for path in (args.output, args.json):
         if path:
             fileio.check_writable(path)

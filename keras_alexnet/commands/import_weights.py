@@ -13,6 +13,7 @@ import argparse
 from keras_alexnet import cli
 from keras_alexnet.protocols import PROTOCOLS
 from keras_alexnet.registry import model_choices
+from keras_alexnet.weights import import_weights
 from keras_alexnet.weights.presets import CHANNEL_ORDERS
 
 
@@ -91,8 +92,6 @@ def get_args_parser():
 
 def main(args):
     """Import the weights and print where the run directory is."""
-    from keras_alexnet.weights import import_weights
-
     bgr = None if args.channel_order is None else args.channel_order == "bgr"
     output = import_weights(
         args.source,

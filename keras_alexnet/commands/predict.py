@@ -12,12 +12,11 @@ import json
 import sys
 
 from keras_alexnet import cli
+from keras_alexnet.onnx.session import AUTO, provider_help
 
 
 def get_args_parser():
     """Return the argument parser of this script."""
-    from keras_alexnet.onnx.session import AUTO, provider_help
-
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument(
         "--model",

@@ -13,14 +13,13 @@ writes a directory.
 import argparse
 
 from keras_alexnet import cli
-from keras_alexnet.registry import model_choices
+from keras_alexnet.data import layout
+from keras_alexnet.data.layout import size_bounds
+from keras_alexnet.registry import FAMILIES, model_choices
 
 
 def get_args_parser():
     """Return the command-line parser."""
-    from keras_alexnet.data import layout
-    from keras_alexnet.registry import FAMILIES
-
     smallest = ", ".join(f"{f.name} {f.smallest_input}" for f in FAMILIES.values())
     rescaling = ", ".join(
         f"{f.name} {f.prepared_size}x{f.prepared_size}"
@@ -77,7 +76,6 @@ _quality = cli.number(int, lambda v: 1 <= v <= 100, "an integer from 1 to 100")
 
 def main(args):
     """Prepare the directory and report what it holds."""
-    from keras_alexnet.data.layout import size_bounds
     from keras_alexnet.data.prepared import prepare
 
     smallest, largest = size_bounds(args.model)

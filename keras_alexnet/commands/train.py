@@ -34,6 +34,7 @@ from keras_alexnet.train_config import (
     STRATEGIES,
     TrainConfig,
 )
+from keras_alexnet.training import train
 
 DEFAULTS = TrainConfig()  # the flags' defaults are the config's, typed once
 
@@ -318,8 +319,6 @@ def _run_args(parser):
 
 def main(args):
     """Run training and print where the results are."""
-    from keras_alexnet.training import train
-
     values = vars(args)
     model_args = cli.pop_model_options(values)
     result = train(TrainConfig(**values, model_args=model_args), argv=sys.argv)

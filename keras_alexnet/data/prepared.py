@@ -34,22 +34,28 @@ import numpy as np
 import tensorflow as tf
 
 from keras_alexnet import fileio, imageinfo
-from keras_alexnet.data import sources, transforms
+from keras_alexnet.data import folders, scan, tfds_sets, transforms
+from keras_alexnet.data.demo import ensure_demo_set
+from keras_alexnet.data.kinds import (
+    DEMO,
+    PREPARED,
+    PREPARED_FILE,
+    TFDS,
+    as_path,
+    data_kind,
+    is_prepared,
+)
 from keras_alexnet.data.layout import MAX_SIZE, QUALITY, SHARD_SIZE, Layout, layout_for
+from keras_alexnet.data.source import Source, shuffle_each_pass
 from keras_alexnet.data.stats import DatasetStats, pixel_moments
+from keras_alexnet.progress import Progress
 from keras_alexnet.rundir import RunLock
 
-PREPARED_FILE = "prepared.json"  # written last: its presence marks a finished pass
 STATE_FILE = ".prepare-state.json"  # the finished shards of an unfinished pass
 FORMAT = 1
 IMAGE_KEY, LABEL_KEY = "image/encoded", "image/class/label"
 SPLITS = ("train", "val")
 LOCK_FILE = ".lock"  # RunLock's file: one prepare at a time writes a directory
-
-
-def is_prepared(path):
-    """Whether `path` is a directory holding a finished prepared set."""
-    return (Path(path) / PREPARED_FILE).is_file()
 
 
 # --------------------------------------------------------------------------- reading
@@ -64,7 +70,7 @@ def prepared_source(root):
         files = [str(root / shard["file"]) for shard in info["shards"]]
         factories[split] = _records_factory(files)
         sizes[split] = info["count"]
-    return sources.Source(
+    return Source(
         name=str(root),
         class_names=list(meta["class_names"]),
         stats=DatasetStats.from_json(meta["stats"]),
@@ -112,7 +118,7 @@ def _records_factory(files):
     def make(shuffle_seed, shuffle_buffer, shard):
         ds = tf.data.Dataset.from_tensor_slices(files)
         if shuffle_seed is not None and shard is None:
-            ds = sources.shuffle_each_pass(ds, len(files), shuffle_seed)
+            ds = shuffle_each_pass(ds, len(files), shuffle_seed)
         ds = ds.interleave(
             lambda f: tf.data.TFRecordDataset(f, buffer_size=READ_BUFFER),
             cycle_length=min(len(files), 8),
@@ -122,7 +128,7 @@ def _records_factory(files):
         if shard is not None:
             ds = ds.shard(*shard)
         if shuffle_seed is not None:
-            ds = sources.shuffle_each_pass(ds, shuffle_buffer, shuffle_seed)
+            ds = shuffle_each_pass(ds, shuffle_buffer, shuffle_seed)
         ds = ds.batch(PARSE_BATCH).map(_parse, num_parallel_calls=tf.data.AUTOTUNE)
         return ds.unbatch()
 
@@ -160,17 +166,17 @@ def _prepare_one(item, image_fn):
     name, data, label = item
     problem = None
     if isinstance(data, str):
-        data, problem = sources.read_image_bytes(data)
+        data, problem = scan.read_image_bytes(data)
     else:
-        problem = sources.header_problem(data)
+        problem = scan.header_problem(data)
     if problem:
         return name, problem, None
     orientation = np.int32(imageinfo.exif_orientation(data[: imageinfo.EXIF_HEAD]))
-    result, problem = sources.decoded_problem(image_fn, tf.constant(data), orientation)
+    result, problem = scan.decoded_problem(image_fn, tf.constant(data), orientation)
     if problem:
         return name, problem, None
     _, count, total, outer, jpeg = result
-    moments = sources.pack_moments(float(count), total.numpy(), outer.numpy())
+    moments = scan.pack_moments(float(count), total.numpy(), outer.numpy())
     return name, None, (jpeg.numpy(), int(label), moments)
 
 
@@ -231,8 +237,6 @@ def write_split(split, items, total, out, state, *, image_fn, shard_size, worker
 
     `save()` runs after every shard, so an interrupted pass loses at most one shard.
     """
-    from keras_alexnet.progress import Progress
-
     first = len(state.shards)
     bar = Progress(total, f"prepare {split}", "img", initial=min(first * shard_size, total))
     with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
@@ -308,7 +312,7 @@ def prepare(
         index = _index(signature, listing, states, layout, quality)
         fileio.write_json(output / PREPARED_FILE, index)
         (output / STATE_FILE).unlink(missing_ok=True)
-    sources.report_skipped([tuple(s) for s in index["skipped"]])
+    scan.report_skipped([tuple(s) for s in index["skipped"]])
     log(f"Prepared {_counts(index)} in {output}")
     return index
 
@@ -435,19 +439,18 @@ class _Listing:
 
 def _listing(data, data_dir, val_fraction, seed, cache, output):
     """List the source's splits as (name, bytes or path, label) items, without decoding."""
-    if data is None:
-        from keras_alexnet.data.demo import ensure_demo_set
-
-        data = ensure_demo_set(cache)
-    path = Path(str(data)).expanduser()
-    if path.exists() or str(data).startswith(("/", ".", "~")):
+    kind = data_kind(data)
+    if kind == PREPARED:
+        raise ValueError(f"{data} is already a prepared set: train from it as it is")
+    if kind != TFDS:
+        path = as_path(ensure_demo_set(cache) if kind == DEMO else data)
         if path.exists() and output.resolve().is_relative_to(path.resolve()):
             raise ValueError(
                 f"{output} is inside the input folder {path}: it would be listed as a class; "
                 "choose an --output outside it"
             )
         return _directory_listing(path, val_fraction, seed)
-    source = sources.tfds_source(str(data), data_dir, cache=cache, with_stats=False)
+    source = tfds_sets.tfds_source(str(data), data_dir, cache=cache, with_stats=False)
     items = {
         split: (_tfds_items(source, split), source.sizes[split])
         for split in SPLITS
@@ -489,11 +492,11 @@ def _directory_listing(root, val_fraction, seed):
     """A class-folder tree's items: training files in a seeded order mixing the classes."""
     if is_prepared(root):
         raise ValueError(f"{root} is already a prepared directory")
-    folder, class_names, train, val = sources.list_directory(root, val_fraction)
+    folder, class_names, train, val = folders.list_directory(root, val_fraction)
     if val is None:
-        train, val = sources.hold_out(train, class_names, val_fraction, seed)
+        train, val = folders.hold_out(train, class_names, val_fraction, seed)
     train = [train[i] for i in np.random.default_rng(seed).permutation(len(train))]
-    val = sources.validation_order(val, seed)
+    val = folders.validation_order(val, seed)
     label = {c: i for i, c in enumerate(class_names)}
     splits = (("train", train), ("val", val))
     items = {split: ([(p, p, label[c]) for p, c in files], len(files)) for split, files in splits}
@@ -524,7 +527,7 @@ def _check_every_class_has_an_image(listing):
         else:
             usable.append((path, name))
             found.add(name)
-    sources.check_every_class_trains(listing.folder, listing.class_names, listed, usable, reasons)
+    folders.check_every_class_trains(listing.folder, listing.class_names, listed, usable, reasons)
 
 
 def _head_problem(path):
@@ -534,7 +537,7 @@ def _head_problem(path):
             head = f.read(imageinfo.EXIF_HEAD)
     except OSError as e:
         return f"unreadable ({e.strerror})"
-    return sources.header_problem(head)
+    return scan.header_problem(head)
 
 
 def _index(signature, listing, states, layout, quality):
@@ -544,10 +547,10 @@ def _index(signature, listing, states, layout, quality):
         reasons = dict(train.skipped)
         listed = [(p, listing.class_names[y]) for p, _, y in listing.items["train"][0]]
         usable = [f for f in listed if f[0] not in reasons]
-        sources.check_every_class_trains(
+        folders.check_every_class_trains(
             listing.folder, listing.class_names, listed, usable, reasons
         )
-    pixel_stats = sources.stats_from_moments([train.moments])
+    pixel_stats = scan.stats_from_moments([train.moments])
     return {
         "format": FORMAT,
         "signature": signature,

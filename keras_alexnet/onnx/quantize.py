@@ -12,7 +12,9 @@ import numpy as np
 
 from keras_alexnet import fileio
 from keras_alexnet.artifacts import INPUT_NAME, OUTPUT_NAME, PROPERTY_PREFIX, ExportError
+from keras_alexnet.onnx.convert import set_properties
 from keras_alexnet.onnx.session import VERIFY_PROVIDER, onnx_session, properties, read_metadata
+from keras_alexnet.preprocess import EvalTransform
 
 QUANT_FORMATS = ("qdq", "qoperator")
 DEFAULT_FORMAT = "qoperator"  # the faster of the two on a CPU (benchmarks/RESULTS.md)
@@ -23,7 +25,6 @@ AGREEMENT_IMAGES = 256  # held-out crops on which int8 is compared with fp32
 def center_crops(source, metadata, split, count, batch_size=16):
     """Up to `count` centre crops of `split`, float32 [N, S, S, 3] on 0-255, and labels."""
     from keras_alexnet.data import eval_dataset
-    from keras_alexnet.preprocess import EvalTransform
 
     transform = EvalTransform.from_metadata(metadata)
     ds = eval_dataset(
@@ -94,7 +95,6 @@ def _quantize(fp32_path, output, calibration, quant_format, props):
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     from keras_alexnet.onnx import graph as rewrites
-    from keras_alexnet.onnx.convert import set_properties
 
     channels_last = output.with_name("channels_last.onnx")
     onnx.save(rewrites.channels_last_lrn(onnx.load(str(fp32_path))), str(channels_last))

@@ -136,7 +136,7 @@ def read_metadata(props, path, *, required=True):
     except (KeyError, ValueError, TypeError) as e:
         raise ModelPathError(
             f"{path} has no keras_alexnet metadata ({first_line(e)}): export it with "
-            "scripts/export_onnx.py"
+            "keras-alexnet-export-onnx"
         ) from e
 
 
