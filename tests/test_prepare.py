@@ -17,6 +17,7 @@ from PIL import Image, ImageOps
 from keras_alexnet.data import (
     directory_source,
     eval_dataset,
+    kinds,
     load_source,
     train_dataset,
     transforms,
@@ -81,6 +82,26 @@ def test_prepare_keeps_the_folder_split_classes_and_statistics(colour_tree):
     # Statistics of the original pixels, as the folder source computes them.
     np.testing.assert_allclose(source.stats.mean, folder.stats.mean, rtol=1e-9)
     np.testing.assert_allclose(source.stats.eigval, folder.stats.eigval, rtol=1e-6, atol=1e-9)
+    # A prepared set is opened as one, never listed as a class-folder tree, nor prepared again.
+    with pytest.raises(ValueError, match="is a prepared set, not a class-folder tree"):
+        directory_source(colour_tree.parent / "p")
+    with pytest.raises(ValueError, match="is already a prepared set"):
+        prep.prepare(colour_tree.parent / "p", colour_tree.parent / "q", size=SIZE, log=quiet)
+
+
+def test_one_function_decides_what_data_names(colour_tree, tmp_path):
+    prep.prepare(colour_tree, tmp_path / "p", size=SIZE, log=quiet)
+    cases = {
+        None: kinds.DEMO,
+        str(colour_tree): kinds.FOLDER,
+        str(tmp_path / "p"): kinds.PREPARED,
+        "./no_such_folder": kinds.FOLDER,  # a path, reported missing, not looked up in TFDS
+        "My Photos": kinds.FOLDER,  # not shaped like a TFDS name
+        "mnist": kinds.TFDS,
+        "imagenet2012_subset/1pct:5.0.0": kinds.TFDS,
+    }
+    assert {data: kinds.data_kind(data) for data in cases} == cases
+    assert kinds.is_local(str(tmp_path / "p")) and not kinds.is_local("mnist")
 
 
 def jpeg_with_orientation(array, orientation):
