@@ -34,6 +34,7 @@ from keras_alexnet.protocols import trained_protocol
 from keras_alexnet.registry import get_spec, option_flag
 from keras_alexnet.rundir import RunDirectory, RunLock
 from keras_alexnet.train_config import PAPER_LR, TrainConfig, TrainingError, check_config
+from keras_alexnet.weights.hub import HubError
 from keras_alexnet.weights.importer import WeightsError, read_start, set_weights
 
 # The paper's recipe for B-E (VGG Section 3.1): these layers of a trained net A start the
@@ -367,7 +368,7 @@ def _starting_point(config, spec):
 
     try:
         return read_start(config.weights, spec)
-    except WeightsError as e:
+    except (WeightsError, HubError) as e:
         raise TrainingError(f"--weights {config.weights}: {e}") from None
 
 

@@ -5,7 +5,9 @@ The format comes from the file's name (Keras Applications' .h5, torchvision's .p
 preprocessing from its preset, which the flags below override. The model keeps the file's
 classifier: ImageNet's class names for 1000 outputs, else --classes FILE's or 0 .. N-1. The
 run directory (best.keras, metadata.json, command.json) is what training writes: evaluate,
-export, serve and predict take it unchanged. Nothing is downloaded.
+export, serve and predict take it unchanged. A publisher's name instead of a file (keras,
+torchvision, caffe, imagenet) takes its file for --model from the cache, downloading and
+verifying it the first time; nothing else is downloaded.
 """
 
 import argparse
@@ -31,7 +33,11 @@ def _three_floats(text):
 def get_args_parser():
     """Return the argument parser of this script."""
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("source", help="the weight file (.h5, .pth, .safetensors, ...)")
+    parser.add_argument(
+        "source",
+        help="the weight file (.h5, .pth, .safetensors, ...), or a publisher's name: keras, "
+        "torchvision, caffe, or imagenet (the first of them that publishes --model)",
+    )
     parser.add_argument(
         "--model",
         required=True,

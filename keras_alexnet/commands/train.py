@@ -65,9 +65,11 @@ def _start_args(parser):
     p.add_argument(
         "--weights",
         default=None,
-        metavar="PATH_OR_RUN",
+        metavar="PATH_OR_RUN_OR_SOURCE",
         help="start from a published weight file (.caffemodel, .onnx, Keras .h5, torchvision "
-        ".pth/.safetensors: see import_weights) or a run directory / .keras file; the model "
+        ".pth/.safetensors: see import_weights), a publisher's name (keras, torchvision, "
+        "caffe, imagenet: its file for --model, downloaded once into the cache) or a run "
+        "directory / .keras file; the model "
         "keeps their normalisation, a head of another class count is re-initialised, and the "
         f"lr starts at {FINE_TUNE_LR:g} unless --lr is given (default: off)",
     )

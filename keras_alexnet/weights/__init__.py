@@ -4,8 +4,9 @@
     import_weights("vgg16_weights_tf_dim_ordering_tf_kernels.h5", "vgg16", "runs/vgg16-keras")
 
 Each format's reader is a row of `importer.FORMATS`; each source's preprocessing a `Preset`
-(`presets.py`) that says where the source documents it. Nothing is downloaded: the
-importers read files the user already has.
+(`presets.py`) that says where the source documents it. The importers read files the user
+has; a publisher's name instead of a path ("torchvision", "keras", "caffe", "imagenet")
+takes that publisher's file from the cache, downloaded and verified once (`hub.py`).
 """
 
 from keras_alexnet.weights.importer import (

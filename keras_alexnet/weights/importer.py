@@ -24,6 +24,7 @@ from keras_alexnet.errors import Error
 from keras_alexnet.metadata import Metadata
 from keras_alexnet.registry import ALIASES, IMAGENET_CLASSES, MODELS
 from keras_alexnet.rundir import versions
+from keras_alexnet.weights import hub
 from keras_alexnet.weights.presets import Preset
 
 CLASS_NAMES_FILE = Path(__file__).resolve().parent.parent / "data" / "imagenet_classes.txt"
@@ -76,8 +77,12 @@ def detect_format(path):
 
 
 def read(path, spec):
-    """Read a weight file with its format's reader: (weights by layer name, Preset)."""
-    path = Path(path)
+    """Read a weight file with its format's reader: (weights by layer name, Preset).
+
+    `path` may name a publisher instead ("torchvision", "keras", "caffe", "imagenet"): its
+    file for `spec`'s model, from the cache or downloaded (`keras_alexnet.weights.hub`).
+    """
+    path = Path(hub.resolve(path, spec.name))
     if not path.is_file():
         raise WeightsError(f"{path} is not a file")
     fmt = detect_format(path)
@@ -300,6 +305,7 @@ def import_weights(source_path, model, output, argv=None, class_names=None, **ov
             f"{output} exists and is not an empty directory: choose another --output"
         )
     fileio.check_writable(output / KERAS_BEST)
+    source_path = hub.resolve(source_path, spec.name)
     weights, preset = read(source_path, spec)
     classes = file_classes(weights)
     if classes is None:
