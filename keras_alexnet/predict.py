@@ -12,22 +12,13 @@ from pathlib import Path
 import numpy as np
 
 from keras_alexnet import runtime
+from keras_alexnet.classify import top_k
 from keras_alexnet.progress import Progress
 from keras_alexnet.serving import images
 
 # A file larger than this is refused unread: the server's default request limit
 # (ServeConfig.max_body_mb, 64 MiB); no image a model of this package classifies comes near.
 MAX_FILE_BYTES = 64 * 2**20
-
-
-def top_k(probabilities, class_names, k=5):
-    """The `k` most probable classes of one probability vector, most probable first."""
-    probabilities = np.asarray(probabilities)
-    order = np.argsort(-probabilities, kind="stable")[:k]
-    return [
-        {"index": int(i), "class": class_names[i], "probability": float(probabilities[i])}
-        for i in order
-    ]
 
 
 def load_predictor(path, threads=None, provider=runtime.AUTO):

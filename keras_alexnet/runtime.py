@@ -60,6 +60,16 @@ class Runtime:
         """Whether the runtime takes whole images larger than the crop."""
         return self.input_size is None
 
+    def classify(self, images, k=5):
+        """Top-`k` classes, by name, of an image or a list of images.
+
+        With the model's own preprocessing; file paths, encoded bytes, Pillow images or RGB
+        arrays on the 0-255 scale, of any size (`keras_alexnet.classify`).
+        """
+        from keras_alexnet import classify
+
+        return classify.classify(self.predict, self.metadata, images, k)
+
 
 def resolve(path):
     """Return (runtime name, model file or directory, metadata path or None) for `path`."""

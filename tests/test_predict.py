@@ -213,3 +213,27 @@ def test_devices_and_oversized_files_are_reported_without_reading_them(setup, ca
     with pytest.raises(SystemExit) as exit_info:  # nothing classified: exit status 1
         run_main(capsys, "--model", str(onnx_path), "/dev/zero")
     assert exit_info.value.code == 1
+
+
+@pytest.mark.parametrize("kind", ["onnx", "run_dir"])
+def test_load_classifies_paths_bytes_pillow_images_and_arrays(setup, kind):
+    import numpy as np
+    from PIL import Image
+
+    import keras_alexnet
+
+    run, onnx_path, photos, want = setup
+    model = keras_alexnet.load(onnx_path if kind == "onnx" else run)
+    path = photos / "e.jpg"
+    with Image.open(path) as image:
+        pillow = image.copy()
+    as_array = np.asarray(pillow.convert("RGB"))
+    answers = model.classify([path, str(path), path.read_bytes(), pillow, as_array])
+    # Against TensorFlow's decoder and the data pipeline's resize and crop (`want`).
+    for answer in answers:
+        assert_top5(answer, want["e.jpg"])
+    single = model.classify(photos / "a.png", k=3)
+    assert [c["index"] for c in single] == list(np.argsort(-want["a.png"])[:3])
+    assert model.classify([]) == []
+    with pytest.raises(ValueError, match=r"RGB array \[H, W, 3\].*shape \[2, 3, 4, 5\]"):
+        model.classify(np.zeros((2, 3, 4, 5)))

@@ -718,19 +718,12 @@ def test_curl_with_httpx_speaks_like_curl(monkeypatch, tmp_path):
     assert sent == {"url": "http://127.0.0.1:9/x", "files": [("file", ("a.png", b"png"))]}
 
 
-# The Backends section's Python block, run on JAX against the demo run, with its names bound.
-PYTHON_PRELUDE = """
-import numpy as np
-rng = np.random.default_rng(0)
-images = rng.uniform(0, 255, (2, 67, 67, 3)).astype("float32")
-uint8_images = rng.integers(0, 256, (3, 80, 90, 3), dtype=np.uint8)
-labels = np.array([0, 1, 2])
-x, y = images, np.array([3, 4])
-"""
+# The Backends section's Python block runs as written, on JAX against the demo run.
 PYTHON_CHECKS = """
 import json, sys
 print(json.dumps({
     "backend": __import__("keras").backend.backend(), "shape": list(probabilities.shape),
+    "classified": len(rt.classify(photo, k=3)),
     "count": results["count"], "tensorflow": "tensorflow" in sys.modules,
 }))
 """
@@ -744,7 +737,7 @@ def test_the_readme_python_block_runs_on_jax(readme, tmp_path):
     assert readme.run(DEMO).returncode == 0
     (tmp_path / "runs").mkdir()
     (tmp_path / "runs" / "alexnet").symlink_to(readme.paths["runs"] / "alexnet")
-    code = PYTHON_PRELUDE + blocks[0] + PYTHON_CHECKS
+    code = blocks[0] + PYTHON_CHECKS
     env = {**readme.env, "PYTHONPATH": str(ROOT)}
     env.pop("KERAS_BACKEND", None)
     proc = subprocess.run(
@@ -753,4 +746,10 @@ def test_the_readme_python_block_runs_on_jax(readme, tmp_path):
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-4000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert result == {"backend": "jax", "shape": [2, 10], "count": 3, "tensorflow": False}
+    assert result == {
+        "backend": "jax",
+        "shape": [2, 10],
+        "classified": 3,
+        "count": 3,
+        "tensorflow": False,
+    }

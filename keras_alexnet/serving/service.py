@@ -5,7 +5,7 @@ import contextlib
 
 import numpy as np
 
-from keras_alexnet.predict import top_k
+from keras_alexnet.classify import top_k
 from keras_alexnet.serving import images
 from keras_alexnet.serving.batching import DynamicBatcher, ModelError, RequestTimeout
 from keras_alexnet.serving.budget import MemoryBudget
