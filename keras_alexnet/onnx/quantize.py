@@ -18,7 +18,7 @@ from keras_alexnet.preprocess import EvalTransform
 
 QUANT_FORMATS = ("qdq", "qoperator")
 DEFAULT_FORMAT = "qoperator"  # the faster of the two on a CPU (benchmarks/RESULTS.md)
-CALIBRATION_IMAGES = 64  # training crops that calibrate the int8 ranges
+CALIBRATION_IMAGES = 256  # training crops that calibrate the int8 ranges (RESULTS.md, Export)
 AGREEMENT_IMAGES = 256  # held-out crops on which int8 is compared with fp32
 
 
