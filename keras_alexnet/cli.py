@@ -23,6 +23,7 @@ format: `evaluate.py: error: argument --batch-size: must be an integer >= 1. Rec
 import argparse
 import math
 import os
+import re
 import sys
 
 from keras_alexnet import _quiet
@@ -64,6 +65,16 @@ def prepare_process(*, program=False):
         _quiet.filter_native_stderr()
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """argparse's help, without "(default: None)": a flag left out says in words what it does."""
+
+    def _expand_help(self, action):
+        text = super()._expand_help(action)
+        if action.default is None:
+            text = re.sub(r"\s*\(default: None\)", "", text).replace("(default: None: ", "(")
+        return text
+
+
 def run(main, parser, argv=None, *, name=None):
     """Parse `argv` (default sys.argv[1:]) with `parser`, call `main(args)`, exit on errors.
 
@@ -71,6 +82,7 @@ def run(main, parser, argv=None, *, name=None):
     one line too (argparse's message, with `--help` named instead of the whole usage).
     Returns what `main` returns.
     """
+    parser.formatter_class = HelpFormatter
     parser.error = lambda message: _exit(
         f"{parser.prog}: error: {message} (see --help)", ARGPARSE_ERROR
     )

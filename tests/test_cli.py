@@ -7,6 +7,7 @@ import io
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 from test_evaluate import ROOT, make_run
 
 from keras_alexnet import cli, fileio
+from keras_alexnet.commands import COMMANDS
 from keras_alexnet.progress import Progress
 from keras_alexnet.runtime import ModelPathError
 from keras_alexnet.train_config import TrainingError
@@ -310,7 +312,9 @@ def test_script_with_an_unwritable_output_is_one_line_before_any_work(script, tm
         capture_output=True, text=True, cwd=ROOT, timeout=120,
     )  # fmt: skip
     assert proc.returncode == 1
-    assert proc.stderr.splitlines() == [f"{script}: error: cannot write {target}: Not a directory"]
+    assert proc.stderr.splitlines() == [
+        f"{script}.py: error: cannot write {target}: Not a directory"
+    ]
     assert (tmp_path / "file").read_text() == "keep"
 
 
@@ -432,3 +436,18 @@ def test_plot_of_a_broken_history_is_one_line_naming_the_file(content, words, tm
     [line] = capsys.readouterr().err.splitlines()
     assert line.startswith(f"error: {run / 'history.csv'} ") and words in line, line
     assert not output.exists()
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_no_help_says_default_none_and_a_bad_flag_names_the_program(command, capsys):
+    module = importlib.import_module(f"keras_alexnet.commands.{command}")
+    parser = module.get_args_parser()
+    parser.prog = f"{command}.py"
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run(module.main, parser, ["--help"], name=parser.prog)
+    text = capsys.readouterr().out
+    assert exit_info.value.code == 0 and "--help" in text
+    assert not re.search(r"\(default:\s+None", text), text
+    with pytest.raises(SystemExit):
+        cli.run(module.main, parser, ["--no-such-flag"], name=parser.prog)
+    assert capsys.readouterr().err.startswith(f"{command}.py: error: ")

@@ -215,7 +215,7 @@ def test_export_cli_reports_on_stdout_and_keeps_stderr_free_of_tensorflow_noise(
     )  # fmt: skip
     assert missing.returncode != 0 and "Traceback" not in missing.stderr
     assert missing.stderr.strip().splitlines() == [
-        f"export_onnx: error: {tmp_path / 'nope'} does not exist: pass a .keras file, a "
+        f"export_onnx.py: error: {tmp_path / 'nope'} does not exist: pass a .keras file, a "
         "training run directory, a SavedModel directory or an .onnx file"
     ]
 

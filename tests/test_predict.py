@@ -95,7 +95,7 @@ def test_keras_file_without_metadata_is_a_one_line_error(setup, tmp_path):
     out = subprocess.run([*cmd, str(photos)], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode != 0
     [line] = out.stderr.strip().splitlines()
-    assert line.startswith(f"error: {tmp_path}/lonely.keras has no metadata.json")
+    assert line.startswith(f"predict.py: error: {tmp_path}/lonely.keras has no metadata.json")
 
 
 def test_predict_script_end_to_end_with_onnx(setup):
@@ -165,7 +165,7 @@ def test_server_and_predict_refuse_a_class_count_differing_from_the_metadata(set
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 1 and out.stdout == ""
     assert out.stderr.strip().splitlines() == [
-        f"error: {path} outputs 10 classes but its metadata (the ONNX file's metadata "
+        f"predict.py: error: {path} outputs 10 classes but its metadata (the ONNX file's metadata "
         "properties) has 3 class names: give the model its own training run's metadata.json"
     ]
 
@@ -176,7 +176,7 @@ def test_predict_provider_flag_refuses_an_unavailable_provider_in_one_line(setup
     out = subprocess.run([*cmd, "--provider", "nosuch"], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 1
     [line] = out.stderr.strip().splitlines()
-    assert line.startswith("error: onnxruntime here has no execution provider 'nosuch'")
+    assert line.startswith("predict.py: error: onnxruntime here has no execution provider 'nosuch'")
 
 
 def test_a_fifo_in_a_folder_is_skipped_not_waited_for(setup, tmp_path):

@@ -215,7 +215,9 @@ def test_bad_model_path_is_a_one_line_error(tmp_path):
         cwd=ROOT,
     )
     assert out.returncode != 0
-    assert out.stderr.strip().splitlines() == [f"error: no ONNX model at {tmp_path}/missing.onnx"]
+    assert out.stderr.strip().splitlines() == [
+        f"serve.py: error: no ONNX model at {tmp_path}/missing.onnx"
+    ]
 
 
 def test_health_and_metadata(server, artifacts):
@@ -714,8 +716,14 @@ def test_out_of_range_settings_are_refused_naming_the_flag(field, value, require
 @pytest.mark.parametrize(
     "flags,line",
     [
-        (["--port", "70000"], "error: --port must be a TCP port from 0 to 65535. Received: 70000"),
-        (["--provider", "nosuch"], "error: onnxruntime here has no execution provider 'nosuch'"),
+        (
+            ["--port", "70000"],
+            "serve.py: error: --port must be a TCP port from 0 to 65535. Received: 70000",
+        ),
+        (
+            ["--provider", "nosuch"],
+            "serve.py: error: onnxruntime here has no execution provider 'nosuch'",
+        ),
     ],
 )
 def test_serve_script_bad_settings_are_one_line_errors(artifacts, flags, line):

@@ -12,21 +12,23 @@ import importlib
 
 from keras_alexnet import cli
 
-# command -> the prefix of its one-line errors (None: "error: ..."), as each has had.
-COMMANDS = {
-    "train": None,
-    "evaluate": "evaluate",
-    "export_onnx": "export_onnx",
-    "export_savedmodel": "export_savedmodel",
-    "predict": None,
-    "serve": None,
-    "compute_stats": "compute_stats",
-    "prepare": "prepare",
-    "summary": None,
-    "plot": None,
-    "filters": "filters",
-    "import_weights": "import_weights",
-}
+# The commands, each a module of this package. Every error line starts with the program's
+# name as it was run (`train.py: error: ...`, `keras-alexnet-train: error: ...`), argparse's
+# form, for a bad flag and a failure alike.
+COMMANDS = (
+    "train",
+    "evaluate",
+    "export_onnx",
+    "export_savedmodel",
+    "predict",
+    "serve",
+    "compute_stats",
+    "prepare",
+    "summary",
+    "plot",
+    "filters",
+    "import_weights",
+)
 
 
 def load(command):
@@ -39,7 +41,8 @@ def launch(command, argv=None):
     """Run `command` as a program: parse `argv` (default sys.argv[1:]), one-line errors."""
     cli.prepare_process(program=True)
     module = load(command)
-    cli.run(module.main, module.get_args_parser(), argv, name=COMMANDS[command])
+    parser = module.get_args_parser()
+    cli.run(module.main, parser, argv, name=parser.prog)
 
 
 def script(command, caller):

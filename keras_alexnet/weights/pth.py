@@ -22,6 +22,8 @@ import zipfile
 
 import numpy as np
 
+from keras_alexnet.errors import Error
+
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL = 1001
 # torch.<Name>Storage -> the little-endian NumPy dtype of its elements.
@@ -40,7 +42,7 @@ STORAGE_DTYPES = {
 BFLOAT16 = "BFloat16Storage"
 
 
-class PthError(ValueError):
+class PthError(Error, ValueError):
     """A `.pth` file that cannot be read, or that holds more than data."""
 
 
