@@ -220,6 +220,37 @@ def test_bad_model_path_is_a_one_line_error(tmp_path):
     ]
 
 
+def test_the_server_says_where_it_serves_once_ready(artifacts, server_logs):
+    with running_server(artifacts[1], log_dir=server_logs) as url:
+        log = sorted(server_logs.glob("server-*.log"))[-1].read_text()
+        assert f"Serving tiny at {url} (ready; Ctrl-C stops)" in log.splitlines()
+
+
+def test_a_busy_port_is_one_line_before_the_model_loads(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cmd = [sys.executable, "scripts/serve.py", "--model", str(tmp_path / "missing.onnx")]
+        out = subprocess.run([*cmd, "--port", str(port)], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines() == [
+        f"serve.py: error: cannot listen on 127.0.0.1:{port}: in use (another server?); "
+        "choose another --port"
+    ]
+
+
+def test_a_run_directory_is_refused_with_the_export_command(artifacts):
+    run = artifacts[1].parent
+    out = subprocess.run(
+        [sys.executable, "scripts/serve.py", "--model", str(run), "--port", "0"],
+        capture_output=True, text=True, cwd=ROOT,
+    )  # fmt: skip
+    assert out.returncode == 1
+    [line] = out.stderr.strip().splitlines()
+    assert f"`keras-alexnet-export-onnx --model {run} --output {run}.onnx`" in line
+
+
 def test_health_and_metadata(server, artifacts):
     assert httpx.get(server + "/v2/health/live").json() == {"live": True}
     assert httpx.get(server + "/v2/health/ready").json() == {"ready": True}

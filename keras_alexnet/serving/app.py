@@ -26,7 +26,9 @@ one process.
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import functools
+import socket
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, FastAPI, Request
@@ -192,9 +194,12 @@ async def classify(name: str, request: Request, service: Service):
 @contextlib.asynccontextmanager
 async def lifespan(app):
     """Start the app's service (batcher, warm-up) before serving; stop it at shutdown."""
-    await app.state.service.start()
+    service = app.state.service
+    await service.start()
+    if getattr(app.state, "ready_line", None):  # set by `serve`, not by tests' clients
+        print(app.state.ready_line, flush=True)
     yield
-    await app.state.service.stop()
+    await service.stop()
 
 
 def create_app(config):
@@ -223,21 +228,46 @@ def create_app(config):
 
 
 def serve(config):
-    """Load the model and serve HTTP until interrupted."""
+    """Take the port, load the model, say where it serves, and serve HTTP until interrupted.
+
+    The port is bound before the model loads, so a busy one is a one-line error at once.
+    """
     import uvicorn
 
     from keras_alexnet.serving.protocol import MAX_HEADER_BYTES, StrictH11Protocol
 
+    sock = bind(config.host, config.port)
     unmap_large_allocations()  # this process's allocator, before the model loads
     app = create_app(config)
-    uvicorn.run(
-        app,
-        host=config.host,
-        port=config.port,
-        log_level=config.log_level,
-        access_log=config.log_level in ("debug", "info"),
-        timeout_graceful_shutdown=5,
-        http=functools.partial(StrictH11Protocol, read_timeout_s=config.read_timeout_s),
-        timeout_keep_alive=config.keep_alive_s,
-        h11_max_incomplete_event_size=MAX_HEADER_BYTES,
+    url = f"http://{config.host}:{sock.getsockname()[1]}"
+    app.state.ready_line = f"Serving {app.state.service.model.name} at {url} (ready; Ctrl-C stops)"
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            log_level=config.log_level,
+            access_log=config.log_level in ("debug", "info"),
+            timeout_graceful_shutdown=5,
+            http=functools.partial(StrictH11Protocol, read_timeout_s=config.read_timeout_s),
+            timeout_keep_alive=config.keep_alive_s,
+            h11_max_incomplete_event_size=MAX_HEADER_BYTES,
+        )
     )
+    server.run(sockets=[sock])
+
+
+def bind(host, port):
+    """A listening TCP socket on (host, port); OSError in one line when it is taken."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        why = "in use (another server?)" if e.errno == errno.EADDRINUSE else e.strerror
+        raise OSError(
+            e.errno, f"cannot listen on {host}:{port}: {why}; choose another --port"
+        ) from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from keras_alexnet.artifacts import ONNX_SOURCE
+from keras_alexnet.artifacts import ONNX_SOURCE, ModelPathError
 from keras_alexnet.onnx.session import (
     AUTO,
     onnx_session,
@@ -63,6 +63,12 @@ class OnnxModel:
 
     def __init__(self, path, *, name=None, threads=0, provider=AUTO):
         path = Path(path)
+        if path.is_dir() or path.suffix == ".keras":
+            raise ModelPathError(
+                f"{path} is a Keras model, and the server runs ONNX files: export it with "
+                f"`keras-alexnet-export-onnx --model {path} --output {path.with_suffix('')}"
+                ".onnx`, then serve that file"
+            )
         if not path.is_file():
             raise FileNotFoundError(f"no ONNX model at {path}")
         self.session = onnx_session(path, threads, provider, spin=False)
