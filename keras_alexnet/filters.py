@@ -21,7 +21,7 @@ from keras_alexnet.onnx.session import read_metadata
 BACKGROUND = (255, 255, 255)  # between kernels and between towers
 GAP = 8  # pixels between towers
 PAD = 1  # pixels around each kernel
-SCALE = 4  # each kernel pixel becomes SCALE x SCALE display pixels
+TILE = 44  # display pixels a kernel's side is enlarged to at least: Figure 3's 11 x 4
 GREY = 128  # a kernel with one value everywhere has no range to scale: drawn mid-grey
 
 
@@ -43,8 +43,15 @@ def grid_columns(per_tower):
     return max(1, min(per_tower, math.ceil(math.sqrt(per_tower * 16 / 3))))
 
 
-def picture_shape(kernel_size, count, towers, *, scale=SCALE, columns=None, pad=PAD, gap=GAP):
+def display_scale(kernel_size):
+    """Display pixels per kernel pixel: enough for TILE-pixel kernels (AlexNet 4, VGG 15)."""
+    return max(1, math.ceil(TILE / max(kernel_size)))
+
+
+def picture_shape(kernel_size, count, towers, *, scale=None, columns=None, pad=None, gap=GAP):
     """(height, width) of `conv1_picture` for `count` kernels of `kernel_size` (kh, kw)."""
+    scale = scale or display_scale(kernel_size)
+    pad = max(PAD, scale // 5) if pad is None else pad
     per_tower = _per_tower(count, towers)
     columns = columns or grid_columns(per_tower)
     rows = math.ceil(per_tower / columns)
@@ -61,19 +68,23 @@ def _per_tower(count, towers):
 
 
 def conv1_picture(
-    kernels, towers=1, *, scale=SCALE, columns=None, pad=PAD, gap=GAP, background=BACKGROUND
+    kernels, towers=1, *, scale=None, columns=None, pad=None, gap=GAP, background=BACKGROUND
 ):
     """Figure 3: conv1's [kh, kw, 3, N] kernels as uint8 RGB [H, W, 3], tower 1 on top.
 
     Tower t holds kernels t*N/towers ... (t+1)*N/towers - 1 (the conv1 outputs that the
     grouped conv2 of tower t reads). Each kernel is min-max scaled on its own
-    (`display_kernel`), enlarged `scale` times (nearest neighbour) and placed in a grid of
-    `columns` (default `grid_columns`) with `pad` background pixels around it; the towers'
-    grids are stacked with `gap` background rows between them (size: `picture_shape`).
+    (`display_kernel`), enlarged `scale` times (nearest neighbour; default `display_scale`,
+    so VGG's 3x3 kernels are as large as AlexNet's 11x11) and placed in a grid of
+    `columns` (default `grid_columns`) with `pad` background pixels around it (default: a
+    fifth of `scale`, at least PAD); the towers' grids are stacked with `gap` background
+    rows between them (size: `picture_shape`).
     """
     kernels = np.asarray(kernels)
     if kernels.ndim != 4 or kernels.shape[2] != 3:
         raise ValueError(f"conv1 kernels must be [kh, kw, 3, N]. Received shape {kernels.shape}")
+    scale = scale or display_scale(kernels.shape[:2])
+    pad = max(PAD, scale // 5) if pad is None else pad
     if scale < 1 or pad < 0 or gap < 0:
         raise ValueError(f"scale must be >= 1, pad and gap >= 0. Received {scale}, {pad}, {gap}")
     kh, kw, _, count = kernels.shape

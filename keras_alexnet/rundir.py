@@ -17,7 +17,7 @@ from keras_alexnet.artifacts import KERAS_BEST, METADATA_FILENAME
 from keras_alexnet.registry import all_options, get_spec, option_flag
 from keras_alexnet.train_config import TrainingError, flag
 
-HISTORY_FIELDS = ("epoch", "loss", "top1", "val_top1", "val_top5", "lr")
+HISTORY_FIELDS = ("epoch", "loss", "top1", "val_top1", "val_top5", "val_loss", "lr")
 
 
 # What a run directory's checkpoints were made with: resuming with another value of any of

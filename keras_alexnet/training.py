@@ -209,12 +209,15 @@ def _train_locked(plan, config, strategy, run, lr_given, argv, log):
             state, strategy, step_fn, source, config, steps_per_epoch, writer=writer
         )
         state.inference.set_weights(state.model.get_weights())
-        val_top1, val_top5 = validate(state.predict, source, config)
-        log(f"  loss {loss:.4f}  val top-1 {val_top1:.4f}  val top-5 {val_top5:.4f}")
+        val_top1, val_top5, val_loss = validate(state.predict, source, config)
+        log(
+            f"  loss {loss:.4f}  val top-1 {val_top1:.4f}  val top-5 {val_top5:.4f}  "
+            f"val loss {val_loss:.4f}"
+        )
         history.append({
             "epoch": epoch + 1, "loss": f"{loss:.6f}", "top1": f"{top1:.6f}",
             "val_top1": f"{val_top1:.6f}", "val_top5": f"{val_top5:.6f}",
-            "lr": f"{float(state.lr.numpy()):.6g}",
+            "val_loss": f"{val_loss:.6f}", "lr": f"{float(state.lr.numpy()):.6g}",
         })  # fmt: skip
         _end_epoch(state, config, run, history, writer, log)
         warning = None if warned else progress_warning(history, len(source.class_names), config)
@@ -700,7 +703,10 @@ def _write_summaries(writer, row, model):
 
 
 def validate(predict, source, config):
-    """Top-1 and top-5 accuracy of `predict` (images -> probabilities) on centre crops of val."""
+    """(top-1, top-5, cross-entropy) of `predict` (images -> probabilities) on val's crops.
+
+    Centre crops; the cross-entropy clips probabilities at 1e-7, as Keras's does.
+    """
     import tensorflow as tf
 
     from keras_alexnet.data import eval_dataset
@@ -712,13 +718,16 @@ def validate(predict, source, config):
     if config.val_steps:
         ds = ds.take(config.val_steps)
     top1 = top5 = count = 0
+    loss = 0.0
     k = min(5, len(source.class_names))
     for images, labels in ds:
         probs = predict(images)
         top1 += int(tf.reduce_sum(tf.cast(tf.math.in_top_k(labels, probs, 1), tf.int32)))
         top5 += int(tf.reduce_sum(tf.cast(tf.math.in_top_k(labels, probs, k), tf.int32)))
+        picked = tf.gather(tf.cast(probs, tf.float64), labels, axis=1, batch_dims=1)
+        loss += float(-tf.reduce_sum(tf.math.log(tf.clip_by_value(picked, 1e-7, 1.0))))
         count += int(tf.shape(labels)[0])
-    return top1 / count, top5 / count
+    return top1 / count, top5 / count, loss / count
 
 
 __all__ = [

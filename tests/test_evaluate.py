@@ -251,7 +251,7 @@ def test_cli_errors_are_one_line_without_traceback(tmp_path):
     )  # fmt: skip
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.startswith("evaluate:")]
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("evaluate.py: error:")]
     assert len(lines) == 1 and "does not exist" in lines[0]
 
 

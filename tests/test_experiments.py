@@ -195,14 +195,15 @@ def test_plot_overlays_runs_with_their_settings(tiny_data, tmp_path):
     output = tmp_path / "both.png"
     runs = plot.main(plot.get_args_parser().parse_args([str(one), str(two), "--output",
                                                         str(output)]))  # fmt: skip
+    settings = f"width 1/16, lr 0.01, data {tiny_data.name}"
     assert [r.label for r in runs] == [
-        "towers1_nolrn (1 tower, no LRN, overlapping pool)",
-        "paper (2 towers, LRN, non-overlapping pool)",
+        f"towers1_nolrn (1 tower, no LRN, overlapping pool, {settings})",
+        f"paper (2 towers, LRN, non-overlapping pool, {settings})",
     ]
     for run, path in zip(runs, (one, two), strict=True):
         recorded = history(path)
         assert list(run.epochs) == recorded["epoch"]
-        for key in curves.PANELS:
+        for key in curves.SERIES:
             assert list(run.series[key]) == pytest.approx(recorded[key])
     # Both drawn: the 1-epoch run as markers (one per panel and the legend), the other as lines.
     assert pixels_of(output, FIRST) > 50 and pixels_of(output, SECOND) > 500

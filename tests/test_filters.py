@@ -247,3 +247,15 @@ def test_grey_data_leaves_conv1_colour_where_the_initialisation_put_it():
     grey_change = np.abs(after.mean(axis=2) - before.mean(axis=2)).max()
     assert grey_change > 1e-3 * np.abs(before).max()  # it did learn
     np.testing.assert_allclose(off_grey(after), off_grey(before), atol=1e-6 * np.abs(before).max())
+
+
+def test_vggs_3x3_kernels_are_drawn_as_large_as_alexnets_11x11():
+    assert filters.display_scale((11, 11)) == 4 and filters.display_scale((3, 3)) == 15
+    kernels = np.random.default_rng(3).normal(size=(3, 3, 3, 64))
+    picture = filters.conv1_picture(kernels)
+    assert picture.shape[:2] == filters.picture_shape((3, 3), 64, 1)
+    # Kernel 0 fills a 45-pixel tile (nearest neighbour) after a 3-pixel margin.
+    tile = picture[3:48, 3:48]
+    expected = filters.display_kernel(kernels[..., 0]).repeat(15, axis=0).repeat(15, axis=1)
+    np.testing.assert_array_equal(tile, expected)
+    assert (picture[:3] == filters.BACKGROUND).all()

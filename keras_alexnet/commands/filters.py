@@ -11,7 +11,6 @@ import argparse
 from keras_alexnet import cli, fileio
 from keras_alexnet.filters import (
     GAP,
-    SCALE,
     colour_report,
     conv1_kernels,
     conv1_picture,
@@ -37,8 +36,9 @@ def get_args_parser():
     p.add_argument(
         "--scale",
         type=cli.positive_int,
-        default=SCALE,
-        help="display pixels per kernel pixel, each way (default: %(default)s)",
+        default=None,
+        help="display pixels per kernel pixel, each way (default: enough for 44-pixel "
+        "kernels: 4 for AlexNet's 11x11, 15 for VGG's 3x3)",
     )
     p.add_argument(
         "--gap",
