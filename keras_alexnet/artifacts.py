@@ -40,3 +40,17 @@ def first_line(error):
     """The first non-empty line of an exception's message."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     return lines[0] if lines else type(error).__name__
+
+
+def check_class_count(classes, metadata, model_path, source):
+    """Refuse a model whose output size is not its metadata's number of class names.
+
+    `classes` is the model's output size (None or -1 when the graph leaves it free) and
+    `source` names where the metadata came from, for the message.
+    """
+    names = len(metadata.class_names)
+    if classes not in (None, -1, names):
+        raise ModelPathError(
+            f"{model_path} outputs {classes} classes but its metadata ({source}) has {names} "
+            f"class names: give the model its own training run's {METADATA_FILENAME}"
+        )

@@ -21,21 +21,15 @@ from keras_alexnet import backend
 from keras_alexnet.artifacts import (
     KERAS_BEST,
     METADATA_FILENAME,
-    ONNX_SOURCE,
     OUTPUT_NAME,
     SAVEDMODEL_METADATA,
     SERVING_SIGNATURE,
     ModelPathError,
+    check_class_count,
 )
 from keras_alexnet.backend import require_tensorflow
 from keras_alexnet.metadata import Metadata
-from keras_alexnet.onnx.session import (
-    AUTO,
-    onnx_session,
-    probabilities_output,
-    properties,
-    read_metadata,
-)
+from keras_alexnet.onnx.session import AUTO, open_onnx, properties, read_metadata
 
 RUNTIMES = ("keras", "savedmodel", "onnxruntime")
 ACCEPTED = "a .keras file, a training run directory, a SavedModel directory or an .onnx file"
@@ -104,20 +98,6 @@ def _read_metadata(metadata_path, model_path):
         return Metadata.load(metadata_path)
     except (ValueError, KeyError, TypeError) as e:
         raise ModelPathError(f"{metadata_path} is not a valid {METADATA_FILENAME}: {e}") from e
-
-
-def check_class_count(classes, metadata, model_path, source):
-    """Refuse a model whose output size is not its metadata's number of class names.
-
-    `classes` is the model's output size (None or -1 when the graph leaves it free) and
-    `source` names where the metadata came from, for the message.
-    """
-    names = len(metadata.class_names)
-    if classes not in (None, -1, names):
-        raise ModelPathError(
-            f"{model_path} outputs {classes} classes but its metadata ({source}) has {names} "
-            f"class names: give the model its own training run's {METADATA_FILENAME}"
-        )
 
 
 def load_keras_model(path):
@@ -210,21 +190,16 @@ def _load_savedmodel(path):
 
 
 def _load_onnx(path, threads=None, provider=AUTO):
-    """Runtime of an ONNX file, run with onnxruntime (see `onnx_session`)."""
+    """Runtime of an ONNX file, run with onnxruntime (see `open_onnx`)."""
     import numpy as np
 
     _, model_path, _ = resolve(path)
-    session = onnx_session(model_path, threads, provider)
-    metadata = read_metadata(properties(session), model_path)
+    opened = open_onnx(model_path, threads, provider)
+    session, output = opened.session, opened.probabilities
     inputs = session.get_inputs()
     if len(inputs) != 1 or len(inputs[0].shape) != 4:
         raise ModelPathError(f"{model_path} must take one [N, H, W, 3] image input")
     input_name = inputs[0].name
-    output = probabilities_output(session)
-    classes = next(o for o in session.get_outputs() if o.name == output).shape[-1]
-    check_class_count(
-        classes if isinstance(classes, int) else None, metadata, model_path, ONNX_SOURCE
-    )
     h, w = inputs[0].shape[1:3]
     input_size = h if isinstance(h, int) and isinstance(w, int) else None
 
@@ -233,7 +208,7 @@ def _load_onnx(path, threads=None, provider=AUTO):
         return session.run([output], {input_name: images})[0]
 
     predict.session = session
-    return Runtime("onnxruntime", model_path, metadata, predict, input_size)
+    return Runtime("onnxruntime", model_path, opened.metadata, predict, input_size)
 
 
 def load(path, *, threads=None, provider=AUTO):

@@ -7,9 +7,18 @@ stores in its metadata properties. Importing this module loads neither onnx nor
 onnxruntime.
 """
 
+import dataclasses
 import os
+from pathlib import Path
 
-from keras_alexnet.artifacts import OUTPUT_NAME, PROPERTY_PREFIX, ModelPathError, first_line
+from keras_alexnet.artifacts import (
+    ONNX_SOURCE,
+    OUTPUT_NAME,
+    PROPERTY_PREFIX,
+    ModelPathError,
+    check_class_count,
+    first_line,
+)
 from keras_alexnet.errors import Error
 from keras_alexnet.metadata import Metadata
 
@@ -144,3 +153,30 @@ def probabilities_output(session):
     """The name of a session's class-probability output: OUTPUT_NAME, else its first output."""
     names = [o.name for o in session.get_outputs()]
     return OUTPUT_NAME if OUTPUT_NAME in names else names[0]
+
+
+@dataclasses.dataclass(frozen=True)
+class OnnxFile:
+    """An ONNX file opened for inference: its session, Metadata and probability output."""
+
+    path: Path
+    session: object  # onnxruntime.InferenceSession
+    metadata: Metadata | None  # None: a file without keras_alexnet metadata (not required)
+    probabilities: str  # the name of the class-probability output
+
+
+def open_onnx(path, threads=None, provider=AUTO, *, spin=True, required=True):
+    """The one opener of ONNX files for inference (`keras_alexnet.runtime`, the server).
+
+    A session (`onnx_session`), the Metadata of its properties (`read_metadata`; None for a
+    file without any when not `required`) and the probability output, whose size must be
+    the metadata's number of class names (ModelPathError otherwise).
+    """
+    session = onnx_session(path, threads, provider, spin=spin)
+    metadata = read_metadata(properties(session), path, required=required)
+    output = probabilities_output(session)
+    if metadata is not None:
+        classes = next(o for o in session.get_outputs() if o.name == output).shape[-1]
+        classes = classes if isinstance(classes, int) else None
+        check_class_count(classes, metadata, path, ONNX_SOURCE)
+    return OnnxFile(Path(path), session, metadata, output)

@@ -5,15 +5,8 @@ from pathlib import Path
 
 import numpy as np
 
-from keras_alexnet.artifacts import ONNX_SOURCE, ModelPathError
-from keras_alexnet.onnx.session import (
-    AUTO,
-    onnx_session,
-    probabilities_output,
-    properties,
-    read_metadata,
-)
-from keras_alexnet.runtime import check_class_count
+from keras_alexnet.artifacts import ModelPathError
+from keras_alexnet.onnx.session import AUTO, open_onnx
 
 # onnxruntime element type -> (protocol datatype, NumPy dtype)
 DATATYPES = {
@@ -71,19 +64,15 @@ class OnnxModel:
             )
         if not path.is_file():
             raise FileNotFoundError(f"no ONNX model at {path}")
-        self.session = onnx_session(path, threads, provider, spin=False)
+        opened = open_onnx(path, threads, provider, spin=False, required=False)
+        self.session, self.metadata = opened.session, opened.metadata
+        self.probabilities = opened.probabilities
         self.path = path
         self.name = name or path.stem
         self.inputs = [_spec(n) for n in self.session.get_inputs()]
         self.outputs = [_spec(n) for n in self.session.get_outputs()]
-        self.metadata = read_metadata(properties(self.session), path, required=False)
         # Requests can be merged only along a free leading (batch) dimension.
         self.batchable = all(spec.shape and spec.shape[0] == -1 for spec in self.inputs)
-        names = [o.name for o in self.outputs]
-        self.probabilities = probabilities_output(self.session)
-        if self.metadata is not None:
-            classes = self.outputs[names.index(self.probabilities)].shape[-1]
-            check_class_count(classes, self.metadata, path, ONNX_SOURCE)
 
     def too_small(self, spec, shape):
         """Why an image of `shape` is below the model's crop size, or None if it is not.
