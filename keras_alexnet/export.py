@@ -29,7 +29,8 @@ from keras_alexnet.artifacts import (
 )
 from keras_alexnet.backend import require_tensorflow
 from keras_alexnet.onnx import quantize as quantize_defaults
-from keras_alexnet.onnx.convert import opset_version, to_onnx
+from keras_alexnet.onnx.convert import to_onnx
+from keras_alexnet.onnx.proto import opset_version
 from keras_alexnet.onnx.quantize import quantize_int8
 from keras_alexnet.onnx.session import VERIFY_PROVIDER, onnx_session
 from keras_alexnet.runtime import load_keras_model

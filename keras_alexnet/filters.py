@@ -300,38 +300,20 @@ def _keras_conv1(model, metadata):
 
 
 def _onnx_conv1(path):
-    """Conv1 of an fp32 ONNX export: the first Conv node's weight initializer."""
+    """Conv1 of an fp32 ONNX export, with the input normalisation folded back out."""
     import onnx
-    from onnx import numpy_helper
+
+    from keras_alexnet.onnx.graph import input_conv_kernel
 
     proto = onnx.load(str(path))
     metadata = read_metadata({p.key: p.value for p in proto.metadata_props}, path, required=False)
-    nodes = list(proto.graph.node)
-    convs = [i for i, node in enumerate(nodes) if node.op_type == "Conv"]
-    weights = {t.name: t for t in proto.graph.initializer}
-    if not convs or nodes[convs[0]].input[1] not in weights:
-        raise ValueError(
-            f"{path} has no Conv with a stored float kernel (an int8 export?): pass the fp32 "
-            ".onnx, the .keras file or the run directory"
-        )
-    kernel = numpy_helper.to_array(weights[nodes[convs[0]].input[1]]).astype(np.float64)
-    if kernel.shape[1] != 3:
-        raise ValueError(f"{path}'s first Conv takes {kernel.shape[1]} channels, not 3 (RGB)")
-    normalized = any(node.op_type in ("Sub", "Mul") for node in nodes[: convs[0]])
-    if metadata is not None and not normalized:
-        # Folded: conv1 holds kernel * scale, per input channel when the scale is per channel.
-        scale = np.asarray(metadata.scale, np.float64).reshape(1, -1, 1, 1)
-        if np.all(scale != 0):
-            kernel = kernel / scale
-    groups = [
-        attr.i
-        for node in nodes
-        if node.op_type == "Conv"
-        for attr in node.attribute
-        if attr.name == "group"
-    ]
+    scale = None if metadata is None else metadata.scale
+    try:
+        kernel, groups = input_conv_kernel(proto, scale)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
     kernels = kernel.transpose(2, 3, 1, 0).astype(np.float32)  # OIHW -> HWIO (Keras)
-    return Conv1(kernels, max(groups, default=1), metadata)
+    return Conv1(kernels, groups, metadata)
 
 
 UNKNOWN = "unknown"

@@ -13,7 +13,8 @@ from test_evaluate import ROOT, SIZE, make_run
 from keras_alexnet import export
 from keras_alexnet.evaluation import EvaluationError, evaluate
 from keras_alexnet.metadata import Metadata
-from keras_alexnet.onnx import convert, quantize
+from keras_alexnet.onnx import proto as proto_edits
+from keras_alexnet.onnx import quantize
 from keras_alexnet.runtime import load, load_metadata
 
 
@@ -153,7 +154,7 @@ def test_static_size_onnx_and_other_crop_sizes_are_refused(exported, tmp_path):
     path = tmp_path / "static.onnx"
     model.export(str(path), format="onnx", verbose=False)
     proto = onnx.load(str(path))
-    convert.set_properties(proto, load_metadata(exported["onnx"]).to_properties())
+    proto_edits.set_properties(proto, load_metadata(exported["onnx"]).to_properties())
     onnx.save(proto, str(path))
     with pytest.raises(EvaluationError, match="takes 67x67 images"):
         evaluate(path, protocol="center", image_size=SIZE + 4, verbose=False)

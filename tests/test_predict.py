@@ -122,7 +122,7 @@ def mismatched_copies(setup, directory):
     import onnx
 
     from keras_alexnet.metadata import Metadata
-    from keras_alexnet.onnx.convert import set_properties
+    from keras_alexnet.onnx.proto import set_properties
 
     run, onnx_path, _, _ = setup
     wrong = dataclasses.replace(Metadata.load(run / "metadata.json"), class_names=("a", "b", "c"))

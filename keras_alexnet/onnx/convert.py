@@ -14,6 +14,7 @@ import numpy as np
 
 from keras_alexnet import _quiet
 from keras_alexnet.artifacts import INPUT_NAME, OUTPUT_NAME, ExportError
+from keras_alexnet.onnx.proto import opset_version, rename, set_properties
 
 GRAPPLER_INFO = ("] Number of eligible GPUs", "] Starting new session")
 # ONNX ops of the activations a converted FC layer may have (None: no op).
@@ -21,31 +22,6 @@ HEAD_ACTIVATIONS = {"relu": "Relu", "softmax": "Softmax", "linear": None}
 FEATURES_NAME = "features"
 # Slice's "to the end" (ONNX has no open-ended slice).
 _END = np.iinfo(np.int64).max
-
-
-def opset_version(proto):
-    """The default-domain opset an ONNX ModelProto imports."""
-    return max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
-
-
-def rename(graph, old, new):
-    """Rename tensor `old` to `new` everywhere in an ONNX graph."""
-    if old == new:
-        return
-    for value in [*graph.input, *graph.output, *graph.value_info]:
-        if value.name == old:
-            value.name = new
-    for node in graph.node:
-        node.input[:] = [new if n == old else n for n in node.input]
-        node.output[:] = [new if n == old else n for n in node.output]
-
-
-def set_properties(model, props):
-    """Replace the ONNX model's metadata_props by `props` (a str -> str dict)."""
-    del model.metadata_props[:]
-    for key, value in sorted(props.items()):
-        entry = model.metadata_props.add()
-        entry.key, entry.value = key, value
 
 
 def _head(model, twin):

@@ -403,6 +403,34 @@ def fold_input_normalization(model):
     return model
 
 
+def input_conv_kernel(model, scale=None):
+    """(first Conv's kernel as before the fold, OIHW float64; largest Conv group count).
+
+    The group count is AlexNet's towers. Undoes `fold_input_normalization`: when no Sub or
+    Mul precedes that Conv, the kernel holds kernel * `scale` (per input channel for a
+    per-channel scale) and is divided back. ValueError for a model without a float first
+    Conv on 3 channels (an int8 export).
+    """
+    nodes = list(model.graph.node)
+    convs = [i for i, node in enumerate(nodes) if node.op_type == "Conv"]
+    weights = {t.name: t for t in model.graph.initializer}
+    if not convs or nodes[convs[0]].input[1] not in weights:
+        raise ValueError(
+            "no Conv with a stored float kernel (an int8 export?): pass the fp32 .onnx, the "
+            ".keras file or the run directory"
+        )
+    kernel = numpy_helper.to_array(weights[nodes[convs[0]].input[1]]).astype(np.float64)
+    if kernel.shape[1] != 3:
+        raise ValueError(f"its first Conv takes {kernel.shape[1]} channels, not 3 (RGB)")
+    folded = not any(node.op_type in ("Sub", "Mul") for node in nodes[: convs[0]])
+    if scale is not None and folded:
+        per_channel = np.asarray(scale, np.float64).reshape(1, -1, 1, 1)
+        if np.all(per_channel != 0):
+            kernel = kernel / per_channel
+    groups = [_attributes(nodes[i]).get("group", 1) for i in convs]
+    return kernel, max(groups, default=1)
+
+
 POOL_ATTRIBUTES = ("auto_pad", "ceil_mode", "dilations", "kernel_shape", "pads", "strides")
 # Ops whose first output is a quantized (8-bit) tensor in onnxruntime's QOperator format.
 QUANTIZED_OUTPUTS = ("QuantizeLinear", "QLinearConv", "QLinearMatMul", "QLinearAdd",

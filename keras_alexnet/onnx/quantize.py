@@ -12,7 +12,7 @@ import numpy as np
 
 from keras_alexnet import fileio
 from keras_alexnet.artifacts import INPUT_NAME, OUTPUT_NAME, PROPERTY_PREFIX, ExportError
-from keras_alexnet.onnx.convert import set_properties
+from keras_alexnet.onnx.proto import set_properties
 from keras_alexnet.onnx.session import VERIFY_PROVIDER, onnx_session, properties, read_metadata
 from keras_alexnet.preprocess import EvalTransform
 
