@@ -118,9 +118,9 @@ def throughput(path, images, repeats=3):
 
 
 def measure(name, work, args):
+    from keras_alexnet.calibration import center_crops
     from keras_alexnet.data import load_source
-    from keras_alexnet.export import export_onnx
-    from keras_alexnet.onnx.quantize import center_crops, quantize_int8
+    from keras_alexnet.export import export_onnx, quantize_export
     from keras_alexnet.runtime import load_metadata
 
     run, weights = make_run(name, work, args.epochs)
@@ -137,7 +137,7 @@ def measure(name, work, args):
     }
     for fmt in ("qdq", "qoperator"):
         out = work / f"{name}.int8.{fmt}.onnx"
-        row[fmt] = quantize_int8(
+        row[fmt] = quantize_export(
             onnx_path, out, calibration_images=args.calibration_images,
             agreement_images=agreement_images, quant_format=fmt,
         )  # fmt: skip

@@ -28,12 +28,13 @@ from keras_alexnet.artifacts import (
     ExportError,
 )
 from keras_alexnet.backend import require_tensorflow
+from keras_alexnet.calibration import calibration_images as cut_crops
 from keras_alexnet.onnx import quantize as quantize_defaults
 from keras_alexnet.onnx.convert import to_onnx
 from keras_alexnet.onnx.proto import opset_version
 from keras_alexnet.onnx.quantize import quantize_int8
 from keras_alexnet.onnx.session import VERIFY_PROVIDER, onnx_session
-from keras_alexnet.runtime import load_keras_model
+from keras_alexnet.runtime import load_keras_model, load_metadata
 
 EXPORT_DIR = Path("export")
 MAX_RELATIVE_ERROR = 1e-5
@@ -159,7 +160,7 @@ def export_onnx(
     log(f"Wrote {output} ({result['bytes'] / 2**20:.1f} MiB) in {seconds:.1f} s")
     if quantize == "int8":
         own_data = calibration_data is None
-        result["int8"] = quantize_int8(
+        result["int8"] = quantize_export(
             output,
             output.with_suffix(".int8.onnx"),
             data=metadata.data if own_data else calibration_data,
@@ -170,6 +171,32 @@ def export_onnx(
             log=log,
         )
     return result
+
+
+def quantize_export(
+    fp32_path,
+    output,
+    *,
+    data=None,
+    data_dir=None,
+    calibration_images=quantize_defaults.CALIBRATION_IMAGES,
+    agreement_images=quantize_defaults.AGREEMENT_IMAGES,
+    quant_format=quantize_defaults.DEFAULT_FORMAT,
+    log=print,
+):
+    """Quantise an fp32 export to int8 (`quantize_int8`), calibrated on `data`'s crops.
+
+    Centre crops of `calibration_images` training images of `data` (None: the bundled demo
+    set) calibrate it; `agreement_images` held-out ones measure its top-1 agreement with
+    fp32 (`keras_alexnet.calibration`). Returns `quantize_int8`'s result.
+    """
+    from keras_alexnet.data import load_source
+
+    images = cut_crops(
+        load_source(data, data_dir), load_metadata(fp32_path), calibration_images,
+        agreement_images,
+    )  # fmt: skip
+    return quantize_int8(fp32_path, output, images, quant_format=quant_format, log=log)
 
 
 def _savedmodel_archive(twin):

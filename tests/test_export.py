@@ -11,10 +11,10 @@ import tensorflow as tf
 from test_evaluate import ROOT, SIZE, make_run
 
 from keras_alexnet import export
+from keras_alexnet.calibration import center_crops
 from keras_alexnet.evaluation import EvaluationError, evaluate
 from keras_alexnet.metadata import Metadata
 from keras_alexnet.onnx import proto as proto_edits
-from keras_alexnet.onnx import quantize
 from keras_alexnet.runtime import load, load_metadata
 
 
@@ -98,7 +98,7 @@ def test_savedmodel_serves_uint8_and_float_with_metadata_assets(exported):
 
 def test_int8_export_reports_top1_agreement_measured_independently(exported, tmp_path):
     int8 = tmp_path / "alexnet.int8.onnx"
-    result = quantize.quantize_int8(
+    result = export.quantize_export(
         exported["onnx"], int8, calibration_images=16, agreement_images=48, log=lambda *_: None
     )
     model = onnx.load(str(int8))
@@ -114,7 +114,7 @@ def test_int8_export_reports_top1_agreement_measured_independently(exported, tmp
     # Recompute the agreement on the same held-out images with both sessions.
     from keras_alexnet.data import load_source
 
-    images, _ = quantize.center_crops(load_source(None), load_metadata(int8), "val", 48)
+    images, _ = center_crops(load_source(None), load_metadata(int8), "val", 48)
     top = [load(p).predict(images).argmax(-1) for p in (exported["onnx"], int8)]
     assert result["agreement"] == pytest.approx(np.mean(top[0] == top[1]))
     assert result["agreement"] >= 0.5  # int8 noise must not scramble a trained net
@@ -122,7 +122,7 @@ def test_int8_export_reports_top1_agreement_measured_independently(exported, tmp
 
 def test_int8_qdq_format_runs_end_to_end_with_its_agreement_measured(exported, tmp_path):
     int8 = tmp_path / "alexnet.qdq.onnx"
-    result = quantize.quantize_int8(
+    result = export.quantize_export(
         exported["onnx"], int8, calibration_images=16, agreement_images=48, quant_format="qdq",
         log=lambda *_: None,
     )  # fmt: skip
@@ -133,7 +133,7 @@ def test_int8_qdq_format_runs_end_to_end_with_its_agreement_measured(exported, t
     assert load_metadata(int8) == load_metadata(exported["onnx"])
     from keras_alexnet.data import load_source
 
-    images, _ = quantize.center_crops(load_source(None), load_metadata(int8), "val", 48)
+    images, _ = center_crops(load_source(None), load_metadata(int8), "val", 48)
     fp32, qdq = (load(p).predict(images) for p in (exported["onnx"], int8))
     assert result["agreement"] == pytest.approx(np.mean(fp32.argmax(-1) == qdq.argmax(-1)))
     assert result["agreement"] >= 0.5  # as the QOperator test: int8 noise, not scrambling
