@@ -11,8 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from keras_alexnet import curves, extras, fileio, filters, hardware, runtime
-from keras_alexnet.artifacts import METADATA_FILENAME
+from keras_alexnet import curves, extras, fileio, filters, finetune, hardware
 from keras_alexnet.backend import require_tensorflow
 from keras_alexnet.distribute import (
     check_same_start,
@@ -31,17 +30,9 @@ from keras_alexnet.optim import (
 )
 from keras_alexnet.progress import Progress
 from keras_alexnet.protocols import trained_protocol
-from keras_alexnet.registry import get_spec, option_flag
+from keras_alexnet.registry import get_spec
 from keras_alexnet.rundir import RunDirectory, RunLock
 from keras_alexnet.train_config import PAPER_LR, TrainConfig, TrainingError, check_config
-from keras_alexnet.weights.hub import HubError
-from keras_alexnet.weights.importer import WeightsError, read_start, set_weights
-
-# The paper's recipe for B-E (VGG Section 3.1): these layers of a trained net A start the
-# deeper net ("the first four convolutional layers and the last three fully-connected
-# layers"); the rest is initialised as usual.
-NET_A_CONVS = 4
-NET_A_FC = ("fc1", "fc2", "predictions")
 
 # When a run says it is not learning (`progress_warning`): after WARN_AFTER epochs, an epoch
 # loss DIVERGED times the first epoch's, or a best validation top-1 within CHANCE_MARGIN of
@@ -166,14 +157,14 @@ def _prepare(config, spec, strategy, log):
     if not colour["colour"]:
         log(f"{source.name}: {colour['reason']}")
     steps_per_epoch = _steps_per_epoch(config, source)
-    start = _starting_point(config, spec)
+    start = finetune.starting_point(config, spec)
     metadata = _metadata(config, spec, source, start)
     state = _build_state(config, spec, strategy, metadata, start)
     lines = []
     if config.init_from:
-        init_from_net_a(state.model, config.init_from, lines.append)
+        finetune.init_from_net_a(state.model, config.init_from, lines.append)
     if start is not None:
-        _load_start(state.model, start, config, lines.append)
+        finetune.load_start(state.model, start, config, lines.append)
     return Plan(source, steps_per_epoch, metadata, state, lines)
 
 
@@ -364,65 +355,6 @@ def _end_epoch(state, config, run, history, writer, log):
     state.manager.save()
 
 
-def _starting_point(config, spec):
-    """`--weights`: (weights by layer name, Preset) to fine-tune from; None to start afresh."""
-    if not config.weights:
-        return None
-
-    try:
-        return read_start(config.weights, spec)
-    except (WeightsError, HubError) as e:
-        raise TrainingError(f"--weights {config.weights}: {e}") from None
-
-
-def _recorded_architecture(config, start):
-    """The builder arguments the starting weights were built with, and where they come from.
-
-    `--weights` (a file's needs, a run's metadata), `--init-from`'s run, or, resuming, this
-    run's own metadata.
-    """
-    if start is not None:
-        return dict(start[1].model_args), f"--weights {config.weights}"
-    if config.init_from is None:
-        own = Path(config.output) / METADATA_FILENAME
-        if not own.is_file():
-            return {}, None
-        try:
-            return Metadata.load(own).architecture(), f"the run {config.output}"
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise TrainingError(f"{own} is not a valid {METADATA_FILENAME}: {e}") from None
-    try:
-        metadata = runtime.load_metadata(config.init_from)
-    except runtime.ModelPathError as e:
-        raise TrainingError(f"--init-from: {e}") from None
-    return metadata.architecture(), f"--init-from {config.init_from}"
-
-
-def _architecture(config, spec, start):
-    """build_model's architecture arguments: the flags', and those the weights were built with.
-
-    Weights are built as they were trained (Caffe's LRN constants across all maps, a run's
-    towers or width): a recorded setting replaces a flag left at the paper's default, and a
-    flag that asks for something else is refused in one line.
-    """
-    ours = {"width": config.width, **config.model_args}
-    published = {"width": 1.0, **spec.family_spec.defaults()}
-    theirs, source = _recorded_architecture(config, start)
-    for key, value in theirs.items():
-        if key in ours and ours[key] != value and ours[key] != published[key]:
-            raise TrainingError(
-                f"{_flag(spec, key, ours[key])} does not fit {source}, built with {key} "
-                f"{value}: leave the flag out"
-            )
-    return {**ours, **theirs}
-
-
-def _flag(spec, key, value):
-    """How an architecture setting reads on the command line (--no-lrn has no value)."""
-    option = spec.family_spec.option(key)
-    return option.show(value) if option else f"{option_flag(key)} {value}"
-
-
 def _metadata(config, spec, source, start=None):
     """The run's Metadata; its protocol fits how the model was trained.
 
@@ -432,8 +364,8 @@ def _metadata(config, spec, source, start=None):
     """
     mean, scale = tuple(source.stats.mean), config.scale
     if start is not None:
-        mean, scale = start[1].mean, start[1].scale
-    architecture = _architecture(config, spec, start)
+        mean, scale = start.preset.mean, start.preset.scale
+    architecture = finetune.architecture(config, spec, start)
     if architecture.get("width") == 1:
         del architecture["width"]
     return Metadata(
@@ -474,7 +406,7 @@ def _build_state(config, spec, strategy, metadata, start=None):
     with strategy.scope():
         model = build_model(spec.name, classifier_activation=None, **model_kwargs)
         if config.freeze_up_to:
-            freeze_up_to(model, config.freeze_up_to)
+            finetune.freeze_up_to(model, config.freeze_up_to)
         optimizer = keras.optimizers.SGD(learning_rate=config.lr, momentum=config.momentum)
         if config.precision == "mixed_float16":
             optimizer = keras.mixed_precision.LossScaleOptimizer(optimizer)
@@ -558,66 +490,6 @@ def _finished_result(run, history, strategy, log):
         best_epoch=int(best_row["epoch"]), best_model=best, output=run.path, seconds=0.0,
         replicas=strategy.num_replicas_in_sync, already_finished=True,
     )  # fmt: skip
-
-
-def _load_start(model, start, config, log):
-    """Set `--weights` into the model; a head of another class count keeps its init."""
-    weights, preset = start
-    try:
-        set_weights(model, weights, preset, get_spec(config.model))
-    except WeightsError as e:
-        raise TrainingError(f"--weights {config.weights}: {e}") from None
-    built = "".join(f", {k} {v}" for k, v in preset.model_args.items())
-    log(
-        f"Started from {config.weights} ({preset.name}): mean {preset.mean}, scale "
-        f"{preset.scale}{built}"
-    )
-
-
-def freeze_up_to(model, name):
-    """Make every layer up to and including `name` untrainable (fine-tuning the rest)."""
-    names = [layer.name for layer in model.layers]
-    if name not in names:
-        weighted = ", ".join(layer.name for layer in model.layers if layer.weights)
-        raise TrainingError(f"--freeze-up-to: {model.name} has no layer {name!r} ({weighted})")
-    for layer in model.layers[: names.index(name) + 1]:
-        layer.trainable = False
-    return names[: names.index(name) + 1]
-
-
-def init_from_net_a(model, path, log=print):
-    """Copy a trained VGG A's first four conv layers and its three FC layers into `model`.
-
-    VGG Section 3.1: the deeper nets B-E started from net A's "first four convolutional
-    layers and the last three fully-connected layers"; the rest keeps its own init. Layers
-    match by name (A's block1_conv1, block2_conv1, block3_conv1, block3_conv2 exist with the
-    same shapes in every configuration). Returns the names of the layers copied.
-    """
-    import keras
-
-    try:
-        source, metadata = runtime.load_keras_model(path)
-    except runtime.ModelPathError as e:
-        raise TrainingError(f"--init-from: {e}") from None
-    if metadata.model not in ("vgg_a", "vgg_a_lrn"):
-        raise TrainingError(f"--init-from needs a trained VGG A; {path} is {metadata.model}")
-    convs = [layer.name for layer in source.layers if isinstance(layer, keras.layers.Conv2D)]
-    names = [*convs[:NET_A_CONVS], *NET_A_FC]
-    for name in names:
-        theirs = source.get_layer(name).get_weights()
-        try:
-            ours = model.get_layer(name)
-        except ValueError:
-            raise TrainingError(f"--init-from: {model.name} has no layer {name}") from None
-        shapes = [w.shape for w in ours.get_weights()]
-        if [w.shape for w in theirs] != shapes:
-            raise TrainingError(
-                f"--init-from: {name} is {[w.shape for w in theirs]} in {path} but {shapes} "
-                "here (same --width, --image-size and classes needed)"
-            )
-        ours.set_weights(theirs)
-    log(f"Initialised {', '.join(names)} from {path}")
-    return names
 
 
 def train_one_epoch(state, strategy, step_fn, source, config, steps_per_epoch, writer=None):
@@ -734,7 +606,6 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "TrainingError",
-    "init_from_net_a",
     "progress_warning",
     "train",
     "validate",

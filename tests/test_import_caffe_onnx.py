@@ -335,7 +335,7 @@ def test_fine_tuning_from_an_imported_caffe_run_builds_caffes_net_as_from_the_fi
 
 
 def test_a_resumed_run_is_rebuilt_with_the_architecture_its_metadata_records(tmp_path):
-    from keras_alexnet.training import _architecture
+    from keras_alexnet.finetune import architecture as _architecture
 
     run = tmp_path / "run"
     run.mkdir()

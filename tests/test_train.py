@@ -14,11 +14,12 @@ import pytest
 import tensorflow as tf
 
 from keras_alexnet import layers  # noqa: F401  (registers the custom layers for load_model)
+from keras_alexnet.finetune import init_from_net_a
 from keras_alexnet.metadata import Metadata
 from keras_alexnet.optim import coupled_weight_decay, make_train_step
 from keras_alexnet.rundir import RunLock
 from keras_alexnet.serving.local import free_port
-from keras_alexnet.training import TrainConfig, TrainingError, init_from_net_a, train
+from keras_alexnet.training import TrainConfig, TrainingError, train
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--model", "vgg_a", "--width", "0.0625", "--image-size", "32", "--resize", "36",

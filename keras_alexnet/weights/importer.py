@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from keras_alexnet import extras, fileio, runtime
+from keras_alexnet import extras, fileio
 from keras_alexnet._lazy import resolve
 from keras_alexnet.artifacts import KERAS_BEST, METADATA_FILENAME
 from keras_alexnet.errors import Error
@@ -25,7 +25,6 @@ from keras_alexnet.metadata import Metadata
 from keras_alexnet.registry import ALIASES, IMAGENET_CLASSES, MODELS
 from keras_alexnet.rundir import versions
 from keras_alexnet.weights import hub
-from keras_alexnet.weights.presets import Preset
 
 CLASS_NAMES_FILE = Path(__file__).resolve().parent.parent / "data" / "imagenet_classes.txt"
 IMAGENET = "imagenet2012"  # what the published weights were trained on (TFDS's name)
@@ -104,31 +103,6 @@ def check_family(fmt, spec):
     )
 
 
-def read_start(path, spec):
-    """Weights to fine-tune from: a published file (`read`), or a run directory of ours.
-
-    A run directory or `.keras` file gives its weights by layer name and a Preset made from
-    its metadata (its mean and scale, sizes and protocol).
-    """
-    try:
-        kind = runtime.resolve(path)[0]
-    except runtime.ModelPathError:
-        kind = None
-    if kind != "keras":
-        return read(path, spec)
-    model, metadata = runtime.load_keras_model(path)
-    if metadata.model != spec.name:
-        raise WeightsError(f"{path} holds a {metadata.model}, not a {spec.name}")
-    scale = np.broadcast_to(np.asarray(metadata.scale, np.float64), [3])
-    preset = Preset(
-        name=f"run {path}", bgr=False, mean=tuple(metadata.mean),
-        std=tuple(float(1 / s) for s in scale), input_size=metadata.input_size,
-        resize=metadata.resize, protocol=metadata.protocol, documented_at=str(path),
-        model_args=metadata.architecture(),
-    )  # fmt: skip
-    return {name: layer.get_weights() for name, layer in _weighted_layers(model).items()}, preset
-
-
 def dense_from_chw(weight, channels, layer):
     """A (out, c * h * w) weight over a flattened (c, h, w) map as our (h * w * c, out) kernel."""
     out, inputs = weight.shape
@@ -177,14 +151,14 @@ def imagenet_class_names():
     return tuple(line.split("\t", 1)[1] for line in lines if line and not line.startswith("#"))
 
 
-def _weighted_layers(model):
+def weighted_layers(model):
     """The model's layers that hold weights, by name, in order."""
     return {layer.name: layer for layer in model.layers if layer.weights}
 
 
 def _check_names(model, weights, head, spec):
     """Refuse weights that miss one of the model's layers or have layers it lacks."""
-    ours = _weighted_layers(model)
+    ours = weighted_layers(model)
     missing = [name for name in ours if name not in weights and name != head]
     if missing:
         raise WeightsError(
@@ -207,7 +181,7 @@ def set_weights(model, weights, preset, spec):
     number of classes); every other mismatch is a WeightsError. Layers the file has and a
     headless model lacks (fc1, fc2, predictions) are skipped.
     """
-    ours = _weighted_layers(model)
+    ours = weighted_layers(model)
     head = list(ours)[-1]
     _check_names(model, weights, head, spec)
     first = next(iter(ours))
