@@ -16,6 +16,7 @@ import numpy as np
 from keras_alexnet import fileio, runtime
 from keras_alexnet.artifacts import first_line
 from keras_alexnet.data.kinds import as_path, is_local
+from keras_alexnet.data.stats import colour_in_data
 from keras_alexnet.onnx.session import read_metadata
 
 BACKGROUND = (255, 255, 255)  # between kernels and between towers
@@ -232,25 +233,6 @@ def tower_scores(scores, towers):
         h, p = kruskal_wallis(groups)
         test = {"name": f"Kruskal-Wallis H, {towers - 1} df", "statistic": h, "p_value": p}
     return {"per_tower": summary, "test": test}
-
-
-GREY_SHARE = 0.999  # data whose first RGB principal component carries more is grey
-
-
-def colour_in_data(stats):
-    """Whether training data with DatasetStats `stats` has colour conv1 could learn.
-
-    Grey data (R = G = B at every pixel) has one RGB principal component: when the first
-    eigenvalue carries more than GREY_SHARE of the variance, {"colour": False, ...}.
-    """
-    eigval = np.maximum(np.asarray(stats.eigval, dtype=np.float64), 0.0)
-    total = eigval.sum()
-    share = float(eigval.max() / total) if total > 0 else 1.0
-    colour = share <= GREY_SHARE
-    reason = f"the first RGB principal component carries {share:.4%} of the variance"
-    if not colour:
-        reason += ": the data is grey, conv1 cannot learn colour from it"
-    return {"colour": colour, "first_component_share": share, "reason": reason}
 
 
 @dataclasses.dataclass(frozen=True)

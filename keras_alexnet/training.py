@@ -13,6 +13,7 @@ from pathlib import Path
 
 from keras_alexnet import curves, extras, fileio, filters, finetune, hardware
 from keras_alexnet.backend import require_tensorflow
+from keras_alexnet.data.stats import colour_in_data
 from keras_alexnet.distribute import (
     check_same_start,
     cluster_role,
@@ -153,7 +154,7 @@ def _prepare(config, spec, strategy, log):
     """
     source = _open_source(config)
     _check_data(config, spec, source)
-    colour = filters.colour_in_data(source.stats)
+    colour = colour_in_data(source.stats)
     if not colour["colour"]:
         log(f"{source.name}: {colour['reason']}")
     steps_per_epoch = _steps_per_epoch(config, source)

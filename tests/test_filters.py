@@ -11,6 +11,7 @@ from test_evaluate import make_run
 
 from keras_alexnet import filters
 from keras_alexnet.data import load_source
+from keras_alexnet.data.stats import colour_in_data
 from keras_alexnet.models import build_model
 
 SIZE = 67  # AlexNet's smallest input
@@ -184,10 +185,10 @@ def test_chi2_survival_matches_the_integrated_density(df):
 
 
 def test_the_digits_have_no_colour_and_coloured_noise_has(tiny_data):
-    digits = filters.colour_in_data(load_source(None).stats)
+    digits = colour_in_data(load_source(None).stats)
     assert digits["colour"] is False and digits["first_component_share"] > 0.999
     assert "cannot learn colour" in digits["reason"]
-    assert filters.colour_in_data(load_source(tiny_data).stats)["colour"] is True
+    assert colour_in_data(load_source(tiny_data).stats)["colour"] is True
 
 
 @pytest.fixture(scope="module")

@@ -3,10 +3,8 @@
 import dataclasses
 
 import numpy as np
-import tensorflow as tf
 
 from keras_alexnet import fileio
-from keras_alexnet.data import transforms
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,6 +103,8 @@ def compute_stats(images):
     """
     if hasattr(images, "encoded"):  # a Source
         images = images.encoded("train")
+    import tensorflow as tf
+
     if isinstance(images, tf.data.Dataset):
         return _stats_of_dataset(images)
     acc = StatsAccumulator()
@@ -115,12 +115,17 @@ def compute_stats(images):
 
 def pixel_moments(image):
     """An [H, W, 3] image's (pixel count, RGB sum [3], sum of outer products [3, 3]), float64."""
+    import tensorflow as tf
+
     x = tf.reshape(tf.cast(image, tf.float64), [-1, 3])
     return tf.cast(tf.shape(x)[0], tf.float64), tf.reduce_sum(x, 0), tf.matmul(x, x, True)
 
 
 def _stats_of_dataset(dataset):
     """Moments of every decoded image of a (bytes, label) dataset, summed in float64."""
+    import tensorflow as tf
+
+    from keras_alexnet.data import transforms
 
     def moments(contents, _):
         return pixel_moments(transforms.decode(contents))
@@ -131,3 +136,22 @@ def _stats_of_dataset(dataset):
         acc.total += total.numpy()
         acc.outer += outer.numpy()
     return acc.result()
+
+
+GREY_SHARE = 0.999  # data whose first RGB principal component carries more is grey
+
+
+def colour_in_data(stats):
+    """Whether training data with DatasetStats `stats` has colour conv1 could learn.
+
+    Grey data (R = G = B at every pixel) has one RGB principal component: when the first
+    eigenvalue carries more than GREY_SHARE of the variance, {"colour": False, ...}.
+    """
+    eigval = np.maximum(np.asarray(stats.eigval, dtype=np.float64), 0.0)
+    total = eigval.sum()
+    share = float(eigval.max() / total) if total > 0 else 1.0
+    colour = share <= GREY_SHARE
+    reason = f"the first RGB principal component carries {share:.4%} of the variance"
+    if not colour:
+        reason += ": the data is grey, conv1 cannot learn colour from it"
+    return {"colour": colour, "first_component_share": share, "reason": reason}
