@@ -100,18 +100,17 @@ class RunDirectory:
         self.tensorboard = self.path / "tensorboard"
         self.command = self.path / "command.json"
 
-    def start(self, config, metadata, argv):
-        """Write a new run's metadata and command (chief only)."""
+    def start(self, metadata, argv, **made_by):
+        """Write a new run's metadata.json and command.json (chief only), atomically.
+
+        command.json holds `argv` (default sys.argv), what made the run (`made_by`: training's
+        `config`, an import's `source`, `format`, `preset`, ...) and the software versions.
+        Training and `import_weights` both write run directories through here.
+        """
         self.path.mkdir(parents=True, exist_ok=True)
         metadata.save(self.metadata)
-        fileio.write_json(
-            self.command,
-            {
-                "argv": list(argv if argv is not None else sys.argv),
-                "config": dataclasses.asdict(config),
-                "versions": versions(),
-            },
-        )
+        record = {"argv": list(argv if argv is not None else sys.argv), **made_by}
+        fileio.write_json(self.command, {**json.loads(json.dumps(record)), "versions": versions()})
 
     def check_identity(self, config):
         """Refuse in one line to resume a run made with another model, data or precision."""

@@ -448,7 +448,7 @@ def _restore_or_start(state, config, run, plan, lr_given, argv, log):
                 f"{PAPER_LR:g} (--lr sets another)"
             )
         if run.is_chief:
-            run.start(config, plan.metadata, argv)
+            run.start(plan.metadata, argv, config=dataclasses.asdict(config))
         return [], config
     try:
         state.checkpoint.restore(latest).assert_existing_objects_matched()

@@ -10,20 +10,18 @@ FORMATS; its reader is imported only when a file of that format is read.
 """
 
 import dataclasses
-import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
 
 from keras_alexnet import extras, fileio
 from keras_alexnet._lazy import resolve
-from keras_alexnet.artifacts import KERAS_BEST, METADATA_FILENAME
+from keras_alexnet.artifacts import KERAS_BEST
 from keras_alexnet.errors import Error
 from keras_alexnet.metadata import Metadata
 from keras_alexnet.registry import ALIASES, IMAGENET_CLASSES, MODELS
-from keras_alexnet.rundir import versions
+from keras_alexnet.rundir import RunDirectory
 from keras_alexnet.weights import hub
 
 CLASS_NAMES_FILE = Path(__file__).resolve().parent.parent / "data" / "imagenet_classes.txt"
@@ -291,16 +289,12 @@ def import_weights(source_path, model, output, argv=None, class_names=None, **ov
     preset = preset.replace(**overrides)
     keras_model = build(spec, weights, preset, classes=classes)
     metadata = _metadata(spec, preset, names)
-    with fileio.atomic_path(output / KERAS_BEST) as tmp:
+    run = RunDirectory(output)
+    with fileio.atomic_path(run.best) as tmp:
         keras_model.save(tmp)
-    metadata.save(output / METADATA_FILENAME)
-    record = {
-        "argv": list(argv if argv is not None else sys.argv),
-        "source": str(source_path),
-        "format": detect_format(source_path).name,
-        "class_names": None if class_names is None else str(class_names),
-        "preset": json.loads(json.dumps(dataclasses.asdict(preset))),
-        "versions": versions(),
-    }
-    fileio.write_json(output / "command.json", record)
+    run.start(
+        metadata, argv, source=str(source_path), format=detect_format(source_path).name,
+        class_names=None if class_names is None else str(class_names),
+        preset=dataclasses.asdict(preset),
+    )  # fmt: skip
     return output
