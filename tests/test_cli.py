@@ -451,3 +451,16 @@ def test_no_help_says_default_none_and_a_bad_flag_names_the_program(command, cap
     with pytest.raises(SystemExit):
         cli.run(module.main, parser, ["--no-such-flag"], name=parser.prog)
     assert capsys.readouterr().err.startswith(f"{command}.py: error: ")
+
+
+def test_every_train_config_field_has_a_train_flag():
+    import dataclasses
+
+    from keras_alexnet.commands import train as command
+    from keras_alexnet.train_config import TrainConfig
+
+    dests = {action.dest for action in command.get_args_parser()._actions}
+    fields = {f.name for f in dataclasses.fields(TrainConfig)} - {"model_args"}
+    assert fields - dests == set()
+    args = command.get_args_parser().parse_args(["--keep-checkpoints", "5", "--cache", "/c"])
+    assert (args.keep_checkpoints, args.cache) == (5, "/c")

@@ -313,6 +313,19 @@ def _run_args(parser):
         help="also checkpoint every N steps within an epoch (default: %(default)s)",
     )
     p.add_argument(
+        "--keep-checkpoints",
+        type=cli.positive_int,
+        default=DEFAULTS.keep_checkpoints,
+        help="how many of the newest checkpoints are kept on disk (default: %(default)s)",
+    )
+    p.add_argument(
+        "--cache",
+        default=DEFAULTS.cache,
+        metavar="DIR",
+        help="cache directory (folder scans, statistics, the demo set); "
+        "none: $KERAS_ALEXNET_CACHE or ~/.cache/keras_alexnet",
+    )
+    p.add_argument(
         "--output",
         default=None,
         help="run directory; an existing one is resumed (default: runs/MODEL)",
