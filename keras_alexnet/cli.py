@@ -75,6 +75,16 @@ class HelpFormatter(argparse.HelpFormatter):
         return text
 
 
+def plural(count, noun):
+    """`1 epoch`, `3 epochs`: a count and its noun, in the number it takes."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+def percent(fraction):
+    """An accuracy as every command shows it (evaluate's tables too): `95.33%`."""
+    return f"{fraction:.2%}"
+
+
 def run(main, parser, argv=None, *, name=None):
     """Parse `argv` (default sys.argv[1:]) with `parser`, call `main(args)`, exit on errors.
 

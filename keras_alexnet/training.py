@@ -13,6 +13,7 @@ from pathlib import Path
 
 from keras_alexnet import curves, extras, fileio, filters, finetune, hardware
 from keras_alexnet.backend import require_tensorflow
+from keras_alexnet.cli import percent, plural
 from keras_alexnet.data.stats import colour_in_data
 from keras_alexnet.distribute import (
     check_same_start,
@@ -203,7 +204,7 @@ def _train_locked(plan, config, strategy, run, lr_given, argv, log):
         state.inference.set_weights(state.model.get_weights())
         val_top1, val_top5, val_loss = validate(state.predict, source, config)
         log(
-            f"  loss {loss:.4f}  val top-1 {val_top1:.4f}  val top-5 {val_top5:.4f}  "
+            f"  loss {loss:.4f}  val top-1 {percent(val_top1)}  val top-5 {percent(val_top5)}  "
             f"val loss {val_loss:.4f}"
         )
         history.append({
@@ -336,7 +337,7 @@ def progress_warning(history, num_classes, config):
         )
     else:
         advice = "try a lower --lr, or start from trained weights with --weights"
-    return f"Warning: after {len(history)} epochs {problem}; {advice}"
+    return f"Warning: after {plural(len(history), 'epoch')} {problem}; {advice}"
 
 
 def _end_epoch(state, config, run, history, writer, log):
@@ -481,7 +482,7 @@ def _finished_result(run, history, strategy, log):
     best = run.best if run.best.exists() else None
     where = f"its best model is {best}" if best else f"its checkpoints are in {run.checkpoints}"
     log(
-        f"{run.path} has already finished {epochs} epochs; {where}. "
+        f"{run.path} has already finished {plural(epochs, 'epoch')}; {where}. "
         "Pass a larger --epochs to continue it."
     )
     return TrainResult(

@@ -121,7 +121,7 @@ SERVER = {"localhost:8000": "{server}"}
 
 
 def finished(stdout):
-    assert re.search(r"Finished 1 epochs in \d+ s on \d replica\(s\)", stdout), stdout[-2000:]
+    assert re.search(r"Finished 1 epoch in \d+ s on \d replicas?", stdout), stdout[-2000:]
 
 
 def check_run(run, *, classes, input_size, resize=None):
@@ -698,7 +698,7 @@ def test_a_training_command_run_again_says_the_run_has_finished(readme, command)
     assert again.returncode == 0, again.stderr[-4000:]
     assert "Traceback" not in again.stderr, again.stderr[-4000:]
     run = Path(readme.argv(command)[-1])  # every training row ends with --output RUN
-    finished_line = f"{run} has already finished 1 epochs; its best model is {run / 'best.keras'}"
+    finished_line = f"{run} has already finished 1 epoch; its best model is {run / 'best.keras'}"
     assert finished_line in again.stdout, again.stdout
     assert "Finished" not in again.stdout  # nothing trained
 

@@ -418,7 +418,7 @@ def test_a_finished_run_says_so_and_a_larger_epochs_continues_it(tiny_data, tmp_
     assert again.already_finished and again.epochs == 1 and again.best_model == first.best_model
     assert again.val_top1 == pytest.approx(first.val_top1, abs=1e-6)
     assert lines == [
-        f"{tmp_path / 'run'} has already finished 1 epochs; its best model is "
+        f"{tmp_path / 'run'} has already finished 1 epoch; its best model is "
         f"{first.best_model}. Pass a larger --epochs to continue it."
     ]
     more = train(dataclasses.replace(config, epochs=2), log=lambda *a: None)
@@ -821,10 +821,10 @@ def test_the_last_line_names_the_best_epochs_figures_beside_best_keras(
     best = max(rows, key=lambda r: float(r["val_top1"]))  # the first best epoch: best.keras
     assert last.startswith("Finished 3 epochs in ")
     assert (
-        f"last epoch val top-1 {float(rows[-1]['val_top1']):.4f}, "
-        f"top-5 {float(rows[-1]['val_top5']):.4f}; best model {run / 'best.keras'} "
-        f"(epoch {best['epoch']}: val top-1 {float(best['val_top1']):.4f}, "
-        f"top-5 {float(best['val_top5']):.4f})"
+        f"last epoch val top-1 {float(rows[-1]['val_top1']):.2%}, "
+        f"top-5 {float(rows[-1]['val_top5']):.2%}; best model {run / 'best.keras'} "
+        f"(epoch {best['epoch']}: val top-1 {float(best['val_top1']):.2%}, "
+        f"top-5 {float(best['val_top5']):.2%})"
     ) in last
 
 

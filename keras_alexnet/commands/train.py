@@ -347,10 +347,10 @@ def finished_line(result):
     if result.best_model:
         best = (
             f"; best model {result.best_model} (epoch {result.best_epoch}: val top-1 "
-            f"{result.best_val_top1:.4f}, top-5 {result.best_val_top5:.4f})"
+            f"{cli.percent(result.best_val_top1)}, top-5 {cli.percent(result.best_val_top5)})"
         )
     return (
-        f"Finished {result.epochs} epochs in {result.seconds:.0f} s on {result.replicas} "
-        f"replica(s): last epoch val top-1 {result.val_top1:.4f}, top-5 {result.val_top5:.4f}"
-        f"{best}"
+        f"Finished {cli.plural(result.epochs, 'epoch')} in {result.seconds:.0f} s on "
+        f"{cli.plural(result.replicas, 'replica')}: last epoch val top-1 "
+        f"{cli.percent(result.val_top1)}, top-5 {cli.percent(result.val_top5)}{best}"
     )
