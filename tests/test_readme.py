@@ -147,7 +147,7 @@ def check_run(run, *, classes, input_size, resize=None):
 
 def check_demo(readme, outcome):
     finished(outcome.stdout)
-    assert "on 2 replica(s)" in outcome.stdout  # mirrored over two logical CPUs
+    assert "on 2 replicas:" in outcome.stdout  # mirrored over two logical CPUs
     run = readme.paths["runs"] / "alexnet"
     check_run(run, classes=10, input_size=67, resize=76)
     metadata = json.loads((run / "metadata.json").read_text())
