@@ -35,6 +35,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
         start = 0
         if self.headers.get("Range"):
             start = int(self.headers["Range"].removeprefix("bytes=").rstrip("-"))
+            if start >= len(data):  # as real servers answer a range past the end
+                self.send_error(416, "Range Not Satisfiable")
+                return
             self.send_response(206)
             self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
         else:
@@ -103,6 +106,17 @@ def test_a_cut_download_resumes_where_it_stopped(server, tmp_path):
     path = hub.fetch(entry, tmp_path, log=lambda *a: None)
     assert path.read_bytes() == PAYLOAD and not part.exists()
     assert handler.seen[-1] == ("/w-2.pth", f"bytes={kept}-")
+
+
+def test_a_part_cut_after_its_last_byte_is_checked_and_kept(server, tmp_path):
+    # Killed between the last byte and the hash check: the next run's Range is past the end.
+    base, handler = server
+    handler.files["/w-5.pth"] = PAYLOAD
+    entry = published(f"{base}/w-5.pth", PAYLOAD)
+    (tmp_path / "weights").mkdir()
+    (tmp_path / "weights" / "w-5.pth.part").write_bytes(PAYLOAD)
+    path = hub.fetch(entry, tmp_path, log=lambda *a: None)
+    assert path.read_bytes() == PAYLOAD and handler.seen == [("/w-5.pth", f"bytes={len(PAYLOAD)}-")]
 
 
 def test_a_file_that_does_not_match_its_hash_is_refused_and_removed(server, tmp_path):

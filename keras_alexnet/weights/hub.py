@@ -36,6 +36,7 @@ IMAGENET = "imagenet"  # any source's ImageNet weights: the first of SOURCES wit
 SOURCES = ("keras", "torchvision", "caffe")
 CHUNK = 1 << 20
 TIMEOUT_S = 30
+RANGE_NOT_SATISFIABLE = 416  # asked to resume a .part that ended exactly at the end
 TORCHVISION_FOUND_AT = "torchvision/models/vgg.py, alexnet.py: IMAGENET1K_V1 url"
 KERAS_FOUND_AT = "keras/src/applications/vgg16.py, vgg19.py: WEIGHTS_PATH, file_hash"
 CAFFE_FOUND_AT = "BVLC/caffe models/bvlc_alexnet/readme.md: caffemodel_url, sha1"
@@ -156,6 +157,8 @@ def _download(published, part, path):
             urllib.request.Request(published.url, headers=headers), timeout=TIMEOUT_S
         )
     except urllib.error.HTTPError as e:
+        if e.code == RANGE_NOT_SATISFIABLE and have:  # the part holds the whole file already
+            return
         raise HubError(_by_hand(published, path, f"HTTP {e.code} {e.reason}")) from None
     except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, "reason", None) or e
