@@ -92,6 +92,9 @@ def compile_paper(
     AlexNet Section 5: v <- 0.9 v - 0.0005 lr w - lr grad; w <- w + v. Keras's SGD is
     v <- momentum v - lr g; w <- w + v, and `add_weight_decay` makes g = grad + decay w.
     `from_logits` for a model built with classifier_activation=None. Returns `model`.
+    `fit` then logs `loss` (Keras's: cross-entropy plus the decay term), `cross_entropy`
+    (what the train command reports as its loss) and `top1`; their difference is the
+    decay term, `decay_term(model)` for the current weights.
     """
     import keras
 
@@ -99,9 +102,21 @@ def compile_paper(
     model.compile(
         optimizer=keras.optimizers.SGD(learning_rate=lr, momentum=momentum),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits),
-        metrics=[keras.metrics.SparseCategoricalAccuracy(name="top1")],
+        metrics=[
+            keras.metrics.SparseCategoricalCrossentropy(
+                name="cross_entropy", from_logits=from_logits
+            ),
+            keras.metrics.SparseCategoricalAccuracy(name="top1"),
+        ],
     )
     return model
+
+
+def decay_term(model):
+    """The weight-decay term `add_weight_decay` adds to the loss, for the current weights."""
+    import keras
+
+    return float(sum(keras.ops.convert_to_numpy(loss) for loss in model.losses))
 
 
 def _is_kernel(variable):

@@ -58,3 +58,23 @@ def test_cosine_follows_half_a_cosine_over_the_epochs(epoch, factor):
 
 def test_the_plateau_schedule_has_no_rate_by_epoch():
     assert learning_rate_for(TrainConfig(lr=0.01, lr_schedule="plateau"), 5) is None
+
+
+def test_fit_after_compile_paper_logs_the_cross_entropy_and_the_decay_term_apart():
+    import numpy as np
+
+    from keras_alexnet import build_model, optim
+
+    model = build_model("alexnet", classes=3, width=1 / 16, input_shape=(67, 67, 3), dropout=0.0)
+    optim.compile_paper(model, lr=0.0, weight_decay=0.05)  # lr 0: the weights stay put
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, (6, 67, 67, 3)).astype("float32")
+    y = np.array([0, 1, 2, 0, 1, 2])
+    logs = model.fit(x, y, batch_size=6, epochs=1, verbose=0).history
+    p = model.predict(x, verbose=0)
+    cross_entropy = -np.mean(np.log(p[np.arange(6), y]))  # what the train command reports
+    kernels = [v.numpy() for v in model.trainable_variables if v.path.endswith("kernel")]
+    decay = 0.05 / 2 * sum(float(np.sum(k.astype("float64") ** 2)) for k in kernels)
+    assert logs["cross_entropy"][0] == pytest.approx(cross_entropy, rel=1e-5)
+    assert optim.decay_term(model) == pytest.approx(decay, rel=1e-5)
+    assert logs["loss"][0] - logs["cross_entropy"][0] == pytest.approx(decay, rel=1e-4)
