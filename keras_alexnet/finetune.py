@@ -14,7 +14,7 @@ import numpy as np
 from keras_alexnet import runtime
 from keras_alexnet.artifacts import METADATA_FILENAME
 from keras_alexnet.metadata import Metadata
-from keras_alexnet.registry import get_spec, option_flag
+from keras_alexnet.registry import get_spec, option_flag, same_model
 from keras_alexnet.train_config import TrainingError
 from keras_alexnet.weights.hub import HubError
 from keras_alexnet.weights.importer import WeightsError, read, set_weights, weighted_layers
@@ -48,7 +48,7 @@ def read_start(path, spec):
     if kind != "keras":
         return Start(*read(path, spec))
     model, metadata = runtime.load_keras_model(path)
-    if metadata.model != spec.name:
+    if not same_model(metadata.model, spec.name):
         raise WeightsError(f"{path} holds a {metadata.model}, not a {spec.name}")
     scale = np.broadcast_to(np.asarray(metadata.scale, np.float64), [3])
     preset = Preset(
@@ -159,7 +159,7 @@ def init_from_net_a(model, path, log=print):
         source, metadata = runtime.load_keras_model(path)
     except runtime.ModelPathError as e:
         raise TrainingError(f"--init-from: {e}") from None
-    if metadata.model not in ("vgg_a", "vgg_a_lrn"):
+    if get_spec(metadata.model).name not in ("vgg_a", "vgg_a_lrn"):
         raise TrainingError(f"--init-from needs a trained VGG A; {path} is {metadata.model}")
     convs = [layer.name for layer in source.layers if isinstance(layer, keras.layers.Conv2D)]
     names = [*convs[:NET_A_CONVS], *NET_A_FC]

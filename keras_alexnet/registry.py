@@ -311,6 +311,17 @@ def get_spec(name):
     return MODELS[key]
 
 
+def recorded_name(name):
+    """The name a model asked for is recorded under: lower case, an alias kept (vgg16)."""
+    get_spec(name)  # a valid name or alias, else the ValueError listing them
+    return str(name).lower()
+
+
+def same_model(a, b):
+    """Whether two recorded names (or aliases) name the same net: vgg16 and vgg_d do."""
+    return get_spec(a).name == get_spec(b).name
+
+
 def list_models():
     """The model names (without aliases), in the registry's order."""
     return list(MODELS)

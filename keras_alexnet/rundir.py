@@ -14,7 +14,7 @@ import numpy as np
 
 from keras_alexnet import __version__, fileio
 from keras_alexnet.artifacts import KERAS_BEST, METADATA_FILENAME
-from keras_alexnet.registry import all_options, get_spec, option_flag
+from keras_alexnet.registry import all_options, get_spec, option_flag, same_model
 from keras_alexnet.train_config import TrainingError, flag
 
 HISTORY_FIELDS = ("epoch", "loss", "top1", "val_top1", "val_top5", "val_loss", "lr")
@@ -123,6 +123,8 @@ class RunDirectory:
         ours = json.loads(json.dumps(dataclasses.asdict(config)))
         ours = {**ours, **ours.pop("model_args")}
         for key, value in _recorded(config, recorded).items():
+            if key == "model" and same_model(value, ours[key]):
+                continue  # an alias names the same net: vgg16 resumes a vgg_d run
             if value != ours.get(key):
                 raise TrainingError(
                     f"{self.path} is a run with {_label(key)} {_show(value)}, not "

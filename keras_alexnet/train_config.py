@@ -5,7 +5,7 @@ import math
 from pathlib import Path
 
 from keras_alexnet.errors import Error
-from keras_alexnet.registry import get_spec
+from keras_alexnet.registry import get_spec, recorded_name
 
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker")
 
@@ -105,7 +105,7 @@ class TrainConfig:
             "flip": True,
             "resize": (spec.resize, spec.resize),
             "image_size": spec.input_size,
-            "output": str(Path("runs") / spec.name),
+            "output": str(Path("runs") / recorded_name(self.model)),
             "lr": FINE_TUNE_LR if self.weights else PAPER_LR,
             "recipe": recipe,
         }

@@ -32,7 +32,7 @@ from keras_alexnet.optim import (
 )
 from keras_alexnet.progress import Progress
 from keras_alexnet.protocols import trained_protocol
-from keras_alexnet.registry import get_spec
+from keras_alexnet.registry import get_spec, recorded_name
 from keras_alexnet.rundir import RunDirectory, RunLock
 from keras_alexnet.train_config import PAPER_LR, TrainConfig, TrainingError, check_config
 
@@ -371,7 +371,7 @@ def _metadata(config, spec, source, start=None):
     if architecture.get("width") == 1:
         del architecture["width"]
     return Metadata(
-        model=spec.name,
+        model=recorded_name(config.model),
         class_names=tuple(source.class_names),
         input_size=config.image_size,
         resize=config.resize[0],

@@ -265,6 +265,7 @@ def test_import_weights_command_writes_a_run_directory_the_runtime_loads(tmp_pat
     metadata = runtime.metadata
     assert metadata.scale == PRESETS["torchvision"].scale and metadata.resize == 288
     assert metadata.class_names[:2] == ("tench", "goldfish") and len(metadata.class_names) == 1000
+    assert metadata.model == "vgg11"  # as asked, not the registry's vgg_a
 
 
 # --- the framework --------------------------------------------------------------------

@@ -866,3 +866,16 @@ def test_bench_demo_reports_each_runs_best_and_last_epoch(tmp_path):
         ", flags " in out.stdout  # the CPU's SIMD flags in the provenance line
         and "Command: `python scripts/train.py --model alexnet" in out.stdout
     )
+
+
+def test_a_model_asked_for_by_its_alias_is_recorded_under_it_and_resumes_by_either_name(
+    tiny_data, tmp_path
+):
+    from keras_alexnet.registry import get_spec
+
+    assert TrainConfig(model="VGG11").resolved(get_spec("vgg11")).output == "runs/vgg11"
+    config = tiny_config(tiny_data, tmp_path / "run", model="vgg11")
+    train(config, log=lambda *a: None)
+    assert Metadata.load(tmp_path / "run" / "metadata.json").model == "vgg11"
+    more = train(dataclasses.replace(config, model="vgg_a", epochs=2), log=lambda *a: None)
+    assert more.epochs == 2 and history_epochs(tmp_path / "run") == [1, 2]

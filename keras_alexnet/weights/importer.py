@@ -20,7 +20,7 @@ from keras_alexnet._lazy import resolve
 from keras_alexnet.artifacts import KERAS_BEST
 from keras_alexnet.errors import Error
 from keras_alexnet.metadata import Metadata
-from keras_alexnet.registry import ALIASES, IMAGENET_CLASSES, MODELS
+from keras_alexnet.registry import ALIASES, IMAGENET_CLASSES, MODELS, recorded_name
 from keras_alexnet.rundir import RunDirectory
 from keras_alexnet.weights import hub
 
@@ -242,12 +242,12 @@ def _class_names(classes, class_names):
     return names if classes == len(names) else tuple(str(i) for i in range(classes))
 
 
-def _metadata(spec, preset, names):
+def _metadata(model, spec, preset, names):
     """The run directory's Metadata: names, the preset's sizes, normalisation and model_args."""
     # the family's options as built (their defaults unless the weights need others)
     args = {**spec.family_spec.defaults(), **preset.model_args}
     return Metadata(
-        model=spec.name,
+        model=recorded_name(model),
         class_names=names,
         input_size=preset.input_size,
         resize=preset.resize,
@@ -288,7 +288,7 @@ def import_weights(source_path, model, output, argv=None, class_names=None, **ov
     names = _class_names(classes, class_names)
     preset = preset.replace(**overrides)
     keras_model = build(spec, weights, preset, classes=classes)
-    metadata = _metadata(spec, preset, names)
+    metadata = _metadata(model, spec, preset, names)
     run = RunDirectory(output)
     with fileio.atomic_path(run.best) as tmp:
         keras_model.save(tmp)
