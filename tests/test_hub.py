@@ -173,6 +173,6 @@ def test_build_model_takes_a_publishers_name(server, tmp_path, monkeypatch):
     assert set(weights) == {layer.name for layer in by_path.layers if layer.get_weights()}
 
 
-def test_the_readme_lists_every_published_file_as_the_code_does():
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    assert hub.table() in readme
+def test_the_weights_page_lists_every_published_file_as_the_code_does():
+    page = (Path(__file__).resolve().parents[1] / "docs" / "weights.md").read_text()
+    assert hub.table() in page

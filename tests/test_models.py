@@ -84,11 +84,11 @@ def test_parameter_count_follows_the_layer_table_and_the_paper(name):
     assert model.count_params() == table_parameters(name, width=1 / 8, classes=10, pooled=1)
 
 
-def test_the_readmes_alexnet_parameter_counts_hold_for_both_pools():
+def test_the_training_pages_alexnet_parameter_counts_hold_for_both_pools():
     import re
     from pathlib import Path
 
-    text = " ".join((Path(__file__).parents[1] / "README.md").read_text().split())
+    text = " ".join((Path(__file__).parents[1] / "docs" / "training.md").read_text().split())
     claims = re.findall(r"at (?:the demo's )?(\d+) (?:the parameter count|it) stays ([\d,]+)", text)
     assert {int(size) for size, _ in claims} >= {227, 67}, claims
     for size, count in claims:

@@ -1,6 +1,7 @@
-"""Every command README.md shows runs, at tiny sizes, and each training command runs twice.
+"""Every command README.md and docs/ show runs, at tiny sizes, and each training command twice.
 
-The project's rule: a command in README.md's ```bash blocks is a promise, so each one runs
+The project's rule: a command in the ```bash blocks of README.md or a page under docs/ is a
+promise, so each one runs
 here as a subprocess from the repository root (KERAS_ALEXNET_CACHE and TFDS_DATA_DIR in a
 temporary directory). `TINY` is the one table saying how each command is cut down (flags
 appended, which argparse lets override the README's, and paths moved into tmp_path);
@@ -48,6 +49,7 @@ from keras_alexnet.serving.local import local_server
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
+PAGES = (README, *sorted((ROOT / "docs").glob("*.md")))  # what the documentation is
 TIMEOUT = 300
 
 # Lines (or `&&` parts of a line) that set up or check the project rather than use it.
@@ -55,9 +57,9 @@ SETUP = ("python3 -m venv ", ". .venv/bin/activate", "pip install ", "ruff ", "p
 
 
 def readme_commands():
-    """Every command of README.md's ```bash blocks, `\\`-continued lines joined, one space."""
+    """Every command of the pages' ```bash blocks, `\\`-continued lines joined, one space."""
     commands = []
-    for block in re.findall(r"```bash\n(.*?)```", README.read_text(), re.S):
+    for block in blocks("bash"):
         for line in re.sub(r"\\\n", " ", block).splitlines():
             line = re.sub(r"(^|\s)#.*$", "", line).strip()  # comments, whole or trailing
             if not line or line.startswith("TF_CONFIG="):
@@ -68,7 +70,14 @@ def readme_commands():
                 part = " ".join(part.split())
                 if part and not part.startswith(SETUP):
                     commands.append(part)
-    return list(dict.fromkeys(commands))  # the demo command is shown twice
+    return list(dict.fromkeys(commands))  # a command may be shown on two pages
+
+
+def blocks(language):
+    """The ```language blocks of every page, README first."""
+    return [
+        b for page in PAGES for b in re.findall(rf"```{language}\n(.*?)```", page.read_text(), re.S)
+    ]
 
 
 # ----------------------------------------------------------------------- the table
@@ -731,13 +740,12 @@ print(json.dumps({
 
 @pytest.mark.slow
 def test_the_readme_python_block_runs_on_jax(readme, tmp_path):
-    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
-    blocks = [b for b in blocks if 'os.environ["KERAS_BACKEND"] = "jax"' in b]
-    assert len(blocks) == 1
+    jax_blocks = [b for b in blocks("python") if 'os.environ["KERAS_BACKEND"] = "jax"' in b]
+    assert len(jax_blocks) == 1
     assert readme.run(DEMO).returncode == 0
     (tmp_path / "runs").mkdir()
     (tmp_path / "runs" / "alexnet").symlink_to(readme.paths["runs"] / "alexnet")
-    code = blocks[0] + PYTHON_CHECKS
+    code = jax_blocks[0] + PYTHON_CHECKS
     env = {**readme.env, "PYTHONPATH": str(ROOT)}
     env.pop("KERAS_BACKEND", None)
     proc = subprocess.run(
@@ -753,3 +761,43 @@ def test_the_readme_python_block_runs_on_jax(readme, tmp_path):
         "count": 3,
         "tensorflow": False,
     }
+
+
+@pytest.mark.slow
+def test_every_other_python_block_runs_as_written(tmp_path):
+    others = [b for b in blocks("python") if 'os.environ["KERAS_BACKEND"] = "jax"' not in b]
+    assert others, "the Models page's block is gone"
+    for code in others:
+        proc = subprocess.run(
+            [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+            env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=TIMEOUT,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-4000:]
+
+
+def anchors(page):
+    """GitHub's anchors of a Markdown page's headings (outside code blocks)."""
+    text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)
+    titles = re.findall(r"^#+ (.*)$", text, re.M)
+    return {re.sub(r"[^\w\- ]", "", t.strip().lower()).replace(" ", "-") for t in titles}
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_every_relative_link_of_the_documentation_reaches_its_file_and_heading(page):
+    links = re.findall(r"\]\(([^)\s]+)\)", page.read_text())
+    broken = []
+    for link in links:
+        if re.match(r"[a-z]+://", link):
+            continue
+        path, _, anchor = link.partition("#")
+        target = (page.parent / path).resolve() if path else page
+        if not target.exists() or (
+            anchor and target.suffix == ".md" and anchor not in anchors(target)
+        ):
+            broken.append(link)
+    assert not broken, f"{page.name}: {broken}"
+
+
+def test_the_readme_links_every_page_under_docs():
+    text = README.read_text()
+    assert [p.name for p in PAGES[1:] if f"(docs/{p.name}" not in text] == []
