@@ -2,7 +2,7 @@
 
 Written independently of the Keras builders (NCHW, PyTorch's own layers) so that a test
 can copy weights across and compare outputs. PyTorch is optional: nothing in the package
-imports this module.
+imports this module; the benchmarks put tests/ on their path to import it.
 """
 
 import functools
