@@ -1,7 +1,7 @@
 """Training step and inference on Keras-JAX (fp32, bf16) against PyTorch (eager, compile).
 
 Our AlexNet (227) and VGG D (224) as `build_model` builds them, on Keras's JAX backend,
-against the independent PyTorch reference of the same nets (`torch_reference`), in one
+against the independent PyTorch reference of the same nets (`tests/torch_reference.py`), in one
 run on the same device. The training step is the paper's optimiser on both sides: SGD with
 momentum 0.9 and weight decay 5e-4 coupled into the gradient, on kernels only
 (`keras_alexnet.optim.add_weight_decay`; PyTorch's SGD `weight_decay` on the >1-D
@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# The PyTorch reference of our nets lives with the tests, its other user.
+sys.path.insert(1, str(Path(__file__).resolve().parents[1] / "tests"))
 
 MODELS = ("alexnet", "vgg_d")
 BATCHES = {"alexnet": 256, "vgg_d": 64}  # the batches of SPEC's H100 figures
@@ -144,8 +146,7 @@ def keras_figures(name, precision, batch, args):
 def torch_figures(name, precision, batch, compiled, args):
     """PyTorch training and inference images/s of the reference net, eager or compiled."""
     import torch
-
-    from benchmarks import torch_reference
+    import torch_reference
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)

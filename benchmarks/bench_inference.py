@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# The PyTorch reference of our nets lives with the tests, its other user.
+sys.path.insert(1, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from benchmarks import common  # noqa: E402
 
@@ -81,8 +83,7 @@ def build_runtimes(name, work, log):
         runtimes[label] = lambda x, s=session: s.run(None, {"images": x})[0]
     try:
         import torch
-
-        from benchmarks import torch_reference
+        import torch_reference
 
         torch_model = torch_reference.build(name).eval()
         torch.set_grad_enabled(False)

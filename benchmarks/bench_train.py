@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# The PyTorch reference of our nets lives with the tests, its other user.
+sys.path.insert(1, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from benchmarks import common  # noqa: E402
 
@@ -70,8 +72,7 @@ def keras_worker(strategy_name, precision, batch, steps):
 def torch_worker(mode, precision, batch, steps):
     """Time `steps` SGD steps of the same net in PyTorch, eager or compiled, fp32 or bf16."""
     import torch
-
-    from benchmarks import torch_reference
+    import torch_reference
 
     torch.manual_seed(0)
     model = torch_reference.AlexNet().train()

@@ -103,8 +103,9 @@ def _gather(image, rows, cols):
     """`image[rows][:, cols]` for index vectors, reading only the pixels it returns.
 
     Whole source rows would make a 1-pixel high, 1,000,000 wide image cost 227 x 1,000,000
-    x 3. A contiguous image is read by flat pixel index (`take` on [H * W, C]: about 4x
-    faster than `np.ix_` on a 500x375 photo), any other through `np.ix_`.
+    x 3. A contiguous image is read by flat pixel index (`take` on [H * W, C], faster than
+    `np.ix_`: benchmarks/RESULTS.md, "Figures that used to live in docstrings"), any other
+    through `np.ix_`.
     """
     if not image.flags.c_contiguous:
         return image[np.ix_(rows, cols)]

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_evaluate import ROOT, make_run
+from helpers import ROOT, make_run
 
 from keras_alexnet import cli, fileio
 from keras_alexnet.commands import COMMANDS

@@ -4,12 +4,11 @@ import dataclasses
 import json
 import subprocess
 import sys
-from pathlib import Path
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import RESIZE, ROOT, SIZE, make_run
 
 from keras_alexnet.data import load_source
 from keras_alexnet.evaluation import EvaluationError, evaluate, near_ties, topk_correct
@@ -17,35 +16,6 @@ from keras_alexnet.metadata import Metadata
 from keras_alexnet.models import build_model
 from keras_alexnet.models.dense import fully_convolutional
 from keras_alexnet.runtime import ModelPathError, resolve
-
-ROOT = Path(__file__).resolve().parent.parent
-SIZE, RESIZE = 67, 80  # AlexNet's smallest input; the demo digits are 8x8, upscaled
-
-
-def make_run(path, *, name="alexnet", size=SIZE, resize=RESIZE, steps=30, protocol=None):
-    """A run directory with a tiny model fitted for `steps` on the demo digits + metadata."""
-    from keras_alexnet.data import train_dataset
-    from keras_alexnet.models import get_spec
-
-    source = load_source(None)
-    mean = tuple(source.stats.mean)
-    keras.utils.set_random_seed(0)
-    model = build_model(
-        name, classes=len(source.class_names), input_shape=(size, size, 3), width=1 / 16,
-        seed=0, init="he", mean=mean, scale=1 / 128, dropout=0.0,
-    )  # fmt: skip
-    if steps:
-        model.compile(keras.optimizers.SGD(0.01, momentum=0.9), "sparse_categorical_crossentropy")
-        ds = train_dataset(source, image_size=size, resize=resize, batch_size=32, seed=0)
-        model.fit(ds.take(steps), epochs=1, verbose=0, shuffle=False)
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    model.save(path / "best.keras")
-    Metadata(
-        model=name, class_names=tuple(source.class_names), input_size=size, resize=resize,
-        mean=mean, scale=1 / 128, protocol=protocol or get_spec(name).protocol,
-    ).save(path / "metadata.json")  # fmt: skip
-    return path, model
 
 
 @pytest.fixture(scope="module")

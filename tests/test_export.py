@@ -8,7 +8,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import tensorflow as tf
-from test_evaluate import ROOT, SIZE, make_run
+from helpers import ROOT, SIZE, make_run
 
 from keras_alexnet import export
 from keras_alexnet.calibration import center_crops

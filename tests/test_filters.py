@@ -6,8 +6,8 @@ import math
 
 import numpy as np
 import pytest
+from helpers import make_run
 from PIL import Image
-from test_evaluate import make_run
 
 from keras_alexnet import filters
 from keras_alexnet.data import load_source

@@ -154,7 +154,7 @@ def test_each_source_name_resolves_to_its_publishers_file():
 
 def test_build_model_takes_a_publishers_name(server, tmp_path, monkeypatch):
     torch = pytest.importorskip("torch")
-    from test_import_weights import torch_vgg
+    from torch_reference import torch_vgg
 
     reference = torch_vgg("vgg11", 1 / 16, seed=21)
     file = tmp_path / "vgg11-test.pth"

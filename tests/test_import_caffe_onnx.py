@@ -12,6 +12,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from helpers import TOLERANCE
 from numpy.lib.stride_tricks import sliding_window_view
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
@@ -24,7 +25,6 @@ from keras_alexnet.models import get_spec
 from keras_alexnet.training import TrainConfig, TrainingError, train
 from keras_alexnet.weights import WeightsError, import_weights, read
 
-TOLERANCE = 1e-5
 CAFFE_MEAN_BGR = (104.007, 116.669, 122.679)
 # Caffe's AlexNet at width 1/8: (name, filters, kernel, stride, pad, group), then FC units.
 CONVS = [

@@ -15,6 +15,7 @@ import keras
 import numpy as np
 import onnx
 import pytest
+from helpers import TOLERANCE, crops_of, photo_like
 from keras.src.legacy.saving import legacy_h5_format
 
 from keras_alexnet import build_model
@@ -23,7 +24,6 @@ from keras_alexnet.export import export_onnx, relative_error
 from keras_alexnet.layers import InputNormalization
 from keras_alexnet.metadata import Metadata
 from keras_alexnet.models import get_spec
-from keras_alexnet.preprocess import center_crop_resized
 from keras_alexnet.runtime import load
 from keras_alexnet.weights import (
     PRESETS,
@@ -36,27 +36,7 @@ from keras_alexnet.weights import (
 
 torch = pytest.importorskip("torch")  # in the dev extra: CI runs these
 safetensors_torch = pytest.importorskip("safetensors.torch")
-
-TOLERANCE = 1e-5
-
-
-def photo_like(count, height, width, seed=0):
-    """RGB 0-255 images with structure: colour gradients, a disc, a bar, a little noise."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
-    images = []
-    for _ in range(count):
-        r, g, b = rng.uniform(0, 255, 3)
-        image = np.stack(
-            [r * x / width, g * y / height, b * (1 - x / width) * (1 - y / height)], axis=-1
-        )
-        cy, cx, radius = rng.uniform(0.2, 0.8) * height, rng.uniform(0.2, 0.8) * width, height / 5
-        image[(y - cy) ** 2 + (x - cx) ** 2 < radius**2] = rng.uniform(0, 255, 3)
-        top = int(rng.integers(0, height // 2))
-        image[top : top + height // 8, width // 8 : width // 2] = rng.uniform(0, 255, 3)
-        image += rng.normal(0, 4, image.shape)
-        images.append(np.clip(image, 0, 255))
-    return np.stack(images).astype(np.float32)
+from torch_reference import torch_vgg, torchvision_forward  # noqa: E402
 
 
 def randomise(model, seed):
@@ -154,66 +134,6 @@ def test_a_vgg16_file_is_refused_for_vgg19_in_one_line(tmp_path):
 
 
 # --- torchvision ----------------------------------------------------------------------
-
-TORCH_CFGS = {"vgg11": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
-              "vgg16": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M",
-                        512, 512, 512, "M"]}  # fmt: skip
-
-
-class TorchVGG(torch.nn.Module):
-    """torchvision's VGG written out (models/vgg.py): the same modules, so the same keys.
-
-    `batch_norm`: the vgg*_bn variant (make_layers' BatchNorm2d between conv and ReLU).
-    """
-
-    def __init__(self, cfg, width, fc, classes, batch_norm=False):
-        super().__init__()
-        layers, channels = [], 3
-        for cell in cfg:
-            if cell == "M":
-                layers.append(torch.nn.MaxPool2d(kernel_size=2, stride=2))
-            else:
-                out = int(cell * width)
-                layers.append(torch.nn.Conv2d(channels, out, kernel_size=3, padding=1))
-                layers += [torch.nn.BatchNorm2d(out)] if batch_norm else []
-                layers.append(torch.nn.ReLU(inplace=True))
-                channels = out
-        self.features = torch.nn.Sequential(*layers)
-        self.avgpool = torch.nn.AdaptiveAvgPool2d((7, 7))
-        self.classifier = torch.nn.Sequential(
-            torch.nn.Linear(channels * 7 * 7, fc), torch.nn.ReLU(True), torch.nn.Dropout(),
-            torch.nn.Linear(fc, fc), torch.nn.ReLU(True), torch.nn.Dropout(),
-            torch.nn.Linear(fc, classes),
-        )  # fmt: skip
-
-    def forward(self, x):
-        return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
-
-
-def torch_vgg(name, width, seed, classes=1000):
-    """A torchvision-layout VGG with random weights and biases, in eval mode."""
-    torch.manual_seed(seed)
-    model = TorchVGG(TORCH_CFGS[name], width, int(4096 * width), classes).eval()
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.Conv2d | torch.nn.Linear):
-                fan_in = module.weight[0].numel()
-                module.weight.normal_(0, (2 / fan_in) ** 0.5)
-                module.bias.normal_(0, 0.1)
-    return model
-
-
-def torchvision_forward(model, crops):
-    """torchvision's ImageClassification after the crop: /255, mean, std; then softmax."""
-    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
-    x = ((crops / 255.0 - mean) / std).astype(np.float32).transpose(0, 3, 1, 2)
-    with torch.inference_mode():
-        return torch.softmax(model(torch.from_numpy(x.copy())), dim=1).numpy()
-
-
-def crops_of(images, preset):
-    """The centre crops both sides are fed: shorter side to `resize`, central square."""
-    return np.stack([center_crop_resized(i, preset.resize, preset.input_size) for i in images])
 
 
 @pytest.mark.parametrize("suffix", [".pth", ".safetensors"])

@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from test_serve import ROOT, assert_top5, build_artifacts, reference_probabilities, sample_images
+from helpers import ROOT, assert_top5, build_artifacts, reference_probabilities, sample_images
 
 from keras_alexnet.predict import MAX_FILE_BYTES
 

@@ -2,7 +2,7 @@
 
 import onnxruntime as ort
 import pytest
-from test_serve import reshape_model
+from helpers import reshape_model
 
 from keras_alexnet import runtime
 from keras_alexnet.onnx.session import (

@@ -1,132 +1,43 @@
 """The onnxruntime HTTP server, started for real in a subprocess and spoken to over loopback."""
 
 import asyncio
-import contextlib
 import io
 import json
 import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import httpx
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper
+from helpers import (
+    CLASSES,
+    METADATA,
+    ROOT,
+    assert_top5,
+    build_artifacts,
+    encode,
+    infer_body,
+    post_json,
+    reference_probabilities,
+    reshape_model,
+    running_server,
+    sample_images,
+    tf_decode,
+)
 from PIL import Image
 
 from keras_alexnet.metadata import Metadata
 from keras_alexnet.serving import images
-from keras_alexnet.serving.local import local_server
 
-ROOT = Path(__file__).resolve().parents[1]
-CLASSES = tuple(f"class_{i}" for i in range(10))
-METADATA = Metadata(
-    model="vgg_a",
-    class_names=CLASSES,
-    input_size=32,
-    resize=36,
-    mean=(120.0, 110.0, 100.0),
-    scale=1 / 64,
-)
 MAX_BATCH = 16
-
-
-def build_artifacts(directory):
-    """A tiny trained-looking VGG-A run (best.keras + metadata.json) and its ONNX export."""
-    from keras_alexnet.export import export_onnx
-    from keras_alexnet.models import build_model
-
-    model = build_model(
-        "vgg_a",
-        input_shape=(32, 32, 3),
-        width=1 / 16,
-        classes=len(CLASSES),
-        mean=METADATA.mean,
-        scale=METADATA.scale,
-        seed=0,
-    )
-    directory.mkdir(parents=True, exist_ok=True)
-    model.save(directory / "best.keras")
-    METADATA.save(directory / "metadata.json")
-    onnx_path = directory / "tiny.onnx"
-    export_onnx(directory / "best.keras", onnx_path, log=lambda *args, **kwargs: None)
-    return model, onnx_path
 
 
 @pytest.fixture(scope="module")
 def artifacts(tmp_path_factory):
     return build_artifacts(tmp_path_factory.mktemp("run"))
-
-
-def encode(array, fmt="PNG", mode=None):
-    image = Image.fromarray(array)
-    if mode:
-        image = image.convert(mode)
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt)
-    return buffer.getvalue()
-
-
-def sample_images(count, seed=0):
-    """Images of assorted sizes, aspect ratios and modes (RGB, grayscale, RGBA, palette)."""
-    rng = np.random.default_rng(seed)
-    modes = [None, "L", "RGBA", "P"]
-    out = []
-    for i in range(count):
-        h, w = rng.integers(20, 90, size=2)
-        smooth = rng.integers(0, 256, (h // 4 + 2, w // 4 + 2, 3)).astype(np.uint8)
-        array = np.asarray(Image.fromarray(smooth).resize((int(w), int(h))))
-        fmt = "JPEG" if i % 5 == 4 else "PNG"
-        out.append(encode(array, fmt, None if fmt == "JPEG" else modes[i % 4]))
-    return out
-
-
-def tf_decode(blob):
-    """TensorFlow's decoder; JPEG with the accurate integer IDCT, as Pillow (libjpeg) uses."""
-    import tensorflow as tf
-
-    if blob[:2] == b"\xff\xd8":
-        return tf.io.decode_jpeg(blob, channels=3, dct_method="INTEGER_ACCURATE")
-    return tf.io.decode_image(blob, channels=3, expand_animations=False)
-
-
-def reference_probabilities(model, blobs):
-    """TensorFlow decode + the data pipeline's resize/centre crop + the Keras model."""
-    import tensorflow as tf
-
-    from keras_alexnet.data import transforms
-
-    crops = [
-        transforms.center_crop(
-            transforms.resize_shorter(tf_decode(b), METADATA.resize), METADATA.input_size
-        )
-        for b in blobs
-    ]
-    return np.asarray(model.predict_on_batch(tf.stack(crops)))
-
-
-def assert_top5(answer, probabilities, atol=1e-4):
-    """`answer` lists a correct top-5: true probabilities, descending, none left out."""
-    assert len(answer) == 5
-    got = [c["probability"] for c in answer]
-    assert got == sorted(got, reverse=True)
-    for c in answer:
-        assert c["class"] == CLASSES[c["index"]]
-        assert c["probability"] == pytest.approx(probabilities[c["index"]], abs=atol)
-    sixth = np.sort(probabilities)[-6]
-    assert min(got) >= sixth - atol
-
-
-@contextlib.contextmanager
-def running_server(model_path, *flags, log_dir):
-    """Start scripts/serve.py on a free loopback port; yield its base URL; stop it."""
-    cmd = [sys.executable, str(ROOT / "scripts/serve.py"), "--model", str(model_path), *flags]
-    with open(log_dir / f"server-{time.monotonic_ns()}.log", "w+") as log:
-        with local_server(cmd, timeout=60, output=log, cwd=ROOT) as url:
-            yield url
 
 
 @pytest.fixture(scope="module")
@@ -141,18 +52,6 @@ def server(artifacts, server_logs):
     flags += ["--max-body-mb", "1", "--max-pixels", "1000000"]
     with running_server(artifacts[1], *flags, log_dir=server_logs) as url:
         yield url
-
-
-def infer_body(x, nested=False, **extra):
-    data = x.tolist() if nested else x.ravel().tolist()
-    return {
-        "inputs": [{"name": "images", "shape": list(x.shape), "datatype": "FP32", "data": data}],
-        **extra,
-    }
-
-
-def post_json(url, body):
-    return httpx.post(url, content=json.dumps(body), timeout=30)
 
 
 def test_resize_and_crop_equal_the_tensorflow_pipeline():
@@ -551,16 +450,6 @@ def test_bad_request_gets_a_json_4xx_and_the_server_stays_up(server, case):
     assert httpx.get(server + "/v2/health/live").status_code == 200
     ok = post_json(server + "/v2/models/tiny/infer", infer_body(ZEROS))
     assert ok.status_code == 200
-
-
-def reshape_model(path):
-    """x [N, D] -> Reshape to [-1, 3]: onnxruntime fails at run time unless N*D % 3 == 0."""
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, None])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 3])
-    shape = helper.make_tensor("shape", TensorProto.INT64, [2], [-1, 3])
-    node = helper.make_node("Reshape", ["x", "shape"], ["y"])
-    graph = helper.make_graph([node], "reshape", [x], [y], initializer=[shape])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
 
 
 def test_onnxruntime_failure_is_a_500_and_the_server_stays_up(tmp_path):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
-torch_reference = pytest.importorskip("benchmarks.torch_reference")
+torch_reference = pytest.importorskip("torch_reference")
 
 from keras_alexnet.models import build_model  # noqa: E402
 

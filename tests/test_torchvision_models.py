@@ -13,15 +13,7 @@ import keras
 import numpy as np
 import onnx
 import pytest
-from test_import_weights import (
-    TOLERANCE,
-    TorchVGG,
-    crops_of,
-    photo_like,
-    torch_vgg,
-    torchvision_forward,
-)
-from test_serve import infer_body, post_json, running_server
+from helpers import TOLERANCE, crops_of, infer_body, photo_like, post_json, running_server
 
 from keras_alexnet import build_model, registry, runtime
 from keras_alexnet.artifacts import INPUT_NAME
@@ -34,6 +26,7 @@ from keras_alexnet.weights import PRESETS, WeightsError, build, read
 
 torch = pytest.importorskip("torch")
 safetensors_torch = pytest.importorskip("safetensors.torch")
+from torch_reference import TorchVGG, torch_vgg, torchvision_forward  # noqa: E402
 
 MEAN, SCALE = (120.0, 115.0, 100.0), 1 / 58.0
 # torchvision's published num_params (its weight enums), trainable parameters

@@ -70,8 +70,8 @@ def get_args_parser():
         choices=quantize.QUANT_FORMATS,
         default=quantize.DEFAULT_FORMAT,
         help="onnxruntime quantisation format: qoperator (QLinear operators) or qdq "
-        "(Quantize/DequantizeLinear around float operators); the default measured faster on "
-        "a CPU, see benchmarks/RESULTS.md (default: %(default)s)",
+        "(Quantize/DequantizeLinear around float operators); the default is the faster on a "
+        "CPU: benchmarks/RESULTS.md, 'Where the time goes' (default: %(default)s)",
     )
     return p
 

@@ -17,7 +17,7 @@ from keras_alexnet.onnx.proto import set_properties
 from keras_alexnet.onnx.session import VERIFY_PROVIDER, onnx_session, properties, read_metadata
 
 QUANT_FORMATS = ("qdq", "qoperator")
-DEFAULT_FORMAT = "qoperator"  # the faster of the two on a CPU (benchmarks/RESULTS.md)
+DEFAULT_FORMAT = "qoperator"  # the faster on a CPU: benchmarks/RESULTS.md, "Where the time goes"
 CALIBRATION_IMAGES = 256  # training crops that calibrate the int8 ranges (RESULTS.md, Export)
 AGREEMENT_IMAGES = 256  # held-out crops on which int8 is compared with fp32
 
@@ -129,8 +129,8 @@ def _name_nodes_and_find_fp32(path):
     LRN's squared activations span many orders of magnitude, too wide for one int8 scale,
     so the nodes `keras_alexnet.onnx.graph.expand_lrn` and `channels_last_lrn` wrote
     (outputs under ".../expanded/") stay fp32. Every convolution is int8, the first one
-    too: with the LRN in NHWC it was 14-22 % faster than keeping conv1 in fp32 at the same
-    top-1 agreement on the demo-trained AlexNet (benchmarks/RESULTS.md, "int8 inference").
+    too: with the LRN in NHWC that is faster than keeping conv1 in fp32, at the same top-1
+    agreement on the demo-trained AlexNet (benchmarks/RESULTS.md, "int8 inference").
     """
     import onnx
 

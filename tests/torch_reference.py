@@ -2,7 +2,10 @@
 
 Written independently of the Keras builders (NCHW, PyTorch's own layers) so that a test
 can copy weights across and compare outputs. PyTorch is optional: nothing in the package
-imports this module.
+imports this module; the benchmarks put tests/ on their path to import it.
+
+torchvision's own layout of VGG (its modules, so its state-dict keys) follows the paper's
+nets, for the tests that import torchvision's files.
 """
 
 import functools
@@ -138,3 +141,61 @@ def load_keras_weights(torch_model, keras_model):
 def previous_hw(keras_model):
     """Spatial size of the maps that the Keras model flattens."""
     return tuple(keras_model.get_layer("flatten").input.shape[1:3])
+
+
+# --- torchvision's layout, for the weight-import tests ------------------------------------
+
+TORCHVISION_NAMES = {"vgg11": "vgg_a", "vgg16": "vgg_d"}  # the same Table 1 columns
+
+
+class TorchVGG(nn.Module):
+    """torchvision's VGG written out (models/vgg.py): the same modules, so the same keys.
+
+    `batch_norm`: the vgg*_bn variant (make_layers' BatchNorm2d between conv and ReLU).
+    """
+
+    def __init__(self, cfg, width, fc, classes, batch_norm=False):
+        super().__init__()
+        layers, channels = [], 3
+        for cell in cfg:
+            if cell == "M":
+                layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+            else:
+                out = int(cell * width)
+                layers.append(nn.Conv2d(channels, out, kernel_size=3, padding=1))
+                layers += [nn.BatchNorm2d(out)] if batch_norm else []
+                layers.append(nn.ReLU(inplace=True))
+                channels = out
+        self.features = nn.Sequential(*layers)
+        self.avgpool = nn.AdaptiveAvgPool2d((7, 7))
+        self.classifier = nn.Sequential(
+            nn.Linear(channels * 7 * 7, fc), nn.ReLU(True), nn.Dropout(),
+            nn.Linear(fc, fc), nn.ReLU(True), nn.Dropout(),
+            nn.Linear(fc, classes),
+        )  # fmt: skip
+
+    def forward(self, x):
+        """Return logits for an NCHW batch."""
+        return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
+
+
+def torch_vgg(name, width, seed, classes=1000):
+    """A torchvision-layout VGG with random weights and biases, in eval mode."""
+    torch.manual_seed(seed)
+    cfg = VGG_CONFIGS[TORCHVISION_NAMES[name]]
+    model = TorchVGG(cfg, width, int(4096 * width), classes).eval()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.Conv2d | nn.Linear):
+                fan_in = module.weight[0].numel()
+                module.weight.normal_(0, (2 / fan_in) ** 0.5)
+                module.bias.normal_(0, 0.1)
+    return model
+
+
+def torchvision_forward(model, crops):
+    """torchvision's ImageClassification after the crop: /255, mean, std; then softmax."""
+    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+    x = ((crops / 255.0 - mean) / std).astype(np.float32).transpose(0, 3, 1, 2)
+    with torch.inference_mode():
+        return torch.softmax(model(torch.from_numpy(x.copy())), dim=1).numpy()
