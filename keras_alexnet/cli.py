@@ -163,37 +163,52 @@ non_negative_float = number(float, lambda v: v >= 0, "a finite number >= 0")
 fraction = number(float, lambda v: 0 < v < 1, "a number between 0 and 1, both excluded")
 
 
-def add_source_arguments(parser):
-    """Add the flags naming a data source (--data, --data-dir, --val-fraction, --seed, ...)."""
+def add_source_arguments(parser, *, recorded=False, split=True, seed_and_cache=True):
+    """Add the flags naming a data source: --data, --data-dir, --val-fraction, --seed, --cache-dir.
+
+    Every command that reads data takes them from here, so each flag reads the same.
+    `recorded`: left out, --data and --data-dir are the model's recorded ones (evaluate),
+    not the bundled demo set and TFDS's directory. `split`: the command splits a folder
+    with no val/ tree (--val-fraction). `seed_and_cache`: add --seed (the split's) and
+    --cache-dir; train has its own (its --seed seeds more, its --cache is its config's).
+    """
     parser.add_argument(
         "--data",
         default=None,
-        help="a class-folder directory, a prepared directory (prepare.py) or a TFDS name; "
-        "none: the bundled digits demo set (default: %(default)s)",
+        help="a class-folder directory, a prepared directory (prepare.py) or a TFDS name "
+        "(e.g. imagenet2012); none: "
+        + ("the data in the model's metadata" if recorded else "the bundled digits demo set")
+        + " (default: %(default)s)",
     )
     parser.add_argument(
         "--data-dir",
         default=None,
-        help="TFDS data directory for a TFDS name; none: TFDS's default (default: %(default)s)",
+        help="TFDS data directory for a TFDS name (imagenet2012's archives go in "
+        "DATA_DIR/downloads/manual/); none: "
+        + ("the metadata's, else TFDS's own" if recorded else "TFDS's own")
+        + " (default: %(default)s)",
     )
-    parser.add_argument(
-        "--val-fraction",
-        type=fraction,
-        default=0.1,
-        help="validation share of a folder without train/ and val/ (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--seed",
-        type=non_negative_int,
-        default=0,
-        help="seed of that validation split (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--cache-dir",
-        default=None,
-        help="cache directory; none: $KERAS_ALEXNET_CACHE or ~/.cache/keras_alexnet "
-        "(default: %(default)s)",
-    )
+    if split:
+        parser.add_argument(
+            "--val-fraction",
+            type=fraction,
+            default=0.1,
+            help="validation share held out of each class of a directory with no val/ tree "
+            "(root/<class>/ or root/train/<class>/) (default: %(default)s)",
+        )
+    if seed_and_cache:
+        parser.add_argument(
+            "--seed",
+            type=non_negative_int,
+            default=0,
+            help="seed of that validation split (default: %(default)s)",
+        )
+        parser.add_argument(
+            "--cache-dir",
+            default=None,
+            help="cache directory; none: $KERAS_ALEXNET_CACHE or ~/.cache/keras_alexnet "
+            "(default: %(default)s)",
+        )
 
 
 def add_model_options(group):
