@@ -13,7 +13,9 @@ A command ends with::
 OSError, a ValueError, any `keras_alexnet.errors.Error` such as
 TrainingError, ExportError, ModelPathError, EvaluationError) into one line on stderr,
 `evaluate: error: cannot write /x/y: Permission denied`, with exit status 1; Ctrl-C
-exits with 130 and no traceback. Anything else is a bug and keeps its traceback.
+exits with 130 and no traceback. Anything else is a bug and keeps its traceback. The
+library names a setting as its Python field, in backticks (`batch_size`, errors.field);
+the line names the command's flag instead (--batch-size: `with_flags`).
 
 The `type=` validators (`positive_int`, `non_negative_int`, `positive_float`,
 `non_negative_float`, `fraction`) make argparse reject bad numbers, nan and inf in its own
@@ -104,12 +106,30 @@ def run(main, parser, argv=None, *, name=None):
     except Exception as e:
         if not is_user_error(e):
             raise
-        fail(e, name)
+        _exit(_prefix(name) + with_flags(describe(e), parser), 1)
 
 
-def fail(error, name=None):
-    """Print `error` as one line, `name: error: ...` (None: `error: ...`), and exit with 1."""
-    _exit(_prefix(name) + describe(error), 1)
+def flags_by_field(parser):
+    """The flag of each setting `parser` fills: {dest: its first long flag} (argparse's actions).
+
+    `batch_size` -> --batch-size; a dest two flags set (--precision, --mixed-precision)
+    keeps the one declared first, the flag that takes its value.
+    """
+    table = {}
+    for action in parser._actions:
+        long = [o for o in action.option_strings if o.startswith("--")]
+        if long:
+            table.setdefault(action.dest, long[0])
+    return table
+
+
+def with_flags(text, parser):
+    """`text` with each setting named as a field (`batch_size`) named by its flag instead.
+
+    A field that is none of `parser`'s settings keeps its backticks.
+    """
+    table = flags_by_field(parser)
+    return re.sub(r"`(\w+)`", lambda m: table.get(m[1], m[0]), text)
 
 
 def _prefix(name):

@@ -46,7 +46,7 @@ def make_strategy(name, cpu_replicas=2):
         return tf.distribute.MirroredStrategy(devices)
     if name == "multi_worker":
         if "TF_CONFIG" not in os.environ:
-            raise TrainingError("--strategy multi_worker needs TF_CONFIG (see README)")
+            raise TrainingError("`strategy` multi_worker needs TF_CONFIG (see README)")
         return tf.distribute.MultiWorkerMirroredStrategy()
     raise TrainingError(f"strategy must be one of {STRATEGIES}. Received: {name!r}")
 

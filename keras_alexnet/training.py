@@ -128,7 +128,7 @@ def _train_in_precision(config, spec, lr_given, argv, log):
         log(warning)
     if config.batch_size % strategy.num_replicas_in_sync:
         raise TrainingError(
-            f"--batch-size {config.batch_size} does not split evenly over "
+            f"`batch_size` {config.batch_size} does not split evenly over "
             f"{strategy.num_replicas_in_sync} replicas"
         )
     run = RunDirectory(config.output, *cluster_role(strategy))
@@ -254,7 +254,7 @@ def _check_data(config, spec, source):
                 f"with `keras-alexnet-prepare --model {spec.name}`"
             )
         scales = ",".join(str(s) for s in dict.fromkeys(config.resize))
-        raise TrainingError(f"--resize {scales}: {e}{hint}") from None
+        raise TrainingError(f"`resize` {scales}: {e}{hint}") from None
 
 
 def _steps_per_epoch(config, source):
@@ -265,7 +265,7 @@ def _steps_per_epoch(config, source):
     if steps < 1:
         raise TrainingError(
             f"{source.num_train} training images make no batch of {config.batch_size}; "
-            "lower --batch-size"
+            "lower `batch_size`"
         )
     return steps
 
@@ -393,7 +393,7 @@ def _restore_or_start(state, config, run, plan, lr_given, argv, log):
     except (AssertionError, ValueError) as e:
         first = str(e).strip().splitlines()[0][:200]
         raise TrainingError(
-            f"{latest} does not fit this model ({first}); choose another --output"
+            f"{latest} does not fit this model ({first}); choose another `output`"
         ) from None
     epoch = int(state.epoch.numpy())
     history = [r for r in run.read_history() if int(r["epoch"]) <= epoch]
@@ -475,9 +475,9 @@ def _nan_message(loss, epoch, step, manager):
     """The one-line error of a non-finite loss, naming the checkpoint to resume from."""
     kept = (
         f"The last good checkpoint is {manager.latest_checkpoint}; re-run the same command "
-        "with a lower --lr to resume from it."
+        "with a lower `lr` to resume from it."
         if manager.latest_checkpoint
-        else "No checkpoint was written yet; lower --lr."
+        else "No checkpoint was written yet; lower `lr`."
     )
     return f"loss became {loss} at epoch {epoch + 1}, step {step + 1}; stopped. {kept}"
 
