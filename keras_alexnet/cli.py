@@ -13,7 +13,9 @@ A command ends with::
 OSError, a ValueError, any `keras_alexnet.errors.Error` such as
 TrainingError, ExportError, ModelPathError, EvaluationError) into one line on stderr,
 `evaluate: error: cannot write /x/y: Permission denied`, with exit status 1; Ctrl-C
-exits with 130 and no traceback. Anything else is a bug and keeps its traceback.
+exits with 130 and no traceback. Anything else is a bug and keeps its traceback. The
+library names a setting as its Python field, in backticks (`batch_size`, errors.field);
+the line names the command's flag instead (--batch-size: `with_flags`).
 
 The `type=` validators (`positive_int`, `non_negative_int`, `positive_float`,
 `non_negative_float`, `fraction`) make argparse reject bad numbers, nan and inf in its own
@@ -104,12 +106,30 @@ def run(main, parser, argv=None, *, name=None):
     except Exception as e:
         if not is_user_error(e):
             raise
-        fail(e, name)
+        _exit(_prefix(name) + with_flags(describe(e), parser), 1)
 
 
-def fail(error, name=None):
-    """Print `error` as one line, `name: error: ...` (None: `error: ...`), and exit with 1."""
-    _exit(_prefix(name) + describe(error), 1)
+def flags_by_field(parser):
+    """The flag of each setting `parser` fills: {dest: its first long flag} (argparse's actions).
+
+    `batch_size` -> --batch-size; a dest two flags set (--precision, --mixed-precision)
+    keeps the one declared first, the flag that takes its value.
+    """
+    table = {}
+    for action in parser._actions:
+        long = [o for o in action.option_strings if o.startswith("--")]
+        if long:
+            table.setdefault(action.dest, long[0])
+    return table
+
+
+def with_flags(text, parser):
+    """`text` with each setting named as a field (`batch_size`) named by its flag instead.
+
+    A field that is none of `parser`'s settings keeps its backticks.
+    """
+    table = flags_by_field(parser)
+    return re.sub(r"`(\w+)`", lambda m: table.get(m[1], m[0]), text)
 
 
 def _prefix(name):
@@ -163,37 +183,52 @@ non_negative_float = number(float, lambda v: v >= 0, "a finite number >= 0")
 fraction = number(float, lambda v: 0 < v < 1, "a number between 0 and 1, both excluded")
 
 
-def add_source_arguments(parser):
-    """Add the flags naming a data source (--data, --data-dir, --val-fraction, --seed, ...)."""
+def add_source_arguments(parser, *, recorded=False, split=True, seed_and_cache=True):
+    """Add the flags naming a data source: --data, --data-dir, --val-fraction, --seed, --cache-dir.
+
+    Every command that reads data takes them from here, so each flag reads the same.
+    `recorded`: left out, --data and --data-dir are the model's recorded ones (evaluate),
+    not the bundled demo set and TFDS's directory. `split`: the command splits a folder
+    with no val/ tree (--val-fraction). `seed_and_cache`: add --seed (the split's) and
+    --cache-dir; train has its own (its --seed seeds more, its --cache is its config's).
+    """
     parser.add_argument(
         "--data",
         default=None,
-        help="a class-folder directory, a prepared directory (prepare.py) or a TFDS name; "
-        "none: the bundled digits demo set (default: %(default)s)",
+        help="a class-folder directory, a prepared directory (prepare.py) or a TFDS name "
+        "(e.g. imagenet2012); none: "
+        + ("the data in the model's metadata" if recorded else "the bundled digits demo set")
+        + " (default: %(default)s)",
     )
     parser.add_argument(
         "--data-dir",
         default=None,
-        help="TFDS data directory for a TFDS name; none: TFDS's default (default: %(default)s)",
+        help="TFDS data directory for a TFDS name (imagenet2012's archives go in "
+        "DATA_DIR/downloads/manual/); none: "
+        + ("the metadata's, else TFDS's own" if recorded else "TFDS's own")
+        + " (default: %(default)s)",
     )
-    parser.add_argument(
-        "--val-fraction",
-        type=fraction,
-        default=0.1,
-        help="validation share of a folder without train/ and val/ (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--seed",
-        type=non_negative_int,
-        default=0,
-        help="seed of that validation split (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--cache-dir",
-        default=None,
-        help="cache directory; none: $KERAS_ALEXNET_CACHE or ~/.cache/keras_alexnet "
-        "(default: %(default)s)",
-    )
+    if split:
+        parser.add_argument(
+            "--val-fraction",
+            type=fraction,
+            default=0.1,
+            help="validation share held out of each class of a directory with no val/ tree "
+            "(root/<class>/ or root/train/<class>/) (default: %(default)s)",
+        )
+    if seed_and_cache:
+        parser.add_argument(
+            "--seed",
+            type=non_negative_int,
+            default=0,
+            help="seed of that validation split (default: %(default)s)",
+        )
+        parser.add_argument(
+            "--cache-dir",
+            default=None,
+            help="cache directory; none: $KERAS_ALEXNET_CACHE or ~/.cache/keras_alexnet "
+            "(default: %(default)s)",
+        )
 
 
 def add_model_options(group):

@@ -47,7 +47,7 @@ def make_strategy(name, cpu_replicas=2):
     if name == "multi_worker":
         if "TF_CONFIG" not in os.environ:
             raise TrainingError(
-                "--strategy multi_worker needs TF_CONFIG (see docs/training.md, Distribution)"
+                "`strategy` multi_worker needs TF_CONFIG (see docs/training.md, Distribution)"
             )
         return tf.distribute.MultiWorkerMirroredStrategy()
     raise TrainingError(f"strategy must be one of {STRATEGIES}. Received: {name!r}")

@@ -13,8 +13,9 @@ import numpy as np
 
 from keras_alexnet import runtime
 from keras_alexnet.artifacts import METADATA_FILENAME
+from keras_alexnet.errors import field
 from keras_alexnet.metadata import Metadata
-from keras_alexnet.registry import get_spec, option_flag, same_model
+from keras_alexnet.registry import get_spec, same_model
 from keras_alexnet.train_config import TrainingError
 from keras_alexnet.weights.hub import HubError
 from keras_alexnet.weights.importer import WeightsError, read, set_weights, weighted_layers
@@ -69,7 +70,7 @@ def starting_point(config, spec):
     try:
         return read_start(config.weights, spec)
     except (WeightsError, HubError) as e:
-        raise TrainingError(f"--weights {config.weights}: {e}") from None
+        raise TrainingError(f"`weights` {config.weights}: {e}") from None
 
 
 def _recorded_architecture(config, start):
@@ -79,7 +80,7 @@ def _recorded_architecture(config, start):
     run's own metadata.
     """
     if start is not None:
-        return dict(start.preset.model_args), f"--weights {config.weights}"
+        return dict(start.preset.model_args), f"`weights` {config.weights}"
     if config.init_from is None:
         own = Path(config.output) / METADATA_FILENAME
         if not own.is_file():
@@ -91,8 +92,8 @@ def _recorded_architecture(config, start):
     try:
         metadata = runtime.load_metadata(config.init_from)
     except runtime.ModelPathError as e:
-        raise TrainingError(f"--init-from: {e}") from None
-    return metadata.architecture(), f"--init-from {config.init_from}"
+        raise TrainingError(f"`init_from`: {e}") from None
+    return metadata.architecture(), f"`init_from` {config.init_from}"
 
 
 def architecture(config, spec, start):
@@ -117,7 +118,7 @@ def architecture(config, spec, start):
 def _flag(spec, key, value):
     """How an architecture setting reads on the command line (--no-lrn has no value)."""
     option = spec.family_spec.option(key)
-    return option.show(value) if option else f"{option_flag(key)} {value}"
+    return option.show(value) if option else f"{field(key)} {value}"
 
 
 def load_start(model, start, config, log):
@@ -126,7 +127,7 @@ def load_start(model, start, config, log):
     try:
         set_weights(model, weights, preset, get_spec(config.model))
     except WeightsError as e:
-        raise TrainingError(f"--weights {config.weights}: {e}") from None
+        raise TrainingError(f"`weights` {config.weights}: {e}") from None
     built = "".join(f", {k} {v}" for k, v in preset.model_args.items())
     log(
         f"Started from {config.weights} ({preset.name}): mean {preset.mean}, scale "
@@ -139,7 +140,7 @@ def freeze_up_to(model, name):
     names = [layer.name for layer in model.layers]
     if name not in names:
         weighted = ", ".join(layer.name for layer in model.layers if layer.weights)
-        raise TrainingError(f"--freeze-up-to: {model.name} has no layer {name!r} ({weighted})")
+        raise TrainingError(f"`freeze_up_to`: {model.name} has no layer {name!r} ({weighted})")
     for layer in model.layers[: names.index(name) + 1]:
         layer.trainable = False
     return names[: names.index(name) + 1]
@@ -158,9 +159,9 @@ def init_from_net_a(model, path, log=print):
     try:
         source, metadata = runtime.load_keras_model(path)
     except runtime.ModelPathError as e:
-        raise TrainingError(f"--init-from: {e}") from None
+        raise TrainingError(f"`init_from`: {e}") from None
     if get_spec(metadata.model).name not in ("vgg_a", "vgg_a_lrn"):
-        raise TrainingError(f"--init-from needs a trained VGG A; {path} is {metadata.model}")
+        raise TrainingError(f"`init_from` needs a trained VGG A; {path} is {metadata.model}")
     convs = [layer.name for layer in source.layers if isinstance(layer, keras.layers.Conv2D)]
     names = [*convs[:NET_A_CONVS], *NET_A_FC]
     for name in names:
@@ -168,12 +169,12 @@ def init_from_net_a(model, path, log=print):
         try:
             ours = model.get_layer(name)
         except ValueError:
-            raise TrainingError(f"--init-from: {model.name} has no layer {name}") from None
+            raise TrainingError(f"`init_from`: {model.name} has no layer {name}") from None
         shapes = [w.shape for w in ours.get_weights()]
         if [w.shape for w in theirs] != shapes:
             raise TrainingError(
-                f"--init-from: {name} is {[w.shape for w in theirs]} in {path} but {shapes} "
-                "here (same --width, --image-size and classes needed)"
+                f"`init_from`: {name} is {[w.shape for w in theirs]} in {path} but {shapes} "
+                "here (same `width`, `image_size` and classes needed)"
             )
         ours.set_weights(theirs)
     log(f"Initialised {', '.join(names)} from {path}")

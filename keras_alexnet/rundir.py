@@ -14,8 +14,9 @@ import numpy as np
 
 from keras_alexnet import __version__, fileio
 from keras_alexnet.artifacts import KERAS_BEST, METADATA_FILENAME
+from keras_alexnet.errors import field
 from keras_alexnet.registry import all_options, get_spec, option_flag, same_model
-from keras_alexnet.train_config import TrainingError, flag
+from keras_alexnet.train_config import TrainingError
 
 HISTORY_FIELDS = ("epoch", "loss", "top1", "val_top1", "val_top5", "val_loss", "lr")
 
@@ -54,10 +55,10 @@ OLD_OPTIONS = {"towers": "towers", "lrn": "use_lrn", "pool": "pool"}
 
 
 def _label(key):
-    """How a config field or architecture option is named to a user: its flag."""
+    """How a config field or architecture option is named to a user (an option by its flag)."""
     if key == "use_lrn":
         return "LRN (--no-lrn)"  # a switch: --no-lrn has no value to show
-    return option_flag(key) if key in {o.name for o in all_options()} else flag(key)
+    return option_flag(key) if key in {o.name for o in all_options()} else field(key)
 
 
 def _recorded(config, recorded):
@@ -128,7 +129,7 @@ class RunDirectory:
             if value != ours.get(key):
                 raise TrainingError(
                     f"{self.path} is a run with {_label(key)} {_show(value)}, not "
-                    f"{_show(ours.get(key))}: choose another --output (or the same {_label(key)} "
+                    f"{_show(ours.get(key))}: choose another `output` (or the same {_label(key)} "
                     "to resume it)"
                 )
 
@@ -173,7 +174,7 @@ class RunLock:
             self._file.close()
             raise self.error(
                 f"{self.path.parent} is in use by another {self.user} (pid {holder}); wait for it "
-                "to finish or choose another --output"
+                "to finish or choose another `output`"
             ) from None
         self._file.truncate(0)
         self._file.write(str(os.getpid()))

@@ -4,7 +4,7 @@ import dataclasses
 import math
 from pathlib import Path
 
-from keras_alexnet.errors import Error
+from keras_alexnet.errors import Error, field
 from keras_alexnet.registry import get_spec, recorded_name
 
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker")
@@ -123,11 +123,6 @@ class TrainConfig:
         )
 
 
-def flag(name):
-    """The command-line spelling of a config field."""
-    return "--" + name.replace("_", "-")
-
-
 def check_config(config):
     """Raise TrainingError for arguments that cannot work, with what to do instead."""
     choices = {
@@ -136,7 +131,7 @@ def check_config(config):
     }  # fmt: skip
     for name, allowed in choices.items():
         if getattr(config, name) not in allowed:
-            raise TrainingError(f"{flag(name)} must be one of {', '.join(allowed)}")
+            raise TrainingError(f"{field(name)} must be one of {', '.join(allowed)}")
     at_least = {
         "epochs": 1, "batch_size": 1, "cpu_replicas": 1, "checkpoint_every": 1,
         "keep_checkpoints": 1, "plateau_patience": 1, "max_lr_drops": 0, "step_epochs": 1,
@@ -145,32 +140,32 @@ def check_config(config):
     for name, low in at_least.items():
         value = getattr(config, name)
         if value is not None and value < low:
-            raise TrainingError(f"{flag(name)} must be at least {low}. Received: {value}")
+            raise TrainingError(f"{field(name)} must be at least {low}. Received: {value}")
     positive = ("lr", "width", "scale")
     for name in (*positive, "momentum", "weight_decay", "val_fraction"):
         value = getattr(config, name)
         if not math.isfinite(value) or (value <= 0 if name in positive else value < 0):
             kind = "a positive" if name in positive else "a non-negative"
-            raise TrainingError(f"{flag(name)} must be {kind} number. Received: {value}")
+            raise TrainingError(f"{field(name)} must be {kind} number. Received: {value}")
     if config.momentum >= 1 or not 0 < config.val_fraction < 1:
-        raise TrainingError("--momentum must be below 1 and --val-fraction in (0, 1)")
+        raise TrainingError("`momentum` must be below 1 and `val_fraction` in (0, 1)")
     if config.image_size > config.resize[0]:
         raise TrainingError(
-            f"--image-size {config.image_size} is larger than the resize size {config.resize[0]}"
+            f"`image_size` {config.image_size} is larger than the resize size {config.resize[0]}"
         )
     if config.weights and config.init_from:
-        raise TrainingError("--weights and --init-from both choose the starting weights: pick one")
+        raise TrainingError("`weights` and `init_from` both choose the starting weights: pick one")
     _check_model(config)
 
 
 def _check_model(config):
-    """Raise TrainingError for a model, --init-from or architecture option that cannot work."""
+    """Raise TrainingError for a model, `init_from` or architecture option that cannot work."""
     try:
         family = get_spec(config.model).family_spec
     except ValueError as e:
         raise TrainingError(str(e)) from None
     if config.init_from and not family.init_from:
-        raise TrainingError("--init-from starts a VGG configuration from a trained VGG A")
+        raise TrainingError("`init_from` starts a VGG configuration from a trained VGG A")
     try:
         family.check_args(family.resolve(config.model_args), config.width)
     except ValueError as e:

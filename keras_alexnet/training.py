@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from keras_alexnet import curves, extras, fileio, filters, finetune, hardware
+from keras_alexnet import fileio, finetune, hardware
 from keras_alexnet.backend import require_tensorflow
 from keras_alexnet.cli import percent, plural
 from keras_alexnet.data.stats import colour_in_data
@@ -33,15 +33,9 @@ from keras_alexnet.optim import (
 from keras_alexnet.progress import Progress
 from keras_alexnet.protocols import trained_protocol
 from keras_alexnet.registry import get_spec, recorded_name
+from keras_alexnet.reporting import TensorBoard, epoch_reporters, progress_warning
 from keras_alexnet.rundir import RunDirectory, RunLock
 from keras_alexnet.train_config import PAPER_LR, TrainConfig, TrainingError, check_config
-
-# When a run says it is not learning (`progress_warning`): after WARN_AFTER epochs, an epoch
-# loss DIVERGED times the first epoch's, or a best validation top-1 within CHANCE_MARGIN of
-# chance (1 / classes). The paper's init on a small set stays there (SPEC "Known traps").
-WARN_AFTER = 2
-DIVERGED = 1.5
-CHANCE_MARGIN = 0.05
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,7 +128,7 @@ def _train_in_precision(config, spec, lr_given, argv, log):
         log(warning)
     if config.batch_size % strategy.num_replicas_in_sync:
         raise TrainingError(
-            f"--batch-size {config.batch_size} does not split evenly over "
+            f"`batch_size` {config.batch_size} does not split evenly over "
             f"{strategy.num_replicas_in_sync} replicas"
         )
     run = RunDirectory(config.output, *cluster_role(strategy))
@@ -189,9 +183,9 @@ def _train_locked(plan, config, strategy, run, lr_given, argv, log):
         strategy, state.model, state.optimizer, config.batch_size, config.weight_decay,
         loss_scaling=config.precision == "mixed_float16", jit_compile=config.jit_compile,
     )  # fmt: skip
-    writer = _summary_writer(run)
-    draw_curves = run.is_chief and _can_draw_curves(log)
-    started, warned = time.time(), False
+    reporters = epoch_reporters(run, config, len(source.class_names), log)
+    tensorboard = next((r for r in reporters if isinstance(r, TensorBoard)), None)
+    started = time.time()
     while int(state.epoch.numpy()) < config.epochs:
         epoch = int(state.epoch.numpy())
         scheduled = learning_rate_for(config, epoch)
@@ -199,7 +193,7 @@ def _train_locked(plan, config, strategy, run, lr_given, argv, log):
             state.lr.assign(scheduled)
         log(f"Epoch {epoch + 1}/{config.epochs} (lr {float(state.lr.numpy()):.3g})")
         loss, top1 = train_one_epoch(
-            state, strategy, step_fn, source, config, steps_per_epoch, writer=writer
+            state, strategy, step_fn, source, config, steps_per_epoch, tensorboard=tensorboard
         )
         state.inference.set_weights(state.model.get_weights())
         val_top1, val_top5, val_loss = validate(state.predict, source, config)
@@ -212,13 +206,7 @@ def _train_locked(plan, config, strategy, run, lr_given, argv, log):
             "val_top1": f"{val_top1:.6f}", "val_top5": f"{val_top5:.6f}",
             "val_loss": f"{val_loss:.6f}", "lr": f"{float(state.lr.numpy()):.6g}",
         })  # fmt: skip
-        _end_epoch(state, config, run, history, writer, log)
-        warning = None if warned else progress_warning(history, len(source.class_names), config)
-        if warning:
-            log(warning)
-            warned = True
-        if draw_curves:
-            curves.write_run_curves(run.path)
+        _end_epoch(state, config, history, reporters, log)
     best = _best_row(history)
     return TrainResult(
         epochs=int(state.epoch.numpy()), val_top1=val_top1, val_top5=val_top5,
@@ -266,7 +254,7 @@ def _check_data(config, spec, source):
                 f"with `keras-alexnet-prepare --model {spec.name}`"
             )
         scales = ",".join(str(s) for s in dict.fromkeys(config.resize))
-        raise TrainingError(f"--resize {scales}: {e}{hint}") from None
+        raise TrainingError(f"`resize` {scales}: {e}{hint}") from None
 
 
 def _steps_per_epoch(config, source):
@@ -277,24 +265,9 @@ def _steps_per_epoch(config, source):
     if steps < 1:
         raise TrainingError(
             f"{source.num_train} training images make no batch of {config.batch_size}; "
-            "lower --batch-size"
+            "lower `batch_size`"
         )
     return steps
-
-
-def _can_draw_curves(log):
-    """Whether matplotlib is there for curves.png; if not, say so once and go on without."""
-    try:
-        extras.require("plots")
-    except extras.MissingExtraError as e:
-        log(f"No {curves.CURVES_FILENAME}: {e}")
-        return False
-    return True
-
-
-def _best_top1(history):
-    """The best validation top-1 recorded in `history` (-1 when empty)."""
-    return max((float(r["val_top1"]) for r in history), default=-1.0)
 
 
 def _best_row(history):
@@ -303,57 +276,21 @@ def _best_row(history):
     return max(history, key=lambda r: float(r["val_top1"]), default=nothing)
 
 
-def progress_warning(history, num_classes, config):
-    """One line when the run is not learning after WARN_AFTER epochs, with what to pass; else None.
+def _end_epoch(state, config, history, reporters, log):
+    """Step the plateau schedule, call every reporter, then checkpoint the epoch's end.
 
-    Not learning: a non-finite or climbing epoch loss (DIVERGED times the first epoch's), or
-    a best validation top-1 within CHANCE_MARGIN of chance. The paper's recipe stays the
-    default; the line names the recipe that learns on small sets, or trained weights.
+    The reporters come before the checkpoint, so no checkpoint records an epoch whose
+    history row or best.keras is missing.
     """
-    if len(history) < WARN_AFTER:
-        return None
-    losses = [float(r["loss"]) for r in history]
-    best, chance = max(float(r["val_top1"]) for r in history), 1 / num_classes
-    if not all(math.isfinite(v) for v in losses):
-        problem = f"the loss is {losses[-1]}"
-    elif losses[-1] > DIVERGED * losses[0]:
-        problem = f"the loss climbed from {losses[0]:.3g} to {losses[-1]:.3g}"
-    elif best <= chance + CHANCE_MARGIN:
-        problem = f"validation top-1 is at chance ({best:.1%}, chance {chance:.1%})"
-    else:
-        return None
-    if config.weights:
-        advice = "try a lower --lr"
-    elif config.init != "he":
-        known = (
-            "the paper's N(0, 0.01) init is known to stay flat on small sets (Caffe's AlexNet "
-            "saw flat loss on ImageNet too, and started its biases at 0.1); "
-            if config.init == "paper"
-            else ""
-        )
-        advice = (
-            f"{known}pass --recipe small (He init, inputs scaled to about [-1, 1]) or start "
-            "from trained weights with --weights"
-        )
-    else:
-        advice = "try a lower --lr, or start from trained weights with --weights"
-    return f"Warning: after {plural(len(history), 'epoch')} {problem}; {advice}"
-
-
-def _end_epoch(state, config, run, history, writer, log):
-    """Keep the best model, log, step the plateau schedule, then checkpoint the epoch's end."""
     val_top1 = float(history[-1]["val_top1"])
-    if run.is_chief and val_top1 > _best_top1(history[:-1]):
-        with fileio.atomic_path(run.best) as tmp:
-            state.inference.save(tmp)
-    _write_summaries(writer, history[-1], state.inference)
     if config.lr_schedule == "plateau" and state.plateau.update(val_top1):
         state.lr.assign(float(state.lr.numpy()) / 10)
         log(f"  validation top-1 stopped improving: lr -> {float(state.lr.numpy()):.3g}")
+    for reporter in reporters:
+        reporter.epoch_end(history, state.inference)
     state.epoch.assign_add(1)
     state.step.assign(0)
     state.epoch_sums.assign([0.0, 0.0, 0.0])
-    run.write_history(history)
     state.manager.save()
 
 
@@ -456,7 +393,7 @@ def _restore_or_start(state, config, run, plan, lr_given, argv, log):
     except (AssertionError, ValueError) as e:
         first = str(e).strip().splitlines()[0][:200]
         raise TrainingError(
-            f"{latest} does not fit this model ({first}); choose another --output"
+            f"{latest} does not fit this model ({first}); choose another `output`"
         ) from None
     epoch = int(state.epoch.numpy())
     history = [r for r in run.read_history() if int(r["epoch"]) <= epoch]
@@ -494,12 +431,12 @@ def _finished_result(run, history, strategy, log):
     )  # fmt: skip
 
 
-def train_one_epoch(state, strategy, step_fn, source, config, steps_per_epoch, writer=None):
+def train_one_epoch(state, strategy, step_fn, source, config, steps_per_epoch, tensorboard=None):
     """Run the rest of the current epoch; return its (mean loss, train top-1) over every step.
 
     The running sums live in the checkpoint, so an epoch resumed after a crash still
-    reports the whole epoch. With a TensorBoard `writer`, each step's mean loss and its lr go
-    to it (`step/loss`, `step/lr`, at the run's global step).
+    reports the whole epoch. With a `reporting.TensorBoard`, each step's mean loss and its lr
+    go to it (`step/loss`, `step/lr`, at the run's global step).
     """
     from keras_alexnet.data import train_dataset
 
@@ -523,7 +460,8 @@ def train_one_epoch(state, strategy, step_fn, source, config, steps_per_epoch, w
         state.epoch_sums.assign_add([loss, hits, config.batch_size])
         state.step.assign_add(1)
         global_step = epoch * steps_per_epoch + int(state.step.numpy())
-        _write_step(writer, global_step, loss / config.batch_size, state.lr)
+        if tensorboard is not None:
+            tensorboard.step(global_step, loss / config.batch_size, state.lr)
         loss_sum, hits_sum, seen = state.epoch_sums.numpy()
         bar.update(int(state.step.numpy()), {"loss": loss_sum / seen, "top1": hits_sum / seen})
         if int(state.step.numpy()) % config.checkpoint_every == 0:
@@ -537,43 +475,11 @@ def _nan_message(loss, epoch, step, manager):
     """The one-line error of a non-finite loss, naming the checkpoint to resume from."""
     kept = (
         f"The last good checkpoint is {manager.latest_checkpoint}; re-run the same command "
-        "with a lower --lr to resume from it."
+        "with a lower `lr` to resume from it."
         if manager.latest_checkpoint
-        else "No checkpoint was written yet; lower --lr."
+        else "No checkpoint was written yet; lower `lr`."
     )
     return f"loss became {loss} at epoch {epoch + 1}, step {step + 1}; stopped. {kept}"
-
-
-def _summary_writer(run):
-    """TensorBoard writer of the chief, None elsewhere."""
-    import tensorflow as tf
-
-    return tf.summary.create_file_writer(str(run.tensorboard)) if run.is_chief else None
-
-
-def _write_step(writer, step, loss, lr):
-    """Write one training step's loss and learning rate to TensorBoard."""
-    if writer is None:
-        return
-    import tensorflow as tf
-
-    with writer.as_default(step=step):
-        tf.summary.scalar("step/loss", loss)
-        tf.summary.scalar("step/lr", lr)
-
-
-def _write_summaries(writer, row, model):
-    """Write an epoch's history row and `model`'s conv1 as Figure 3 (`conv1`) to TensorBoard."""
-    if writer is None:
-        return
-    import tensorflow as tf
-
-    conv1 = filters.conv1_kernels(model)
-    with writer.as_default(step=int(row["epoch"])):
-        for key in ("loss", "val_top1", "val_top5", "lr"):
-            tf.summary.scalar(key, float(row[key]))
-        tf.summary.image("conv1", filters.conv1_picture(conv1.kernels, conv1.towers)[None])
-    writer.flush()
 
 
 def validate(predict, source, config):

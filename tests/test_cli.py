@@ -100,6 +100,25 @@ def test_run_turns_user_errors_into_one_line_and_an_exit_status(error, line, sta
     assert capsys.readouterr().err == f"tool: error: {line}\n"
 
 
+def test_run_names_the_fields_a_message_names_by_the_commands_flags(capsys):
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--no-flip", dest="flip", action="store_false")
+    parser.add_argument("--precision")
+    parser.add_argument("--mixed-precision", dest="precision", action="store_const", const="m")
+    assert cli.flags_by_field(parser) == {
+        "help": "--help", "batch_size": "--batch-size", "flip": "--no-flip",
+        "precision": "--precision",
+    }  # fmt: skip
+    message = "`batch_size` 7: lower `batch_size`, `flip`, `precision`; `lr` is not a flag"
+    with pytest.raises(SystemExit):
+        cli.run(raising(TrainingError(message)), parser, [], name="tool")
+    assert capsys.readouterr().err == (
+        "tool: error: --batch-size 7: lower --batch-size, --no-flip, --precision; "
+        "`lr` is not a flag\n"
+    )
+
+
 # Exceptions the server turns into HTTP answers itself; no command prints them.
 SERVER_INTERNAL = {"ApiError", "RequestTimeout", "ModelError", "_Refused"}
 

@@ -329,7 +329,7 @@ def test_fine_tuning_from_an_imported_caffe_run_builds_caffes_net_as_from_the_fi
     assert relative_error(got, expected) < TOLERANCE
     # The fine-tuned run records what it was built with, for whoever starts from it next.
     assert Metadata.load(tmp_path / "run" / "metadata.json").model_args["lrn_per_tower"] is False
-    with pytest.raises(TrainingError, match="--no-lrn does not fit --weights"):
+    with pytest.raises(TrainingError, match="--no-lrn does not fit `weights`"):
         train(TrainConfig(**base, weights=str(run), model_args={"use_lrn": False},
                           output=str(tmp_path / "x")))  # fmt: skip
 

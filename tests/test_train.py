@@ -400,6 +400,26 @@ def test_bad_arguments_are_one_line_errors(tmp_path):
     assert "Traceback" not in odd.stderr
 
 
+def test_the_python_api_names_the_config_field_and_the_command_its_flag(
+    tiny_data, tmp_path, capsys
+):
+    from keras_alexnet import cli
+    from keras_alexnet.commands import train as command
+
+    run = tmp_path / "run"
+    with pytest.raises(TrainingError) as error:
+        train(tiny_config(tiny_data, run, batch_size=64), log=lambda *a: None)
+    assert str(error.value).endswith("make no batch of 64; lower `batch_size`")
+    assert "--" not in str(error.value)
+    argv = [*TINY, "--batch-size", "64", "--data", str(tiny_data), "--output", str(run)]
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run(command.main, command.get_args_parser(), argv, name="train")
+    assert exit_info.value.code == 1
+    line = capsys.readouterr().err
+    assert line.startswith("train: error: ") and line.endswith("lower --batch-size\n")
+    assert not run.exists()
+
+
 def tiny_config(data, output, **changes):
     """A tiny VGG A run on `data` through the Python API."""
     base = dict(model="vgg_a", data=str(data), width=0.0625, image_size=32, resize=(36, 36),
@@ -442,9 +462,9 @@ def test_bf16_on_a_cpu_without_native_bf16_says_it_is_emulated(tiny_data, tmp_pa
 
 @pytest.mark.parametrize(
     ("change", "message"),
-    [({"model": "vgg_b"}, "--model vgg_a, not vgg_b"),
-     ({"width": 0.125}, "--width 0.0625, not 0.125"),
-     ({"precision": "mixed_bfloat16"}, "--precision float32, not mixed_bfloat16")],
+    [({"model": "vgg_b"}, "`model` vgg_a, not vgg_b"),
+     ({"width": 0.125}, "`width` 0.0625, not 0.125"),
+     ({"precision": "mixed_bfloat16"}, "`precision` float32, not mixed_bfloat16")],
 )  # fmt: skip
 def test_a_run_directory_of_another_config_is_one_line(tiny_data, tmp_path, change, message):
     config = tiny_config(tiny_data, tmp_path / "run")
@@ -721,7 +741,7 @@ def test_recipes_fill_only_what_no_flag_gave():
     # Fine-tuning starts at a tenth of the paper's rate, unless --lr says otherwise.
     assert TrainConfig(data="photos", weights="run").resolved(alexnet).lr == FINE_TUNE_LR == 0.001
     assert TrainConfig(data="photos", weights="run", lr=0.05).resolved(alexnet).lr == 0.05
-    with pytest.raises(TrainingError, match="--recipe must be one of paper, small"):
+    with pytest.raises(TrainingError, match="`recipe` must be one of paper, small"):
         train(TrainConfig(data="photos", recipe="tiny"), log=lambda *a: None)
 
 
@@ -768,7 +788,7 @@ def test_a_scale_the_prepared_data_cannot_give_is_refused_before_the_run_directo
     with pytest.raises(TrainingError) as error:
         train(jittered, log=lines.append)
     message = str(error.value)
-    assert message.startswith("--resize 36,48: ") and "prepared at shorter side 36" in message
+    assert message.startswith("`resize` 36,48: ") and "prepared at shorter side 36" in message
     assert "keras-alexnet-prepare --model vgg_a" in message and "\n" not in message
     assert not any(line.startswith("Epoch") for line in lines)
     assert not run.exists()  # nothing that refuses the corrected command
@@ -779,7 +799,7 @@ def test_weights_that_do_not_fit_are_refused_before_the_run_directory(tiny_data,
     train(tiny_config(tiny_data, tmp_path / "a"), log=lambda *a: None)  # width 1/16
     run = tmp_path / "b"
     wider = tiny_config(tiny_data, run, weights=str(tmp_path / "a"), width=0.125)
-    with pytest.raises(TrainingError, match="--weights") as error:
+    with pytest.raises(TrainingError, match="`weights`") as error:
         train(wider, log=lambda *a: None)
     assert "\n" not in str(error.value)
     assert not run.exists()

@@ -51,17 +51,7 @@ def _model_args(parser):
 def _data_args(parser):
     """Add the data flags."""
     p = parser.add_argument_group("data")
-    p.add_argument(
-        "--data",
-        default=None,
-        help="a class-folder directory, a prepared directory (prepare.py) or a TFDS name; "
-        "none: the data in the model's metadata (default: %(default)s)",
-    )
-    p.add_argument(
-        "--data-dir",
-        default=None,
-        help="TFDS data directory; none: the metadata's, else TFDS's (default: %(default)s)",
-    )
+    cli.add_source_arguments(p, recorded=True, split=False, seed_and_cache=False)
     p.add_argument("--split", default="val", help="split to evaluate (default: %(default)s)")
 
 

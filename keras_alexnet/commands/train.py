@@ -142,18 +142,7 @@ def _model_args(parser):
 def _data_args(parser):
     """Add the flags of data and augmentation (AlexNet Section 4, VGG Section 3.1)."""
     p = parser.add_argument_group("data and augmentation (AlexNet Section 4, VGG Section 3.1)")
-    p.add_argument(
-        "--data",
-        default=None,
-        help="a class-folder directory, a prepared directory (prepare.py) or a TFDS name "
-        "(e.g. imagenet2012); omitted: the bundled demo digits (default: %(default)s)",
-    )
-    p.add_argument(
-        "--data-dir",
-        default=None,
-        help="TFDS data directory (imagenet2012 archives go in "
-        "DATA_DIR/downloads/manual/) (default: TFDS's own)",
-    )
+    cli.add_source_arguments(p, seed_and_cache=False)
     p.add_argument(
         "--resize",
         type=_resize,
@@ -188,13 +177,6 @@ def _data_args(parser):
         default=None,
         help="turn off random horizontal reflections (default: on; demo: off, digits are "
         "not mirror-symmetric)",
-    )
-    p.add_argument(
-        "--val-fraction",
-        type=cli.fraction,
-        default=DEFAULTS.val_fraction,
-        help="validation share held out of each class of a directory with no val/ tree "
-        "(root/<class>/ or root/train/<class>/) (default: %(default)s)",
     )
 
 
