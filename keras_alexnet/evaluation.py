@@ -17,7 +17,7 @@ import numpy as np
 from keras_alexnet import fileio
 from keras_alexnet.backend import require_tensorflow
 from keras_alexnet.errors import Error
-from keras_alexnet.preprocess import EvalTransform, resize_bilinear, shorter_side_shape
+from keras_alexnet.images.crop import EvalTransform, resize_bilinear, shorter_side_shape
 from keras_alexnet.progress import Progress
 from keras_alexnet.protocols import PROTOCOLS, fit_scales, paper_scales
 from keras_alexnet.runtime import ModelPathError, Runtime, load

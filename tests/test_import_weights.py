@@ -20,10 +20,10 @@ from keras.src.legacy.saving import legacy_h5_format
 from keras_alexnet import build_model
 from keras_alexnet.commands import import_weights as import_weights_command
 from keras_alexnet.export import export_onnx, relative_error
+from keras_alexnet.images.crop import center_crop_resized
 from keras_alexnet.layers import InputNormalization
 from keras_alexnet.metadata import Metadata
 from keras_alexnet.models import get_spec
-from keras_alexnet.preprocess import center_crop_resized
 from keras_alexnet.runtime import load
 from keras_alexnet.weights import (
     PRESETS,

@@ -5,7 +5,7 @@ import tensorflow as tf
 
 from keras_alexnet import protocols
 from keras_alexnet.data import transforms
-from keras_alexnet.preprocess import EvalTransform
+from keras_alexnet.images.crop import EvalTransform
 
 AUTOTUNE = tf.data.AUTOTUNE
 

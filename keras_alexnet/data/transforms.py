@@ -7,7 +7,7 @@ explicit `seed` (a shape-[2] int tensor), so a pipeline is reproducible from one
 import numpy as np
 import tensorflow as tf
 
-from keras_alexnet import imageinfo
+from keras_alexnet.images import headers
 
 PCA_STD = 0.1  # AlexNet Section 4.1: alpha_i ~ N(0, 0.1)
 
@@ -34,23 +34,23 @@ def decode_prepared(contents):
 
 
 def _orientation_of(head):
-    """imageinfo.exif_orientation for a numpy_function argument (bytes, or a 0-d array)."""
-    return np.int32(imageinfo.exif_orientation(np.asarray(head).item()))
+    """headers.exif_orientation for a numpy_function argument (bytes, or a 0-d array)."""
+    return np.int32(headers.exif_orientation(np.asarray(head).item()))
 
 
 def exif_orientation(contents):
     """The EXIF orientation (1-8) of encoded bytes as an int32 scalar tensor; 1 when absent."""
     # No TensorFlow op reads EXIF: the pure-Python parser shared with the Pillow decoder
     # reads the first bytes, so both decoders agree by construction.
-    head = tf.strings.substr(contents, 0, imageinfo.EXIF_HEAD)
+    head = tf.strings.substr(contents, 0, headers.EXIF_HEAD)
     orientation = tf.numpy_function(_orientation_of, [head], tf.int32, stateful=False)
     return tf.ensure_shape(orientation, [])
 
 
 def upright(image, orientation):
-    """Turn an [H, W, C] image stored with EXIF `orientation` upright (imageinfo's table)."""
+    """Turn an [H, W, C] image stored with EXIF `orientation` upright (headers' table)."""
     transpose, flip_rows, flip_cols = tf.unstack(
-        tf.gather(tf.constant(imageinfo.ORIENTATIONS), orientation)
+        tf.gather(tf.constant(headers.ORIENTATIONS), orientation)
     )
     image = tf.cond(transpose, lambda: _transpose(image), lambda: image)
     image = tf.cond(flip_rows, lambda: tf.reverse(image, axis=[0]), lambda: image)

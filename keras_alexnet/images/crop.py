@@ -15,13 +15,6 @@ import dataclasses
 
 import numpy as np
 
-# Pixel limits, checked from the header before decoding. They differ by who supplies the
-# image: training and evaluation data is the user's own, so only an image too large to hold
-# decoded in memory is skipped ...
-DATA_MAX_PIXELS = 100_000_000
-# ... while predict's files and the server's uploads may come from anyone, so the limit is
-# tighter: it bounds what one request can make the server allocate (decompression bombs).
-UPLOAD_MAX_PIXELS = 40_000_000
 INTERPOLATIONS = ("bilinear",)  # the one both implementations compute identically
 
 
