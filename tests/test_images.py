@@ -10,8 +10,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image, ImageOps
 
-from keras_alexnet.data import transforms
-from keras_alexnet.images import decode, headers
+from keras_alexnet.images import crop_tf, decode, decode_tf, headers
 from keras_alexnet.images.crop import center_crop_resized
 
 # How a camera stores an upright image under each EXIF orientation, written out by hand:
@@ -29,7 +28,7 @@ STORED = {
 
 
 def tf_decode(blob):
-    return transforms.decode(tf.constant(blob)).numpy()
+    return decode_tf.decode(tf.constant(blob)).numpy()
 
 
 def upright():
@@ -178,7 +177,7 @@ def test_resize_memory_follows_the_crop_not_the_input():
 @pytest.mark.parametrize("shape,resize,size", [((2, 39, 3), 16, 12), ((30, 7, 3), 9, 8)])
 def test_windowed_resize_equals_tensorflow_on_elongated_images(shape, resize, size):
     image = np.random.default_rng(6).integers(0, 256, shape, dtype=np.uint8)
-    want = transforms.center_crop(transforms.resize_shorter(tf.constant(image), resize), size)
+    want = crop_tf.center_crop(crop_tf.resize_shorter(tf.constant(image), resize), size)
     np.testing.assert_allclose(center_crop_resized(image, resize, size), want, atol=1e-3)
 
 

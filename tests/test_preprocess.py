@@ -7,8 +7,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from keras_alexnet.data import transforms
-from keras_alexnet.images import decode
+from keras_alexnet.images import decode, decode_tf
 from keras_alexnet.images.crop import EvalTransform
 from keras_alexnet.metadata import Metadata
 
@@ -26,7 +25,7 @@ def test_tensorflow_and_numpy_center_crops_agree_on_a_png(shape, resize, crop):
         model="alexnet", class_names=("a", "b"), input_size=227, resize=256, mean=(0, 0, 0)
     )
     transform = EvalTransform.from_metadata(metadata, resize=resize, crop=crop)
-    want = transform.tensorflow(transforms.decode(tf.constant(buffer.getvalue()))).numpy()
+    want = transform.tensorflow(decode_tf.decode(tf.constant(buffer.getvalue()))).numpy()
     got = transform.numpy(decode.decode(buffer.getvalue()))
     assert got.dtype == want.dtype == np.float32 and got.shape == (crop, crop, 3)
     # Float32 rounding of a bilinear blend on the 0-255 scale: well under a level.

@@ -98,11 +98,11 @@ def reference_probabilities(model, blobs):
     """TensorFlow decode + the data pipeline's resize/centre crop + the Keras model."""
     import tensorflow as tf
 
-    from keras_alexnet.data import transforms
+    from keras_alexnet.images import crop_tf
 
     crops = [
-        transforms.center_crop(
-            transforms.resize_shorter(tf_decode(b), METADATA.resize), METADATA.input_size
+        crop_tf.center_crop(
+            crop_tf.resize_shorter(tf_decode(b), METADATA.resize), METADATA.input_size
         )
         for b in blobs
     ]
@@ -159,7 +159,7 @@ def post_json(url, body):
 def test_resize_and_crop_equal_the_tensorflow_pipeline():
     import tensorflow as tf
 
-    from keras_alexnet.data import transforms
+    from keras_alexnet.images import crop_tf
 
     rng = np.random.default_rng(1)
     for h, w, resize, size in [
@@ -171,7 +171,7 @@ def test_resize_and_crop_equal_the_tensorflow_pipeline():
         (500, 375, 256, 224),
     ]:
         image = rng.integers(0, 256, (h, w, 3)).astype(np.uint8)
-        want = transforms.center_crop(transforms.resize_shorter(tf.constant(image), resize), size)
+        want = crop_tf.center_crop(crop_tf.resize_shorter(tf.constant(image), resize), size)
         got = center_crop_resized(image, resize, size)
         assert got.dtype == np.float32
         np.testing.assert_allclose(got, want.numpy(), atol=1e-3)

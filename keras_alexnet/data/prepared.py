@@ -34,7 +34,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_alexnet import fileio
-from keras_alexnet.data import folders, scan, tfds_sets, transforms
+from keras_alexnet.data import folders, scan, tfds_sets
 from keras_alexnet.data.demo import ensure_demo_set
 from keras_alexnet.data.kinds import (
     DEMO,
@@ -48,7 +48,7 @@ from keras_alexnet.data.kinds import (
 from keras_alexnet.data.layout import MAX_SIZE, QUALITY, SHARD_SIZE, Layout, layout_for
 from keras_alexnet.data.source import Source, shuffle_each_pass
 from keras_alexnet.data.stats import DatasetStats, pixel_moments
-from keras_alexnet.images import headers
+from keras_alexnet.images import crop_tf, decode_tf, headers
 from keras_alexnet.progress import Progress
 from keras_alexnet.rundir import RunLock
 
@@ -151,10 +151,10 @@ def _image_fn(layout, quality):
         reduce_retracing=True,
     )
     def prepare_image(contents, orientation):
-        image = transforms.decode(contents, orientation)
-        resized = transforms.resize_shorter(image, layout.size)
+        image = decode_tf.decode(contents, orientation)
+        resized = crop_tf.resize_shorter(image, layout.size)
         if layout.square:
-            resized = transforms.center_crop(resized, layout.size)
+            resized = crop_tf.center_crop(resized, layout.size)
         pixels = tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
         jpeg = tf.io.encode_jpeg(pixels, quality=quality, chroma_downsampling=False)
         return image, *pixel_moments(image), jpeg

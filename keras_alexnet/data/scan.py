@@ -15,9 +15,8 @@ import numpy as np
 import tensorflow as tf
 
 from keras_alexnet import fileio
-from keras_alexnet.data import transforms
 from keras_alexnet.data.stats import StatsAccumulator
-from keras_alexnet.images import headers
+from keras_alexnet.images import decode_tf, headers
 
 MAX_PIXELS = headers.DATA_MAX_PIXELS  # larger images are skipped (headers says why)
 REPORTED = 5  # how many skipped file names a report shows
@@ -86,7 +85,7 @@ def scan_image(path):
     data, problem = read_image_bytes(path)
     if problem:
         return problem, None
-    result, problem = decoded_problem(lambda d: (transforms.decode(d),), data)
+    result, problem = decoded_problem(lambda d: (decode_tf.decode(d),), data)
     if problem:
         return problem, None
     x = result[0].numpy().reshape(-1, 3).astype(np.float64)

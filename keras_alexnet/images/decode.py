@@ -3,10 +3,10 @@
 Decode to RGB, then the model's centre crop (`crop.EvalTransform`, the same steps as the
 data pipeline's centre-crop protocol, to float32 rounding).
 
-Both decoders turn an image upright by its EXIF orientation and take a 16-bit sample's
-high byte, with the shared `headers`. One known difference: Pillow decodes
-JPEG with libjpeg's accurate integer IDCT, while `tf.io.decode_image` uses the fast one, so
-JPEG pixels can differ from the pipeline's by a few levels
+This decoder and the pipeline's (`decode_tf`) turn an image upright by its EXIF orientation
+and take a 16-bit sample's high byte, with the shared `headers`. One known difference:
+Pillow decodes JPEG with libjpeg's accurate integer IDCT, while `tf.io.decode_image` uses
+the fast one, so JPEG pixels can differ from the pipeline's by a few levels
 (`tf.io.decode_jpeg(..., dct_method="INTEGER_ACCURATE")` equals Pillow).
 """
 
