@@ -214,14 +214,14 @@ def in_process(model, batch, seconds):
 
 def preprocess_ms(model, image, repeats=200):
     """CPU ms of the server's decoding and centre crop of `image`, in this process."""
-    from keras_alexnet.serving import images
+    from keras_alexnet.images import decode
     from keras_alexnet.serving.model import OnnxModel
 
     metadata = OnnxModel(model).metadata
-    images.preprocess(image, metadata)
+    decode.preprocess(image, metadata)
     start = time.process_time()
     for _ in range(repeats):
-        images.preprocess(image, metadata)
+        decode.preprocess(image, metadata)
     return 1000 * (time.process_time() - start) / repeats
 
 

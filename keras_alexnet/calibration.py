@@ -10,7 +10,7 @@ import dataclasses
 import numpy as np
 
 from keras_alexnet.artifacts import ExportError
-from keras_alexnet.preprocess import EvalTransform
+from keras_alexnet.images.crop import EvalTransform
 
 
 @dataclasses.dataclass(frozen=True)

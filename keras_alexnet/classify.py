@@ -13,8 +13,8 @@ import os
 
 import numpy as np
 
-from keras_alexnet.preprocess import EvalTransform
-from keras_alexnet.serving import images as decoding
+from keras_alexnet.images import decode as decoding
+from keras_alexnet.images.crop import EvalTransform
 
 BATCH = 32  # crops per model call
 

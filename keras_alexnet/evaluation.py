@@ -17,7 +17,7 @@ import numpy as np
 from keras_alexnet import fileio
 from keras_alexnet.backend import require_tensorflow
 from keras_alexnet.errors import Error
-from keras_alexnet.preprocess import EvalTransform, resize_bilinear, shorter_side_shape
+from keras_alexnet.images.crop import EvalTransform, resize_bilinear, shorter_side_shape
 from keras_alexnet.progress import Progress
 from keras_alexnet.protocols import PROTOCOLS, fit_scales, paper_scales
 from keras_alexnet.runtime import ModelPathError, Runtime, load
@@ -344,19 +344,17 @@ def _shared_views(source, split, keys, crop):
     """
     import tensorflow as tf
 
-    from keras_alexnet.data import transforms
     from keras_alexnet.data.pipeline import _options, decoder
+    from keras_alexnet.images import crop_tf
 
     decode = decoder(source)
-    cut = {"center": transforms.center_crop, "ten_crop": transforms.ten_crop}
+    cut = {"center": crop_tf.center_crop, "ten_crop": crop_tf.ten_crop}
 
     def views(contents, label):
         image = decode(contents)
-        rescaled = {
-            q: transforms.resize_shorter(image, q) for q in dict.fromkeys(q for _, q in keys)
-        }
+        rescaled = {q: crop_tf.resize_shorter(image, q) for q in dict.fromkeys(q for _, q in keys)}
         out = tuple(
-            transforms.dense_views(rescaled[q]) if kind == "dense" else cut[kind](rescaled[q], crop)
+            crop_tf.dense_views(rescaled[q]) if kind == "dense" else cut[kind](rescaled[q], crop)
             for kind, q in keys
         )
         return out, label

@@ -2,7 +2,7 @@
 
 Images go through the model's own preprocessing (`Metadata`: shorter side to `resize`,
 centre `input_size` crop, RGB 0-255; the mean is inside the model), done with Pillow and
-NumPy as the server does it (`keras_alexnet.serving.images`).
+NumPy as the server does it (`keras_alexnet.images.decode`).
 """
 
 import os
@@ -13,8 +13,8 @@ import numpy as np
 
 from keras_alexnet import runtime
 from keras_alexnet.classify import top_k
+from keras_alexnet.images import decode
 from keras_alexnet.progress import Progress
-from keras_alexnet.serving import images
 
 # A file larger than this is refused unread: the server's default request limit
 # (ServeConfig.max_body_mb, 64 MiB); no image a model of this package classifies comes near.
@@ -76,7 +76,7 @@ def predict_files(predict_fn, metadata, paths, *, batch_size=32, k=5, progress=T
             results.append({"file": str(path)})
             try:
                 data = read_image_file(path)
-                batch.append((len(results) - 1, images.preprocess(data, metadata)))
+                batch.append((len(results) - 1, decode.preprocess(data, metadata)))
             except (OSError, ValueError) as e:
                 results[-1]["error"] = str(e)
             if len(batch) == batch_size:

@@ -18,8 +18,8 @@ import pytest
 from onnx import TensorProto, helper
 from PIL import Image
 
+from keras_alexnet.images.crop import center_crop_resized
 from keras_alexnet.metadata import Metadata
-from keras_alexnet.preprocess import center_crop_resized
 from keras_alexnet.serving.local import local_server
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -129,11 +129,11 @@ def reference_probabilities(model, blobs):
     """TensorFlow decode + the data pipeline's resize/centre crop + the Keras model."""
     import tensorflow as tf
 
-    from keras_alexnet.data import transforms
+    from keras_alexnet.images import crop_tf
 
     crops = [
-        transforms.center_crop(
-            transforms.resize_shorter(tf_decode(b), METADATA.resize), METADATA.input_size
+        crop_tf.center_crop(
+            crop_tf.resize_shorter(tf_decode(b), METADATA.resize), METADATA.input_size
         )
         for b in blobs
     ]

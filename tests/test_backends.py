@@ -18,9 +18,9 @@ import tensorflow as tf
 
 from keras_alexnet import optim, registry, runtime
 from keras_alexnet.artifacts import KERAS_BEST, METADATA_FILENAME
-from keras_alexnet.data import transforms
 from keras_alexnet.evaluation import evaluate_arrays, numpy_views
 from keras_alexnet.export import relative_error
+from keras_alexnet.images import crop_tf
 from keras_alexnet.layers import GroupedConv2D, LocalResponseNormalization
 from keras_alexnet.metadata import Metadata
 from keras_alexnet.models import MODEL_NAMES, build_model, get_spec
@@ -274,11 +274,11 @@ def test_nothing_imports_tensorflow_on_another_backend(sides, backend):
 @pytest.mark.parametrize("views", ["center", "ten_crop", "dense"])
 def test_numpy_views_equal_the_tf_data_views(views):
     image = np.random.default_rng(1).integers(0, 256, (50, 70, 3), dtype=np.uint8)
-    resized = transforms.resize_shorter(tf.constant(image), 40)
+    resized = crop_tf.resize_shorter(tf.constant(image), 40)
     expected = {
-        "center": lambda: transforms.center_crop(resized, 32)[None],
-        "ten_crop": lambda: transforms.ten_crop(resized, 32),
-        "dense": lambda: transforms.dense_views(resized),
+        "center": lambda: crop_tf.center_crop(resized, 32)[None],
+        "ten_crop": lambda: crop_tf.ten_crop(resized, 32),
+        "dense": lambda: crop_tf.dense_views(resized),
     }[views]().numpy()
     got = numpy_views(image, views, 40, 32)
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-3)

@@ -26,6 +26,7 @@ from keras_alexnet.data import (
 from keras_alexnet.data.demo import demo_split
 from keras_alexnet.data.pipeline import decoder
 from keras_alexnet.data.prepared import prepare
+from keras_alexnet.images import crop_tf, decode_tf
 
 
 @pytest.fixture(autouse=True)
@@ -83,19 +84,19 @@ def test_directory_source_decodes_mixed_formats_and_reports_bad_files(tree, caps
     assert "skipping 3 unusable file(s)" in capsys.readouterr().out
     assert source.num_train + source.num_val == 2 * 12
     for contents, label in source.encoded("train").concatenate(source.encoded("val")):
-        image = transforms.decode(contents)
+        image = decode_tf.decode(contents)
         assert image.shape[-1] == 3 and image.dtype == tf.uint8
         assert int(label) in (0, 1)
 
 
 def test_cmyk_jpeg_and_grayscale_decode_to_the_right_rgb(tree):
-    cmyk = transforms.decode(tf.io.read_file(str(tree / "cat" / "cmyk.jpg"))).numpy()
+    cmyk = decode_tf.decode(tf.io.read_file(str(tree / "cat" / "cmyk.jpg"))).numpy()
     expected = np.asarray(Image.open(tree / "cat" / "cmyk.jpg").convert("RGB"))
     np.testing.assert_allclose(cmyk.astype(int), expected.astype(int), atol=2)
-    gray = transforms.decode(tf.io.read_file(str(tree / "cat" / "gray.png"))).numpy()
+    gray = decode_tf.decode(tf.io.read_file(str(tree / "cat" / "gray.png"))).numpy()
     plain = np.asarray(Image.open(tree / "cat" / "gray.png"))
     assert all(np.array_equal(gray[..., c], plain) for c in range(3))
-    alpha = transforms.decode(tf.io.read_file(str(tree / "cat" / "alpha.png"))).numpy()
+    alpha = decode_tf.decode(tf.io.read_file(str(tree / "cat" / "alpha.png"))).numpy()
     np.testing.assert_array_equal(
         alpha, np.asarray(Image.open(tree / "cat" / "alpha.png"))[..., :3]
     )
@@ -217,7 +218,7 @@ def test_compute_stats_matches_numpy_eigh_on_the_same_pixels():
 
 def test_directory_statistics_are_those_of_the_training_pixels(tree):
     source = directory_source(tree, val_fraction=0.25, seed=0)
-    images = [transforms.decode(c).numpy() for c, _ in source.encoded("train")]
+    images = [decode_tf.decode(c).numpy() for c, _ in source.encoded("train")]
     expected = compute_stats(images)
     np.testing.assert_allclose(source.stats.mean, expected.mean, rtol=1e-9)
     np.testing.assert_allclose(source.stats.eigval, expected.eigval, rtol=1e-6)
@@ -226,7 +227,7 @@ def test_directory_statistics_are_those_of_the_training_pixels(tree):
 def test_ten_crop_equals_ten_crops_cut_by_hand(tmp_path):
     rng = np.random.default_rng(3)
     image = rng.integers(0, 256, (20, 26, 3), dtype=np.uint8)
-    crops = transforms.ten_crop(tf.constant(image, tf.float32), 16).numpy()
+    crops = crop_tf.ten_crop(tf.constant(image, tf.float32), 16).numpy()
     by_hand = [image[:16, :16], image[:16, 10:], image[4:, :16], image[4:, 10:], image[2:18, 5:21]]
     by_hand += [c[:, ::-1] for c in by_hand]
     np.testing.assert_array_equal(crops, np.stack(by_hand).astype(np.float32))
@@ -248,7 +249,7 @@ def test_scale_jittering_draws_the_shorter_side_from_the_range():
     sides = set()
     for i in range(200):
         s = transforms.random_scale(256, 512, tf.constant([i, 0]))
-        sides.add(int(tf.reduce_min(tf.shape(transforms.resize_shorter(image, s))[:2])))
+        sides.add(int(tf.reduce_min(tf.shape(crop_tf.resize_shorter(image, s))[:2])))
     assert min(sides) >= 256 and max(sides) <= 512 and len(sides) > 100
 
 
@@ -369,7 +370,7 @@ def test_listing_decodes_each_file_once_and_rescans_only_changed_files(tree, mon
     os.utime(changed, ns=(1, 1))  # a new mtime even on coarse clocks
     third = directory_source(tree, val_fraction=0.25, seed=0)
     assert calls == [str(changed)]
-    images = [transforms.decode(c).numpy() for c, _ in third.encoded("train")]
+    images = [decode_tf.decode(c).numpy() for c, _ in third.encoded("train")]
     np.testing.assert_allclose(third.stats.mean, compute_stats(images).mean, rtol=1e-9)
     np.testing.assert_allclose(compute_stats(third).eigval, third.stats.eigval, rtol=1e-6)
 
@@ -378,7 +379,7 @@ def test_sixteen_bit_png_decodes_to_eight_bit_rgb(tmp_path):
     values = np.arange(0, 65536, 4096, dtype=np.uint16).reshape(4, 4)
     path = tmp_path / "deep.png"
     Image.fromarray(values).save(path)  # mode I;16
-    decoded = transforms.decode(tf.io.read_file(str(path))).numpy()
+    decoded = decode_tf.decode(tf.io.read_file(str(path))).numpy()
     assert decoded.shape == (4, 4, 3) and decoded.dtype == np.uint8
     np.testing.assert_allclose(decoded[..., 0], values / 257.0, atol=1)
 
@@ -388,7 +389,7 @@ def test_tfds_mock_grayscale_set_gets_computed_statistics():
     with tfds.testing.mock_data(num_examples=8):
         source = load_source("mnist")
         assert source.kind == "tfds" and (source.num_train, source.num_val) == (8, 8)
-        images = [transforms.decode(c).numpy() for c, _ in source.encoded("train")]
+        images = [decode_tf.decode(c).numpy() for c, _ in source.encoded("train")]
         np.testing.assert_allclose(source.stats.mean, compute_stats(images).mean, rtol=1e-9)
         x, y = next(iter(eval_dataset(source, protocol="center", image_size=20, resize=28)))
         assert x.shape == (8, 20, 20, 3) and x.dtype == tf.float32 and y.dtype == tf.int32

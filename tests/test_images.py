@@ -10,9 +10,8 @@ import pytest
 import tensorflow as tf
 from PIL import Image, ImageOps
 
-from keras_alexnet import imageinfo
-from keras_alexnet.data import transforms
-from keras_alexnet.serving import images
+from keras_alexnet.images import crop_tf, decode, decode_tf, headers
+from keras_alexnet.images.crop import center_crop_resized
 
 # How a camera stores an upright image under each EXIF orientation, written out by hand:
 # the viewer applies the tag's transform to get the upright image back.
@@ -29,7 +28,7 @@ STORED = {
 
 
 def tf_decode(blob):
-    return transforms.decode(tf.constant(blob)).numpy()
+    return decode_tf.decode(tf.constant(blob)).numpy()
 
 
 def upright():
@@ -40,7 +39,7 @@ def upright():
 
 def encode(array, fmt, orientation):
     exif = Image.Exif()
-    exif[imageinfo.ORIENTATION_TAG] = orientation
+    exif[headers.ORIENTATION_TAG] = orientation
     buffer = io.BytesIO()
     extra = {"quality": 95} if fmt == "JPEG" else {}
     Image.fromarray(np.ascontiguousarray(array)).save(buffer, fmt, exif=exif, **extra)
@@ -52,9 +51,9 @@ def encode(array, fmt, orientation):
 def test_exif_orientation_gives_the_upright_image_in_both_decoders(fmt, orientation):
     want = upright()
     blob = encode(STORED[orientation](want), fmt, orientation)
-    assert imageinfo.exif_orientation(blob) == orientation
+    assert headers.exif_orientation(blob) == orientation
     pillow_reference = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(blob))))
-    served, trained = images.decode(blob), tf_decode(blob)
+    served, trained = decode.decode(blob), tf_decode(blob)
     assert served.shape == trained.shape == want.shape
     np.testing.assert_array_equal(served, pillow_reference)
     if fmt == "PNG":
@@ -78,20 +77,20 @@ def test_big_endian_exif_after_app0_is_read_as_pillow_reads_it():
     # IFD0 with one SHORT entry: orientation 6, in Motorola byte order.
     tiff = b"MM\0*" + struct.pack(">IH", 8, 1) + struct.pack(">HHIH2x", 0x0112, 3, 1, 6)
     blob = jpeg_with_exif_segment(tiff + struct.pack(">I", 0))
-    assert Image.open(io.BytesIO(blob)).getexif()[imageinfo.ORIENTATION_TAG] == 6
-    assert imageinfo.exif_orientation(blob) == 6
-    np.testing.assert_allclose(tf_decode(blob), images.decode(blob), atol=5)
-    assert np.abs(images.decode(blob).astype(int) - upright()).mean() < 2
+    assert Image.open(io.BytesIO(blob)).getexif()[headers.ORIENTATION_TAG] == 6
+    assert headers.exif_orientation(blob) == 6
+    np.testing.assert_allclose(tf_decode(blob), decode.decode(blob), atol=5)
+    assert np.abs(decode.decode(blob).astype(int) - upright()).mean() < 2
 
 
 @pytest.mark.filterwarnings("ignore:Corrupt EXIF data")  # Pillow says so too
 def test_broken_or_missing_exif_leaves_the_image_as_stored():
     for tiff in (b"", b"II*\0" + struct.pack("<I", 9999), b"XX*\0\0\0\0\0"):
         blob = jpeg_with_exif_segment(tiff)
-        assert imageinfo.exif_orientation(blob) == 1
-        np.testing.assert_allclose(tf_decode(blob), images.decode(blob), atol=5)
-    assert imageinfo.exif_orientation(b"\xff\xd8\xff\xe1\x00") == 1  # truncated
-    assert imageinfo.exif_orientation(b"GIF89a") == 1
+        assert headers.exif_orientation(blob) == 1
+        np.testing.assert_allclose(tf_decode(blob), decode.decode(blob), atol=5)
+    assert headers.exif_orientation(b"\xff\xd8\xff\xe1\x00") == 1  # truncated
+    assert headers.exif_orientation(b"GIF89a") == 1
 
 
 def png16(values, color_type):
@@ -123,7 +122,7 @@ def test_sixteen_bit_png_is_the_high_byte_in_both_decoders(color_type, channels)
     colour = values[..., :3] if channels >= 3 else np.repeat(values[..., :1], 3, axis=-1)
     want = (colour >> 8).astype(np.uint8)  # libpng's 16-to-8 strip, as TensorFlow does
     np.testing.assert_array_equal(tf_decode(blob), want)
-    np.testing.assert_array_equal(images.decode(blob), want)
+    np.testing.assert_array_equal(decode.decode(blob), want)
 
 
 def test_pillow_saved_sixteen_bit_grayscale_is_not_clipped():
@@ -132,7 +131,7 @@ def test_pillow_saved_sixteen_bit_grayscale_is_not_clipped():
     Image.fromarray(values).save(buffer, "PNG")
     assert Image.open(io.BytesIO(buffer.getvalue())).mode == "I;16"
     want = np.repeat((values >> 8).astype(np.uint8)[..., None], 3, axis=-1)
-    np.testing.assert_array_equal(images.decode(buffer.getvalue()), want)
+    np.testing.assert_array_equal(decode.decode(buffer.getvalue()), want)
     np.testing.assert_array_equal(tf_decode(buffer.getvalue()), want)
 
 
@@ -146,23 +145,23 @@ def test_an_extremely_elongated_image_is_refused_before_decoding():
     blob = png_bytes(1_000_000, 1)  # about 3 KB; resized to shorter side 256: 256 x 256M
     tracemalloc.start()
     try:
-        with pytest.raises(images.ImageTooLarge, match=r"too elongated: 1000000x1 pixels"):
-            images.decode(blob)
+        with pytest.raises(decode.ImageTooLarge, match=r"too elongated: 1000000x1 pixels"):
+            decode.decode(blob)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
     assert peak < 2_000_000
     metadata = type("Metadata", (), {"resize": 256, "input_size": 227})
-    with pytest.raises(images.ImageError, match="aspect ratio limit is 20:1"):
-        images.preprocess(png_bytes(3, 200), metadata)
-    assert images.preprocess(png_bytes(13, 256), metadata).shape == (227, 227, 3)  # 19.7:1
+    with pytest.raises(decode.ImageError, match="aspect ratio limit is 20:1"):
+        decode.preprocess(png_bytes(3, 200), metadata)
+    assert decode.preprocess(png_bytes(13, 256), metadata).shape == (227, 227, 3)  # 19.7:1
 
 
 def test_resize_memory_follows_the_crop_not_the_input():
     image = np.random.default_rng(5).integers(0, 256, (1, 1_000_000, 3), dtype=np.uint8)
     tracemalloc.start()
     try:
-        crop = images.center_crop_resized(image, 256, 227)
+        crop = center_crop_resized(image, 256, 227)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -178,8 +177,8 @@ def test_resize_memory_follows_the_crop_not_the_input():
 @pytest.mark.parametrize("shape,resize,size", [((2, 39, 3), 16, 12), ((30, 7, 3), 9, 8)])
 def test_windowed_resize_equals_tensorflow_on_elongated_images(shape, resize, size):
     image = np.random.default_rng(6).integers(0, 256, shape, dtype=np.uint8)
-    want = transforms.center_crop(transforms.resize_shorter(tf.constant(image), resize), size)
-    np.testing.assert_allclose(images.center_crop_resized(image, resize, size), want, atol=1e-3)
+    want = crop_tf.center_crop(crop_tf.resize_shorter(tf.constant(image), resize), size)
+    np.testing.assert_allclose(center_crop_resized(image, resize, size), want, atol=1e-3)
 
 
 def test_resize_of_a_strided_view_equals_that_of_its_copy():
@@ -189,6 +188,6 @@ def test_resize_of_a_strided_view_equals_that_of_its_copy():
     view = image.transpose(1, 0, 2)[::-1]
     assert not view.flags.c_contiguous
     np.testing.assert_array_equal(
-        images.center_crop_resized(view, 40, 32),
-        images.center_crop_resized(np.ascontiguousarray(view), 40, 32),
+        center_crop_resized(view, 40, 32),
+        center_crop_resized(np.ascontiguousarray(view), 40, 32),
     )

@@ -89,7 +89,7 @@ def test_keras_vgg16_h5_imports_into_a_run_directory_equal_to_keras_applications
     assert relative_error(got, expected) < TOLERANCE
     metadata = Metadata.load(run / "metadata.json")
     assert metadata.class_names == imagenet_class_names()
-    assert (metadata.model, metadata.input_size, metadata.resize) == ("vgg_d", 224, 256)
+    assert (metadata.model, metadata.input_size, metadata.resize) == ("vgg16", 224, 256)  # as asked
     assert metadata.mean == (123.68, 116.779, 103.939) and metadata.scale == 1.0
     assert metadata.data == "imagenet2012"
 

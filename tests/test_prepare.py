@@ -20,9 +20,9 @@ from keras_alexnet.data import (
     kinds,
     load_source,
     train_dataset,
-    transforms,
 )
 from keras_alexnet.data import prepared as prep
+from keras_alexnet.images import decode_tf
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = 24  # prepared images' shorter side in these tests
@@ -63,7 +63,7 @@ def colour_tree(tmp_path):
 
 def stored_colours(source, split):
     """The colour of every stored image of a split (constant images)."""
-    decode = transforms.decode_prepared
+    decode = decode_tf.decode_prepared
     return sorted(tuple(decode(c).numpy()[0, 0]) for c, _ in source.encoded(split))
 
 
@@ -77,7 +77,7 @@ def test_prepare_keeps_the_folder_split_classes_and_statistics(colour_tree):
     assert index["skipped"][0][1].startswith("cannot be decoded: jpeg::Uncompress failed")
     # The same images in each split: constant colours identify them (JPEG moves a few units).
     for split in ("train", "val"):
-        want = sorted(tuple(transforms.decode(c).numpy()[0, 0]) for c, _ in folder.encoded(split))
+        want = sorted(tuple(decode_tf.decode(c).numpy()[0, 0]) for c, _ in folder.encoded(split))
         np.testing.assert_allclose(stored_colours(source, split), want, atol=3)
     # Statistics of the original pixels, as the folder source computes them.
     np.testing.assert_allclose(source.stats.mean, folder.stats.mean, rtol=1e-9)
@@ -128,7 +128,7 @@ def test_prepared_images_are_upright_and_rescaled_as_the_paper_did(tmp_path):
     expected = {"alex": resized[top : top + SIZE], "vgg": resized}  # AlexNet: central square
     for name, want in expected.items():
         source = load_source(tmp_path / name)
-        images = [transforms.decode_prepared(c).numpy() for c, _ in source.encoded("train")]
+        images = [decode_tf.decode_prepared(c).numpy() for c, _ in source.encoded("train")]
         got = next(im for im in images if im.shape[:2] == want.shape[:2])
         assert np.abs(got.astype(float) - want).mean() < 2.5, name
     assert source.layout == prep.Layout(SIZE, square=False)
@@ -276,7 +276,7 @@ def test_evaluate_and_compute_stats_read_a_prepared_directory(tmp_path):
     records = list(load_source(tmp_path / "p").encoded("val"))
     top = (RESIZE - SIZE) // 2
     crops = np.stack([
-        transforms.decode_prepared(c).numpy()[top : top + SIZE, top : top + SIZE]
+        decode_tf.decode_prepared(c).numpy()[top : top + SIZE, top : top + SIZE]
         for c, _ in records
     ]).astype("float32")  # fmt: skip
     assert result["count"] == len(records) == 364  # the demo split
@@ -310,7 +310,7 @@ def records(out):
     """A prepared set's records as sorted (class name, colour) pairs (constant images)."""
     source = load_source(out)
     return sorted(
-        (source.class_names[int(y)], tuple(transforms.decode_prepared(c).numpy()[0, 0]))
+        (source.class_names[int(y)], tuple(decode_tf.decode_prepared(c).numpy()[0, 0]))
         for split in source.sizes
         for c, y in source.encoded(split)
     )

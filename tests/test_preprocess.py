@@ -7,10 +7,9 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from keras_alexnet.data import transforms
+from keras_alexnet.images import decode, decode_tf
+from keras_alexnet.images.crop import EvalTransform
 from keras_alexnet.metadata import Metadata
-from keras_alexnet.preprocess import EvalTransform
-from keras_alexnet.serving import images
 
 
 @pytest.mark.parametrize(
@@ -26,8 +25,8 @@ def test_tensorflow_and_numpy_center_crops_agree_on_a_png(shape, resize, crop):
         model="alexnet", class_names=("a", "b"), input_size=227, resize=256, mean=(0, 0, 0)
     )
     transform = EvalTransform.from_metadata(metadata, resize=resize, crop=crop)
-    want = transform.tensorflow(transforms.decode(tf.constant(buffer.getvalue()))).numpy()
-    got = transform.numpy(images.decode(buffer.getvalue()))
+    want = transform.tensorflow(decode_tf.decode(tf.constant(buffer.getvalue()))).numpy()
+    got = transform.numpy(decode.decode(buffer.getvalue()))
     assert got.dtype == want.dtype == np.float32 and got.shape == (crop, crop, 3)
     # Float32 rounding of a bilinear blend on the 0-255 scale: well under a level.
     np.testing.assert_allclose(got, want, atol=1e-3, rtol=0)

@@ -29,8 +29,9 @@ from helpers import (
 )
 from PIL import Image
 
+from keras_alexnet.images import decode
+from keras_alexnet.images.crop import center_crop_resized
 from keras_alexnet.metadata import Metadata
-from keras_alexnet.serving import images
 
 MAX_BATCH = 16
 
@@ -57,7 +58,7 @@ def server(artifacts, server_logs):
 def test_resize_and_crop_equal_the_tensorflow_pipeline():
     import tensorflow as tf
 
-    from keras_alexnet.data import transforms
+    from keras_alexnet.images import crop_tf
 
     rng = np.random.default_rng(1)
     for h, w, resize, size in [
@@ -69,8 +70,8 @@ def test_resize_and_crop_equal_the_tensorflow_pipeline():
         (500, 375, 256, 224),
     ]:
         image = rng.integers(0, 256, (h, w, 3)).astype(np.uint8)
-        want = transforms.center_crop(transforms.resize_shorter(tf.constant(image), resize), size)
-        got = images.center_crop_resized(image, resize, size)
+        want = crop_tf.center_crop(crop_tf.resize_shorter(tf.constant(image), resize), size)
+        got = center_crop_resized(image, resize, size)
         assert got.dtype == np.float32
         np.testing.assert_allclose(got, want.numpy(), atol=1e-3)
 
@@ -91,7 +92,7 @@ def test_resize_and_crop_equal_the_tensorflow_pipeline():
 def test_decode_gives_rgb_like_tensorflow(fmt, mode):
     array = np.random.default_rng(2).integers(0, 256, (13, 17, 3)).astype(np.uint8)
     blob = encode(array, fmt, mode)
-    np.testing.assert_array_equal(images.decode(blob), tf_decode(blob).numpy())
+    np.testing.assert_array_equal(decode.decode(blob), tf_decode(blob).numpy())
 
 
 def test_server_does_not_import_tensorflow(artifacts):
@@ -849,7 +850,7 @@ def test_requests_over_the_memory_budget_wait_or_get_503_and_none_over_it_all_ge
 ):
     budget_mb = 40
     png = grey_png(3000)  # 9 Mpx: about 34 MiB to decode, so one fits, two do not
-    assert budget_mb * 2**20 / 2 < images.decode_cost(png) < budget_mb * 2**20 * 0.9
+    assert budget_mb * 2**20 / 2 < decode.decode_cost(png) < budget_mb * 2**20 * 0.9
     four = [(CLASSIFY, {"files": {"file": (f"{i}.png", png)}}) for i in range(4)]
     flags = ["--max-inflight-mb", str(budget_mb)]
     with running_server(artifacts[1], *flags, "--inflight-wait-s", "0", log_dir=tmp_path) as url:
@@ -886,14 +887,15 @@ def status(field):
                 if l.startswith(field + ":"))
     return int(line.split()[1]) * 1024
 
-from keras_alexnet.serving import images, kserve
+from keras_alexnet.images import decode
+from keras_alexnet.serving import kserve
 from keras_alexnet.serving.model import OnnxModel
 model = OnnxModel(sys.argv[1])
 
 def work(data):
     if sys.argv[2] == "image":
-        images.preprocess(data, model.metadata)
-        return images.decode_cost(data)
+        decode.preprocess(data, model.metadata)
+        return decode.decode_cost(data)
     try:
         kserve.parse_infer_request(data, None, model, 10**9)
     except kserve.ApiError:

@@ -5,7 +5,8 @@ import tensorflow as tf
 
 from keras_alexnet import protocols
 from keras_alexnet.data import transforms
-from keras_alexnet.preprocess import EvalTransform
+from keras_alexnet.images import crop_tf, decode_tf
+from keras_alexnet.images.crop import EvalTransform
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -98,7 +99,7 @@ def _check_prepared_scale(source, scale):
 
 def decoder(source):
     """The bytes-to-uint8-RGB decoder of a source's images (prepared ones are plain JPEG)."""
-    return transforms.decode_prepared if source.kind == "prepared" else transforms.decode
+    return decode_tf.decode_prepared if source.kind == "prepared" else decode_tf.decode
 
 
 def _training_records(source, shard, order_seed, shuffle_buffer, cache):
@@ -135,7 +136,7 @@ def _augmentation(source, scale_range, image_size, *, decode, flip):
             image = decode_fn(image)
         s = tf.random.experimental.stateless_split(seeds, 4)
         size = transforms.random_scale(lo, hi, s[0]) if hi > lo else lo
-        image = transforms.resize_shorter(image, size)
+        image = crop_tf.resize_shorter(image, size)
         top, left, mirror = transforms.random_crop_params(
             tf.shape(image)[:2], image_size, s[1], s[2]
         )
@@ -227,10 +228,10 @@ def eval_dataset(
         if views == "center":
             # The mean is per pixel: subtracting it after the crop gives the same values.
             return centred(transform.tensorflow(image)), label
-        image = centred(transforms.resize_shorter(image, resize))
+        image = centred(crop_tf.resize_shorter(image, resize))
         if views == "ten_crop":
-            return transforms.ten_crop(image, image_size), label
-        return transforms.dense_views(image), tf.reshape(label, [1])
+            return crop_tf.ten_crop(image, image_size), label
+        return crop_tf.dense_views(image), tf.reshape(label, [1])
 
     ds = source.encoded(split).map(view, num_parallel_calls=AUTOTUNE)
     if views != "dense":

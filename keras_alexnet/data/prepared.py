@@ -33,8 +33,8 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from keras_alexnet import fileio, imageinfo
-from keras_alexnet.data import folders, scan, tfds_sets, transforms
+from keras_alexnet import fileio
+from keras_alexnet.data import folders, scan, tfds_sets
 from keras_alexnet.data.demo import ensure_demo_set
 from keras_alexnet.data.kinds import (
     DEMO,
@@ -48,6 +48,7 @@ from keras_alexnet.data.kinds import (
 from keras_alexnet.data.layout import MAX_SIZE, QUALITY, SHARD_SIZE, Layout, layout_for
 from keras_alexnet.data.source import Source, shuffle_each_pass
 from keras_alexnet.data.stats import DatasetStats, pixel_moments
+from keras_alexnet.images import crop_tf, decode_tf, headers
 from keras_alexnet.progress import Progress
 from keras_alexnet.rundir import RunLock
 
@@ -150,10 +151,10 @@ def _image_fn(layout, quality):
         reduce_retracing=True,
     )
     def prepare_image(contents, orientation):
-        image = transforms.decode(contents, orientation)
-        resized = transforms.resize_shorter(image, layout.size)
+        image = decode_tf.decode(contents, orientation)
+        resized = crop_tf.resize_shorter(image, layout.size)
         if layout.square:
-            resized = transforms.center_crop(resized, layout.size)
+            resized = crop_tf.center_crop(resized, layout.size)
         pixels = tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
         jpeg = tf.io.encode_jpeg(pixels, quality=quality, chroma_downsampling=False)
         return image, *pixel_moments(image), jpeg
@@ -171,7 +172,7 @@ def _prepare_one(item, image_fn):
         problem = scan.header_problem(data)
     if problem:
         return name, problem, None
-    orientation = np.int32(imageinfo.exif_orientation(data[: imageinfo.EXIF_HEAD]))
+    orientation = np.int32(headers.exif_orientation(data[: headers.EXIF_HEAD]))
     result, problem = scan.decoded_problem(image_fn, tf.constant(data), orientation)
     if problem:
         return name, problem, None
@@ -534,7 +535,7 @@ def _head_problem(path):
     """Why a file cannot be an image, from its first bytes alone; None if it may be one."""
     try:
         with open(path, "rb") as f:
-            head = f.read(imageinfo.EXIF_HEAD)
+            head = f.read(headers.EXIF_HEAD)
     except OSError as e:
         return f"unreadable ({e.strerror})"
     return scan.header_problem(head)

@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from keras_alexnet import fileio, imageinfo, preprocess
-from keras_alexnet.data import transforms
+from keras_alexnet import fileio
 from keras_alexnet.data.stats import StatsAccumulator
+from keras_alexnet.images import decode_tf, headers
 
-MAX_PIXELS = preprocess.DATA_MAX_PIXELS  # larger images are skipped (preprocess says why)
+MAX_PIXELS = headers.DATA_MAX_PIXELS  # larger images are skipped (headers says why)
 REPORTED = 5  # how many skipped file names a report shows
 
 
@@ -35,10 +35,10 @@ def header_problem(data):
     """Why encoded bytes cannot be used, from their header alone; None if they may be."""
     if not data:
         return "empty file"
-    size = imageinfo.header_size(data[:65536])
+    size = headers.header_size(data[:65536])
     if size is None:
         return "not a JPEG, PNG, GIF or BMP image"
-    return imageinfo.shape_problem(*size, MAX_PIXELS)  # refused before decoding
+    return headers.shape_problem(*size, MAX_PIXELS)  # refused before decoding
 
 
 def decoded_problem(decode, *args):
@@ -54,7 +54,7 @@ def decoded_problem(decode, *args):
     if height < 1 or width < 1:
         return None, "has no pixels"
     # A JPEG whose frame header the header read did not reach:
-    return result, imageinfo.shape_problem(width, height, MAX_PIXELS)
+    return result, headers.shape_problem(width, height, MAX_PIXELS)
 
 
 def _decode_error(error):
@@ -85,7 +85,7 @@ def scan_image(path):
     data, problem = read_image_bytes(path)
     if problem:
         return problem, None
-    result, problem = decoded_problem(lambda d: (transforms.decode(d),), data)
+    result, problem = decoded_problem(lambda d: (decode_tf.decode(d),), data)
     if problem:
         return problem, None
     x = result[0].numpy().reshape(-1, 3).astype(np.float64)

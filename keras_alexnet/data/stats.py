@@ -125,10 +125,10 @@ def _stats_of_dataset(dataset):
     """Moments of every decoded image of a (bytes, label) dataset, summed in float64."""
     import tensorflow as tf
 
-    from keras_alexnet.data import transforms
+    from keras_alexnet.images import decode_tf
 
     def moments(contents, _):
-        return pixel_moments(transforms.decode(contents))
+        return pixel_moments(decode_tf.decode(contents))
 
     acc = StatsAccumulator()
     for count, total, outer in dataset.map(moments, num_parallel_calls=tf.data.AUTOTUNE):

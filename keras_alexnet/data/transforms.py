@@ -1,92 +1,14 @@
-"""The papers' image transforms as pure TensorFlow ops, for use inside `Dataset.map`.
+"""The papers' training augmentation and mean subtraction as TensorFlow ops for `Dataset.map`.
 
 Images are float32 RGB on the 0-255 scale. Random transforms are stateless and take an
 explicit `seed` (a shape-[2] int tensor), so a pipeline is reproducible from one seed.
+Decoding and the evaluation crops, shared with predict and the server, live in
+`keras_alexnet.images` (`decode_tf`, `crop_tf`).
 """
 
-import numpy as np
 import tensorflow as tf
 
-from keras_alexnet import imageinfo
-
 PCA_STD = 0.1  # AlexNet Section 4.1: alpha_i ~ N(0, 0.1)
-
-
-def decode(contents, orientation=None):
-    """Decode JPEG/PNG/GIF/BMP bytes to upright uint8 RGB (grayscale -> RGB, alpha dropped).
-
-    TensorFlow's decoders ignore EXIF orientation; it is applied here as the Pillow decoder
-    of predict and the server applies it (read from the bytes unless `orientation`, an
-    int32 scalar, is given). 16-bit PNG samples become their high byte.
-    """
-    image = tf.io.decode_image(contents, channels=3, expand_animations=False)
-    image.set_shape([None, None, 3])
-    if orientation is None:
-        orientation = exif_orientation(contents)
-    return upright(image, orientation)
-
-
-def decode_prepared(contents):
-    """Decode a prepared image (baseline JPEG, upright, no EXIF) to uint8 RGB."""
-    image = tf.io.decode_jpeg(contents, channels=3)
-    image.set_shape([None, None, 3])
-    return image
-
-
-def _orientation_of(head):
-    """imageinfo.exif_orientation for a numpy_function argument (bytes, or a 0-d array)."""
-    return np.int32(imageinfo.exif_orientation(np.asarray(head).item()))
-
-
-def exif_orientation(contents):
-    """The EXIF orientation (1-8) of encoded bytes as an int32 scalar tensor; 1 when absent."""
-    # No TensorFlow op reads EXIF: the pure-Python parser shared with the Pillow decoder
-    # reads the first bytes, so both decoders agree by construction.
-    head = tf.strings.substr(contents, 0, imageinfo.EXIF_HEAD)
-    orientation = tf.numpy_function(_orientation_of, [head], tf.int32, stateful=False)
-    return tf.ensure_shape(orientation, [])
-
-
-def upright(image, orientation):
-    """Turn an [H, W, C] image stored with EXIF `orientation` upright (imageinfo's table)."""
-    transpose, flip_rows, flip_cols = tf.unstack(
-        tf.gather(tf.constant(imageinfo.ORIENTATIONS), orientation)
-    )
-    image = tf.cond(transpose, lambda: _transpose(image), lambda: image)
-    image = tf.cond(flip_rows, lambda: tf.reverse(image, axis=[0]), lambda: image)
-    return tf.cond(flip_cols, lambda: tf.reverse(image, axis=[1]), lambda: image)
-
-
-def _transpose(image):
-    """Swap an image's rows and columns by a gather.
-
-    Not `tf.transpose`: oneDNN's uint8 Transpose logs an error line on CPUs without
-    AVX-512 whenever the op is built, rotated image or not (and grappler moves a transpose
-    in int32 back to uint8).
-    """
-    shape = tf.shape(image)
-    rows, cols = tf.meshgrid(tf.range(shape[0]), tf.range(shape[1]))  # [W, H] each
-    return tf.gather_nd(image, tf.stack([rows, cols], axis=-1))
-
-
-def shorter_side_shape(shape, size):
-    """The (height, width) with shorter side `size` and the aspect ratio of `shape`."""
-    shape = tf.cast(shape, tf.float32)
-    size = tf.cast(size, tf.float32)
-    new = tf.round(shape * size / tf.reduce_min(shape))
-    return tf.cast(tf.maximum(new, size), tf.int32)
-
-
-def resize_shorter(image, size):
-    """Rescale so the shorter side is `size` (a scalar, may be a tensor), keeping the aspect.
-
-    AlexNet Section 2: "rescaled the image such that the shorter side was of length 256";
-    VGG Section 3.1: the training scale S (fixed, or drawn per image when jittering).
-    Bilinear with half-pixel centres, float32 out.
-    """
-    new = shorter_side_shape(tf.shape(image)[:2], size)
-    # Bilinear resizing reads uint8 directly and writes float32: no full-size cast pass.
-    return tf.image.resize(image, new, method="bilinear")
 
 
 def crop(image, top, left, size):
@@ -161,34 +83,3 @@ def add_per_image_channel(images, values):
     shape = tf.shape(images)
     flat = tf.reshape(images, [shape[0], shape[1], shape[2] * 3])
     return tf.reshape(flat + tf.tile(values, [1, shape[2]])[:, None, :], shape)
-
-
-def center_crop(image, size):
-    """The central `size` x `size` patch."""
-    h, w = tf.shape(image)[0], tf.shape(image)[1]
-    top, left = (h - size) // 2, (w - size) // 2
-    return image[top : top + size, left : left + size]
-
-
-def ten_crop(image, size):
-    """Four corner and centre crops and their reflections, stacked as [10, size, size, 3].
-
-    AlexNet Section 4.1: "extracting five 224x224 patches (the four corner patches and the
-    center patch) as well as their horizontal reflections". Order: top-left, top-right,
-    bottom-left, bottom-right, centre, then the reflections of those five in that order.
-    """
-    h, w = tf.shape(image)[0], tf.shape(image)[1]
-    crops = [
-        image[:size, :size],
-        image[:size, w - size :],
-        image[h - size :, :size],
-        image[h - size :, w - size :],
-        center_crop(image, size),
-    ]
-    crops = tf.stack(crops)
-    return tf.concat([crops, tf.reverse(crops, axis=[2])], axis=0)
-
-
-def dense_views(image):
-    """The whole image and its reflection, [2, H, W, 3] (VGG Section 3.2, dense evaluation)."""
-    return tf.stack([image, tf.reverse(image, axis=[1])])

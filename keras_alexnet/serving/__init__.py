@@ -1,8 +1,8 @@
-"""Serving with onnxruntime: the KServe v2 HTTP server and the image preprocessing it uses.
+"""Serving with onnxruntime: the KServe v2 HTTP server.
 
-Nothing here imports TensorFlow or Keras, so the server starts fast and stays small. The
-names below load on first use, so `keras_alexnet.serving.images` (used by `predict`) and
-`serving.config` load no FastAPI.
+Nothing here imports TensorFlow or Keras, so the server starts fast and stays small; it
+decodes uploads with `keras_alexnet.images.decode` (Pillow), as `predict` does. The names
+below load on first use, so `serving.config` loads no FastAPI.
 """
 
 from keras_alexnet._lazy import lazy_exports

@@ -2,7 +2,7 @@
 
 Every request reserves, before the work, about the bytes it will hold: its body while it is
 read (`body_limit.BodyLimit`), then what parsing its JSON or decoding its images costs at
-the peak (`kserve.parse_cost`, `images.decode_cost`), until it is answered. A reservation
+the peak (`kserve.parse_cost`, `decode.decode_cost`), until it is answered. A reservation
 that does not fit waits, first come first served, up to `wait_s`; then the request gets a
 503 with Retry-After. One larger than the whole budget gets a 413 at once. The model's own
 run (one at a time, at most `--max-batch-size` rows) is outside the budget.

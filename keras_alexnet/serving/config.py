@@ -6,8 +6,8 @@
 import dataclasses
 import math
 
+from keras_alexnet.images.headers import UPLOAD_MAX_PIXELS
 from keras_alexnet.onnx.session import AUTO
-from keras_alexnet.preprocess import UPLOAD_MAX_PIXELS
 
 # ServeConfig field: (test, what the value must be); checked whenever a config is made.
 LIMITS = {

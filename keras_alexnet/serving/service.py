@@ -6,7 +6,7 @@ import contextlib
 import numpy as np
 
 from keras_alexnet.classify import top_k
-from keras_alexnet.serving import images
+from keras_alexnet.images import decode
 from keras_alexnet.serving.batching import DynamicBatcher, ModelError, RequestTimeout
 from keras_alexnet.serving.budget import MemoryBudget
 from keras_alexnet.serving.errors import ApiError
@@ -104,8 +104,8 @@ def _classify_cost(files, model, config):
     """
     size = model.metadata.input_size
     crops = 2 * len(files) * size * size * 3 * np.dtype(np.float32).itemsize
-    decode = max(images.decode_cost(data, config.max_pixels) for _, data in files)
-    return decode + crops
+    largest = max(decode.decode_cost(data, config.max_pixels) for _, data in files)
+    return largest + crops
 
 
 def _preprocess_all(files, metadata, max_pixels):
@@ -113,9 +113,9 @@ def _preprocess_all(files, metadata, max_pixels):
     crops = []
     for filename, data in files:
         try:
-            crops.append(images.preprocess(data, metadata, max_pixels))
-        except images.ImageTooLarge as e:
+            crops.append(decode.preprocess(data, metadata, max_pixels))
+        except decode.ImageTooLarge as e:
             raise ApiError(f"file {filename!r}: {e}", 413) from None
-        except (images.ImageError, ValueError) as e:
+        except (decode.ImageError, ValueError) as e:
             raise ApiError(f"file {filename!r}: {e}", 415) from None
     return crops

@@ -1,8 +1,8 @@
 """What encoded image bytes say before decoding: size, EXIF orientation, and the shape limits.
 
 Pure Python (no TensorFlow, no Pillow), shared by the TensorFlow decoder of the data
-pipeline and the Pillow decoder of predict and the server, so both read the same
-orientation, turn the image the same way and refuse the same shapes.
+pipeline (`decode_tf`) and the Pillow decoder of predict and the server (`decode`), so both
+read the same orientation, turn the image the same way and refuse the same shapes.
 """
 
 import struct
@@ -24,6 +24,13 @@ ORIENTATIONS = (
 # The orientation is read from the first bytes only, so the TensorFlow path copies this much
 # of each file into Python, not the whole file; EXIF sits near the start of a JPEG or PNG.
 EXIF_HEAD = 256 * 1024
+# Pixel limits, checked from the header before decoding. They differ by who supplies the
+# image: training and evaluation data is the user's own, so only an image too large to hold
+# decoded in memory is skipped ...
+DATA_MAX_PIXELS = 100_000_000
+# ... while predict's files and the server's uploads may come from anyone, so the limit is
+# tighter: it bounds what one request can make the server allocate (decompression bombs).
+UPLOAD_MAX_PIXELS = 40_000_000
 # Resizing the shorter side to S makes an image S^2 x aspect pixels: at 20:1 and S = 512
 # (scale jittering's top) that is 63 MB of float32; a 1x1,000,000 PNG of 1 KB would be TBs.
 MAX_ASPECT = 20

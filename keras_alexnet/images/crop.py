@@ -4,8 +4,8 @@
 `ImageClassification` preset) fixes the centre-crop protocol: rescale the shorter side to
 `resize` (bilinear, half-pixel centres, no antialiasing), cut the central `crop` square,
 float32 on the 0-255 scale. The mean and scale are applied inside the model, so nothing else
-is done here. Its two implementations stand side by side: `tensorflow` (the data pipeline's
-ops, for `Dataset.map`) and `numpy` (predict and the server), equal to float32 rounding.
+is done here. Its two implementations stand side by side: `tensorflow` (`crop_tf`'s ops,
+for `Dataset.map`) and `numpy` (predict and the server), equal to float32 rounding.
 
 TensorFlow is imported only by `tensorflow`, never at import time: the server loads this
 module and must not load TensorFlow.
@@ -15,13 +15,6 @@ import dataclasses
 
 import numpy as np
 
-# Pixel limits, checked from the header before decoding. They differ by who supplies the
-# image: training and evaluation data is the user's own, so only an image too large to hold
-# decoded in memory is skipped ...
-DATA_MAX_PIXELS = 100_000_000
-# ... while predict's files and the server's uploads may come from anyone, so the limit is
-# tighter: it bounds what one request can make the server allocate (decompression bombs).
-UPLOAD_MAX_PIXELS = 40_000_000
 INTERPOLATIONS = ("bilinear",)  # the one both implementations compute identically
 
 
@@ -51,15 +44,15 @@ class EvalTransform:
 
     def tensorflow(self, image):
         """The centre crop of an [H, W, 3] tensor, with the data pipeline's TensorFlow ops."""
-        from keras_alexnet.data import transforms
+        from keras_alexnet.images import crop_tf
 
-        return transforms.center_crop(transforms.resize_shorter(image, self.resize), self.crop)
+        return crop_tf.center_crop(crop_tf.resize_shorter(image, self.resize), self.crop)
 
 
 def shorter_side_shape(height, width, size):
     """The (height, width) with shorter side `size` and the aspect ratio of the input.
 
-    Computed in float32 and rounded half to even, as `transforms.shorter_side_shape` does.
+    Computed in float32 and rounded half to even, as `crop_tf.shorter_side_shape` does.
     """
     shape = np.array([height, width], np.float32)
     new = np.round(shape * np.float32(size) / shape.min())

@@ -1,12 +1,12 @@
 """Image decoding in Pillow + NumPy, without TensorFlow, and the evaluation preprocessing.
 
-Decode to RGB, then the model's centre crop (`keras_alexnet.preprocess.EvalTransform`, the
-same steps as the data pipeline's centre-crop protocol, to float32 rounding).
+Decode to RGB, then the model's centre crop (`crop.EvalTransform`, the same steps as the
+data pipeline's centre-crop protocol, to float32 rounding).
 
-Both decoders turn an image upright by its EXIF orientation and take a 16-bit sample's
-high byte, with the shared `keras_alexnet.imageinfo`. One known difference: Pillow decodes
-JPEG with libjpeg's accurate integer IDCT, while `tf.io.decode_image` uses the fast one, so
-JPEG pixels can differ from the pipeline's by a few levels
+This decoder and the pipeline's (`decode_tf`) turn an image upright by its EXIF orientation
+and take a 16-bit sample's high byte, with the shared `headers`. One known difference:
+Pillow decodes JPEG with libjpeg's accurate integer IDCT, while `tf.io.decode_image` uses
+the fast one, so JPEG pixels can differ from the pipeline's by a few levels
 (`tf.io.decode_jpeg(..., dct_method="INTEGER_ACCURATE")` equals Pillow).
 """
 
@@ -16,11 +16,11 @@ import warnings
 import numpy as np
 from PIL import Image
 
-from keras_alexnet import imageinfo
 from keras_alexnet.errors import Error
-from keras_alexnet.preprocess import UPLOAD_MAX_PIXELS, EvalTransform, center_crop_resized
+from keras_alexnet.images import headers
+from keras_alexnet.images.crop import EvalTransform
 
-MAX_PIXELS = UPLOAD_MAX_PIXELS  # a decoded image larger than this is refused
+MAX_PIXELS = headers.UPLOAD_MAX_PIXELS  # a decoded image larger than this is refused
 # Pillow's modes for 16-bit grayscale, whose convert("RGB") clips at 255 instead of scaling.
 SIXTEEN_BIT_GRAY = ("I;16", "I;16B", "I;16L", "I;16N")
 # Formats TensorFlow decodes: their orientation is read by the same parser as in training.
@@ -47,7 +47,7 @@ def decode(data, max_pixels=MAX_PIXELS):
 
     Grayscale becomes RGB and an alpha channel is dropped, as `tf.io.decode_image(...,
     channels=3)` does; an animation gives its first frame. Raises ImageTooLarge for more
-    than `max_pixels` pixels or an aspect ratio over `imageinfo.MAX_ASPECT`, before decoding.
+    than `max_pixels` pixels or an aspect ratio over `headers.MAX_ASPECT`, before decoding.
     """
     return _decode(data, max_pixels, keep_grey=False)
 
@@ -58,7 +58,7 @@ def _decode(data, max_pixels, keep_grey):
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
-            problem = imageinfo.shape_problem(*image.size, max_pixels)
+            problem = headers.shape_problem(*image.size, max_pixels)
             if problem:
                 raise ImageTooLarge(f"image {problem}")
             image.load()
@@ -78,8 +78,8 @@ def _decode(data, max_pixels, keep_grey):
 def _orientation(image, data):
     """The EXIF orientation: TensorFlow's formats through the pipeline's parser, others Pillow's."""
     if image.format in _TF_FORMATS:
-        return imageinfo.exif_orientation(data)
-    return image.getexif().get(imageinfo.ORIENTATION_TAG, 1)
+        return headers.exif_orientation(data)
+    return image.getexif().get(headers.ORIENTATION_TAG, 1)
 
 
 def _pixels(image, keep_grey=False):
@@ -98,10 +98,10 @@ def _pixels(image, keep_grey=False):
 
 
 def upright(pixels, orientation):
-    """Turn an [H, W, C] array stored with EXIF `orientation` upright (imageinfo's table)."""
-    if not 0 <= orientation < len(imageinfo.ORIENTATIONS):
+    """Turn an [H, W, C] array stored with EXIF `orientation` upright (headers' table)."""
+    if not 0 <= orientation < len(headers.ORIENTATIONS):
         return pixels
-    transpose, flip_rows, flip_cols = imageinfo.ORIENTATIONS[orientation]
+    transpose, flip_rows, flip_cols = headers.ORIENTATIONS[orientation]
     if transpose:
         pixels = pixels.transpose(1, 0, 2)
     if flip_rows:
@@ -134,7 +134,7 @@ def decode_cost(data, max_pixels=MAX_PIXELS):
                 (width, height), mode, fmt = image.size, image.mode, image.format
     except Exception:  # noqa: BLE001 - any unreadable header: preprocess names the problem
         return 0
-    if imageinfo.shape_problem(width, height, max_pixels):
+    if headers.shape_problem(width, height, max_pixels):
         return 0
     per_pixel = DECODE_BYTES_PER_PIXEL.get(mode, OTHER_MODE_BYTES_PER_PIXEL)
     return width * height * (per_pixel + DECODER_BYTES_PER_PIXEL.get(fmt, 0))
@@ -144,7 +144,6 @@ __all__ = [
     "MAX_PIXELS",
     "ImageError",
     "ImageTooLarge",
-    "center_crop_resized",  # from keras_alexnet.preprocess: the server's one image module
     "decode",
     "decode_cost",
     "preprocess",
