@@ -5,8 +5,11 @@ runtime's tests import this module too and never need them.
 """
 
 import contextlib
+import csv
 import io
 import json
+import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -212,3 +215,36 @@ def photo_like(count, height, width, seed=0):
 def crops_of(images, preset):
     """The centre crops both sides are fed: shorter side to `resize`, central square."""
     return np.stack([center_crop_resized(i, preset.resize, preset.input_size) for i in images])
+
+
+# --- tiny trainings through the command (training, resume, workers) ----------------------
+
+# A VGG A at 1/16 width on 32-pixel crops: the smallest run the train command makes.
+TRAIN_FLAGS = ["--model", "vgg_a", "--width", "0.0625", "--image-size", "32", "--resize",
+               "36", "--batch-size", "8", "--lr", "0.01", "--init", "he", "--scale",
+               "0.0078"]  # fmt: skip
+
+
+def run_train(args, env=None, **kwargs):
+    """Run scripts/train.py in a subprocess with its own cache (`cache=`)."""
+    full_env = {**os.environ, "KERAS_ALEXNET_CACHE": str(kwargs.pop("cache")), **(env or {})}
+    return subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "train.py"), *args],
+        env=full_env, capture_output=True, text=True, timeout=kwargs.pop("timeout", 300),
+        cwd=ROOT,
+    )  # fmt: skip
+
+
+def read_checkpoint(directory):
+    """Return {name: array} of every saved variable of the latest checkpoint in a directory."""
+    import tensorflow as tf
+
+    reader = tf.train.load_checkpoint(str(directory))
+    skip = ("_CHECKPOINTABLE_OBJECT_GRAPH", "save_counter/.ATTRIBUTES/VARIABLE_VALUE")
+    return {n: reader.get_tensor(n) for n in reader.get_variable_to_shape_map() if n not in skip}
+
+
+def history_epochs(run):
+    """The epochs a run's history.csv lists, in order."""
+    with open(run / "history.csv", newline="") as f:
+        return [int(row["epoch"]) for row in csv.DictReader(f)]

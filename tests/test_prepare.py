@@ -262,9 +262,10 @@ def test_passes_on_prepared_data_are_new_presentations_reproducible_from_the_see
 
 
 def test_evaluate_and_compute_stats_read_a_prepared_directory(tmp_path):
+    from helpers import RESIZE, SIZE, make_run
+
     from keras_alexnet.data import source_stats
     from keras_alexnet.evaluation import evaluate
-    from tests.test_evaluate import RESIZE, SIZE, make_run
 
     prep.prepare(None, tmp_path / "p", size=RESIZE, log=quiet)  # the demo digits
     stats, folder = source_stats(str(tmp_path / "p")), source_stats(None)
