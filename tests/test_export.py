@@ -158,7 +158,7 @@ def test_static_size_onnx_and_other_crop_sizes_are_refused(exported, tmp_path):
     onnx.save(proto, str(path))
     with pytest.raises(EvaluationError, match="takes 67x67 images"):
         evaluate(path, protocol="center", image_size=SIZE + 4, verbose=False)
-    with pytest.raises(EvaluationError, match="cannot run --protocol dense"):
+    with pytest.raises(EvaluationError, match="cannot run `protocol` dense"):
         evaluate(path, protocol="dense", verbose=False)
 
 
