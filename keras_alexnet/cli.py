@@ -15,7 +15,8 @@ TrainingError, ExportError, ModelPathError, EvaluationError) into one line on st
 `evaluate: error: cannot write /x/y: Permission denied`, with exit status 1; Ctrl-C
 exits with 130 and no traceback. Anything else is a bug and keeps its traceback. The
 library names a setting as its Python field, in backticks (`batch_size`, errors.field);
-the line names the command's flag instead (--batch-size: `with_flags`).
+the line names the command's flag instead (--batch-size: `with_flags`). A command passes
+the library's `log` callables `flag_log(parser)`, so their lines name flags too.
 
 The `type=` validators (`positive_int`, `non_negative_int`, `positive_float`,
 `non_negative_float`, `fraction`) make argparse reject bad numbers, nan and inf in its own
@@ -130,6 +131,11 @@ def with_flags(text, parser):
     """
     table = flags_by_field(parser)
     return re.sub(r"`(\w+)`", lambda m: table.get(m[1], m[0]), text)
+
+
+def flag_log(parser):
+    """A library call's `log` for a command: print each line, its fields as `parser`'s flags."""
+    return lambda line: print(with_flags(line, parser))
 
 
 def _prefix(name):

@@ -16,7 +16,7 @@ import numpy as np
 
 from keras_alexnet import fileio
 from keras_alexnet.backend import require_tensorflow
-from keras_alexnet.errors import Error
+from keras_alexnet.errors import Error, field
 from keras_alexnet.images.crop import EvalTransform, resize_bilinear, shorter_side_shape
 from keras_alexnet.progress import Progress
 from keras_alexnet.protocols import PROTOCOLS, fit_scales, paper_scales
@@ -58,10 +58,10 @@ def parse_scales(text):
         scales = tuple(int(s) for s in str(text).split(",") if s.strip())
     except ValueError:
         raise EvaluationError(
-            f"--scales takes integers like 256,384,512. Received: {text!r}"
+            f"{field('scales')} takes integers like 256,384,512. Received: {text!r}"
         ) from None
     if not scales or min(scales) < 1:
-        raise EvaluationError(f"--scales takes positive integers. Received: {text!r}")
+        raise EvaluationError(f"{field('scales')} takes positive integers. Received: {text!r}")
     return scales
 
 
@@ -99,7 +99,9 @@ def _views(source, runtime, protocol, split, transform, scales, batch_size):
 def _protocol(name):
     """The Protocol called `name`; EvaluationError naming the choices for any other."""
     if name not in PROTOCOLS:
-        raise EvaluationError(f"--protocol must be one of {tuple(PROTOCOLS)}. Received: {name!r}")
+        raise EvaluationError(
+            f"{field('protocol')} must be one of {tuple(PROTOCOLS)}. Received: {name!r}"
+        )
     return PROTOCOLS[name]
 
 
@@ -139,20 +141,20 @@ def _check_model(runtime, protocol, transform, scales):
     if runtime.input_size is not None and runtime.input_size != image_size:
         raise EvaluationError(
             f"{runtime.path} takes {runtime.input_size}x{runtime.input_size} images but the "
-            f"data is cropped to {image_size}x{image_size}: pass --image-size "
+            f"data is cropped to {image_size}x{image_size}: pass {field('image_size')} "
             f"{runtime.input_size} or re-export the model with keras-alexnet-export-onnx"
         )
     if protocol.whole_image and not runtime.dense:
         raise EvaluationError(
             f"{runtime.path} takes only {runtime.input_size}px crops, so it cannot run "
-            f"--protocol {protocol.name}: use center or ten_crop, or export with "
+            f"{field('protocol')} {protocol.name}: use center or ten_crop, or export with "
             "keras-alexnet-export-onnx (its exports take whole images)"
         )
     smallest = min(protocol.test_scales(transform.resize, scales))
     if smallest < image_size:
         raise EvaluationError(
             f"the images are rescaled to {smallest}, smaller than the {image_size}px input: "
-            "use a resize / scales of at least the input size"
+            f"use a {field('resize')} / {field('scales')} of at least the input size"
         )
 
 
@@ -163,12 +165,13 @@ def _check_data(metadata, source, split):
             f"the data {source.name!r} has {len(source.class_names)} classes "
             f"{_names(source.class_names)} but the model was trained on "
             f"{len(metadata.class_names)} {_names(metadata.class_names)}: pass the data it "
-            "was trained on with --data"
+            f"was trained on with {field('data')}"
         )
     if not source.sizes.get(split):
         raise EvaluationError(
             f"split {split!r} of {source.name!r} is empty or missing (it has "
-            f"{ {k: v for k, v in source.sizes.items()} }): pass another --split or --data"
+            f"{ {k: v for k, v in source.sizes.items()} }): pass another {field('split')} or "
+            f"{field('data')}"
         )
 
 

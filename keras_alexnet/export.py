@@ -29,6 +29,7 @@ from keras_alexnet.artifacts import (
 )
 from keras_alexnet.backend import require_tensorflow
 from keras_alexnet.calibration import calibration_images as cut_crops
+from keras_alexnet.errors import field
 from keras_alexnet.onnx import quantize as quantize_defaults
 from keras_alexnet.onnx.convert import to_onnx
 from keras_alexnet.onnx.proto import opset_version
@@ -141,7 +142,7 @@ def export_onnx(
     require_tensorflow("ONNX export (tf2onnx)")
 
     if quantize not in (None, "int8"):
-        raise ExportError(f"--quantize takes int8. Received: {quantize!r}")
+        raise ExportError(f"{field('quantize')} takes int8. Received: {quantize!r}")
     start = time.perf_counter()
     model, metadata = load_keras_model(model_path)
     output = Path(output) if output else EXPORT_DIR / f"{metadata.model}.onnx"

@@ -11,6 +11,7 @@ import math
 
 from keras_alexnet import curves, extras, fileio, filters
 from keras_alexnet.cli import plural
+from keras_alexnet.errors import field
 
 # When a run says it is not learning (`progress_warning`): after WARN_AFTER epochs, an epoch
 # loss DIVERGED times the first epoch's, or a best validation top-1 within CHANCE_MARGIN of
@@ -144,7 +145,7 @@ def progress_warning(history, num_classes, config):
     else:
         return None
     if config.weights:
-        advice = "try a lower --lr"
+        advice = f"try a lower {field('lr')}"
     elif config.init != "he":
         known = (
             "the paper's N(0, 0.01) init is known to stay flat on small sets (Caffe's AlexNet "
@@ -153,9 +154,9 @@ def progress_warning(history, num_classes, config):
             else ""
         )
         advice = (
-            f"{known}pass --recipe small (He init, inputs scaled to about [-1, 1]) or start "
-            "from trained weights with --weights"
+            f"{known}pass {field('recipe')} small (He init, inputs scaled to about [-1, 1]) or "
+            f"start from trained weights with {field('weights')}"
         )
     else:
-        advice = "try a lower --lr, or start from trained weights with --weights"
+        advice = f"try a lower {field('lr')}, or start from trained weights with {field('weights')}"
     return f"Warning: after {plural(len(history), 'epoch')} {problem}; {advice}"

@@ -15,7 +15,7 @@ import numpy as np
 from keras_alexnet import __version__, fileio
 from keras_alexnet.artifacts import KERAS_BEST, METADATA_FILENAME
 from keras_alexnet.errors import field
-from keras_alexnet.registry import all_options, get_spec, option_flag, same_model
+from keras_alexnet.registry import get_spec, same_model
 from keras_alexnet.train_config import TrainingError
 
 HISTORY_FIELDS = ("epoch", "loss", "top1", "val_top1", "val_top5", "val_loss", "lr")
@@ -55,10 +55,12 @@ OLD_OPTIONS = {"towers": "towers", "lrn": "use_lrn", "pool": "pool"}
 
 
 def _label(key):
-    """How a config field or architecture option is named to a user (an option by its flag)."""
+    """How a config field or architecture option is named to a user: as a field (`towers`)."""
+    # The train command's dests are the fields and the options' names, so it shows each as
+    # its flag (--towers). A switch keeps its subject: "LRN (--no-lrn) off", not "--no-lrn off".
     if key == "use_lrn":
-        return "LRN (--no-lrn)"  # a switch: --no-lrn has no value to show
-    return option_flag(key) if key in {o.name for o in all_options()} else field(key)
+        return f"LRN ({field(key)})"
+    return field(key)
 
 
 def _recorded(config, recorded):

@@ -22,6 +22,7 @@ from keras_alexnet.distribute import (
     lost_worker,
     make_strategy,
 )
+from keras_alexnet.errors import field
 from keras_alexnet.metadata import Metadata
 from keras_alexnet.optim import (
     Plateau,
@@ -382,8 +383,8 @@ def _restore_or_start(state, config, run, plan, lr_given, argv, log):
             log(line)
         if config.weights and not lr_given:
             log(
-                f"Fine-tuning from --weights: lr {config.lr:g}, a tenth of the paper's "
-                f"{PAPER_LR:g} (--lr sets another)"
+                f"Fine-tuning from {field('weights')}: lr {config.lr:g}, a tenth of the paper's "
+                f"{PAPER_LR:g} ({field('lr')} sets another)"
             )
         if run.is_chief:
             run.start(plan.metadata, argv, config=dataclasses.asdict(config))
@@ -408,7 +409,8 @@ def _restore_or_start(state, config, run, plan, lr_given, argv, log):
     elif not math.isclose(started_lr, config.lr, rel_tol=1e-9):
         state.lr.assign(float(state.lr.numpy()) * config.lr / started_lr)
         state.base_lr.assign(config.lr)
-        log(f"  --lr {config.lr:g} replaces {started_lr:g}: lr now {float(state.lr.numpy()):.3g}")
+        lr_now = float(state.lr.numpy())
+        log(f"  {field('lr')} {config.lr:g} replaces {started_lr:g}: lr now {lr_now:.3g}")
     return history, config
 
 
@@ -420,7 +422,7 @@ def _finished_result(run, history, strategy, log):
     where = f"its best model is {best}" if best else f"its checkpoints are in {run.checkpoints}"
     log(
         f"{run.path} has already finished {plural(epochs, 'epoch')}; {where}. "
-        "Pass a larger --epochs to continue it."
+        f"Pass a larger {field('epochs')} to continue it."
     )
     return TrainResult(
         epochs=epochs, val_top1=float(last.get("val_top1", "nan")),

@@ -132,7 +132,9 @@ def test_protocol_all_tables_what_each_protocol_gives_alone(run, tmp_path, capsy
     assert "ten_crop *" in table and f"multi_scale (Q {SIZE},{RESIZE})" in table
 
 
-def test_protocol_all_decodes_once_and_skips_what_a_fixed_size_runtime_cannot_run(run, monkeypatch):
+def test_protocol_all_decodes_once_and_skips_what_a_fixed_size_runtime_cannot_run(
+    run, monkeypatch, capsys
+):
     import keras_alexnet.evaluation as evaluation
     from keras_alexnet.runtime import load
 
@@ -162,12 +164,20 @@ def test_protocol_all_decodes_once_and_skips_what_a_fixed_size_runtime_cannot_ru
     assert [split for source in opened for split in source.reads] == ["val"]
     by_name = {r["protocol"]: r for r in results}
     for name in ("dense", "multi_scale"):
-        assert "cannot run --protocol" in by_name[name]["skipped"]
+        assert f"cannot run `protocol` {name}" in by_name[name]["skipped"]
     for name in ("center", "ten_crop"):
         alone = evaluate(path, protocol=name, verbose=False)
         assert (by_name[name]["top1"], by_name[name]["top5"]) == (alone["top1"], alone["top5"])
     table = evaluation.format_all(results)
-    assert "dense" in table and "cannot run --protocol dense" in table
+    assert "dense" in table and "cannot run `protocol` dense" in table
+    # The command's table names its flag instead.
+    from keras_alexnet.commands import evaluate as command
+
+    monkeypatch.setattr(evaluation, "load", lambda *a, **k: crops_only)
+    command.main(command.get_args_parser().parse_args(["--model", str(path), "--protocol",
+                                                       "all", "--quiet"]))  # fmt: skip
+    table = capsys.readouterr().out
+    assert "cannot run --protocol dense" in table and "`" not in table
 
 
 def test_top_k_counts_boundary_ties_as_correct_like_in_top_k():
@@ -212,6 +222,24 @@ def test_empty_split_and_other_classes_are_refused(run, tmp_path):
     (data / "train" / "9").rename(data / "train" / "nine")
     with pytest.raises(EvaluationError, match="classes"):
         evaluate(path, data=str(data), split="train", verbose=False)
+
+
+def test_the_python_api_names_the_argument_and_the_command_its_flag(run, capsys):
+    from keras_alexnet import cli
+    from keras_alexnet.commands import evaluate as command
+
+    path, _ = run
+    with pytest.raises(EvaluationError) as error:
+        evaluate(path, split="test", verbose=False)
+    assert str(error.value).endswith("pass another `split` or `data`")
+    assert "--" not in str(error.value)
+    with pytest.raises(SystemExit) as exit_info:
+        argv = ["--model", str(path), "--split", "test", "--quiet"]
+        cli.run(command.main, command.get_args_parser(), argv, name="evaluate")
+    assert exit_info.value.code == 1
+    line = capsys.readouterr().err
+    assert line.startswith("evaluate: error: split 'test'")
+    assert line.endswith("pass another --split or --data\n")
 
 
 def test_cli_errors_are_one_line_without_traceback(tmp_path):

@@ -108,7 +108,10 @@ def test_ablations_change_exactly_their_layers(change, layers):
             assert (type(layer).__name__, layer.pool_size, layer.strides) == spec
 
 
-def test_ablations_are_recorded_and_a_run_of_other_towers_is_refused(tiny_data, tmp_path):
+def test_ablations_are_recorded_and_a_run_of_other_towers_is_refused(tiny_data, tmp_path, capsys):
+    from keras_alexnet import cli
+    from keras_alexnet.commands import train as command
+
     config = alexnet_config(tiny_data, tmp_path / "run", use_lrn=False, pool="non_overlapping")
     train(config, log=quiet)
     metadata = Metadata.load(tmp_path / "run" / "metadata.json")
@@ -116,13 +119,27 @@ def test_ablations_are_recorded_and_a_run_of_other_towers_is_refused(tiny_data, 
     model = keras.saving.load_model(tmp_path / "run" / "best.keras")
     assert not any(isinstance(layer, LocalResponseNormalization) for layer in model.layers)
     assert model.get_layer("pool1").pool_size == (2, 2)
-    refusals = [({"towers": 1}, "--towers 2, not 1"),
-                ({"use_lrn": True}, r"LRN \(--no-lrn\) off, not on"),
-                ({"pool": "overlapping"}, "--pool non_overlapping, not overlapping")]  # fmt: skip
+    refusals = [({"towers": 1}, "`towers` 2, not 1"),
+                ({"use_lrn": True}, r"LRN \(`use_lrn`\) off, not on"),
+                ({"pool": "overlapping"}, "`pool` non_overlapping, not overlapping")]  # fmt: skip
     for change, message in refusals:
         with pytest.raises(TrainingError, match=message):
             args = {**config.model_args, **change}
             train(dataclasses.replace(config, epochs=2, model_args=args), log=quiet)
+    # The train command names each option by its flag.
+    argv = ["--model", "alexnet", "--data", str(tiny_data), "--width", "0.0625", "--image-size",
+            "67", "--resize", "76", "--batch-size", "8", "--init", "he", "--scale", "0.0078",
+            "--output", config.output, "--cache", config.cache, "--epochs", "2"]  # fmt: skip
+    refusals = [(["--towers", "1", "--no-lrn", "--pool", "non_overlapping"],
+                 "a run with --towers 2, not 1: choose another --output (or the same --towers "
+                 "to resume it)"),
+                (["--pool", "non_overlapping"], "a run with LRN (--no-lrn) off, not on"),
+                (["--no-lrn"], "a run with --pool non_overlapping, not overlapping")]  # fmt: skip
+    for flags, message in refusals:
+        with pytest.raises(SystemExit):
+            cli.run(command.main, command.get_args_parser(), [*argv, *flags], name="train")
+        line = capsys.readouterr().err
+        assert line.startswith("train: error: ") and message in line and "`" not in line
 
 
 def test_metadata_written_before_the_experiments_still_loads(tmp_path):

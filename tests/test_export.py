@@ -140,6 +140,28 @@ def test_int8_qdq_format_runs_end_to_end_with_its_agreement_measured(exported, t
     assert np.abs(qdq - fp32).max() > 0  # it did quantise
 
 
+def test_the_python_api_names_the_argument_and_the_command_its_flag(tmp_path, capsys):
+    import argparse
+
+    from keras_alexnet import cli
+    from keras_alexnet.commands import export_onnx as command
+
+    with pytest.raises(export.ExportError) as error:
+        export.export_onnx(tmp_path / "run", quantize="int4", log=lambda *_: None)
+    assert str(error.value) == "`quantize` takes int8. Received: 'int4'"
+
+    def main(args):
+        """The command's main, given int4 past argparse's choices (which refuse it first)."""
+        command.main(argparse.Namespace(**{**vars(args), "quantize": "int4"}))
+
+    with pytest.raises(SystemExit) as exit_info:
+        argv = ["--model", str(tmp_path / "run")]
+        cli.run(main, command.get_args_parser(), argv, name="export_onnx")
+    assert exit_info.value.code == 1
+    line = capsys.readouterr().err
+    assert line == "export_onnx: error: --quantize takes int8. Received: 'int4'\n"
+
+
 def test_failed_export_leaves_nothing_at_the_target(exported, tmp_path, monkeypatch):
     monkeypatch.setattr(export, "MAX_RELATIVE_ERROR", -1.0)  # force the verification to fail
     target = tmp_path / "out" / "model.onnx"
@@ -158,7 +180,7 @@ def test_static_size_onnx_and_other_crop_sizes_are_refused(exported, tmp_path):
     onnx.save(proto, str(path))
     with pytest.raises(EvaluationError, match="takes 67x67 images"):
         evaluate(path, protocol="center", image_size=SIZE + 4, verbose=False)
-    with pytest.raises(EvaluationError, match="cannot run --protocol dense"):
+    with pytest.raises(EvaluationError, match="cannot run `protocol` dense"):
         evaluate(path, protocol="dense", verbose=False)
 
 

@@ -225,14 +225,22 @@ def test_a_pth_file_is_read_without_pytorch(tmp_path, monkeypatch):
             np.testing.assert_array_equal(a, b)
 
 
-def test_unknown_formats_and_existing_outputs_are_refused_in_one_line(tmp_path):
+def test_unknown_formats_and_existing_outputs_are_refused_in_one_line(tmp_path, capsys):
+    from keras_alexnet import cli
+
     (tmp_path / "w.bin").write_bytes(b"")
     with pytest.raises(WeightsError, match="unknown weight file format"):
         read(tmp_path / "w.bin", get_spec("vgg16"))
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "best.keras").write_bytes(b"")
-    with pytest.raises(WeightsError, match="not an empty directory"):
+    with pytest.raises(WeightsError, match="not an empty directory") as error:
         import_weights(tmp_path / "w.h5", "vgg16", tmp_path / "run")
+    # The Python API names its argument, the command its flag.
+    assert str(error.value).endswith("choose another `output`")
+    with pytest.raises(SystemExit):
+        argv = [str(tmp_path / "w.h5"), "--model", "vgg16", "--output", str(tmp_path / "run")]
+        cli.run(import_weights_command.main, import_weights_command.get_args_parser(), argv)
+    assert capsys.readouterr().err.endswith("not an empty directory: choose another --output\n")
     (tmp_path / "x.safetensors").write_bytes(b"")
     with pytest.raises(WeightsError, match="one-weird-trick"):
         read(tmp_path / "x.safetensors", get_spec("alexnet"))

@@ -202,10 +202,32 @@ def test_a_busy_output_and_a_scale_above_the_prepared_one_are_refused(colour_tre
         prep.prepare(colour_tree, busy, size=SIZE, log=quiet)
     prep.prepare(colour_tree, tmp_path / "p", size=SIZE, log=quiet)
     source = load_source(tmp_path / "p")
-    with pytest.raises(ValueError, match="prepared at shorter side 24"):
+    with pytest.raises(ValueError, match="prepared at shorter side 24") as error:
         train_dataset(source, image_size=16, resize=32, batch_size=2)
+    # The fix is another command's: its console script, in either form.
+    assert str(error.value).endswith("(`keras-alexnet-prepare --size 32`)")
     with pytest.raises(ValueError, match="prepared at shorter side 24"):
         eval_dataset(source, protocol="dense", image_size=16, resize=48)
+
+
+def test_the_python_api_names_the_argument_and_the_command_its_flag(colour_tree, tmp_path, capsys):
+    from keras_alexnet import cli
+    from keras_alexnet.commands import prepare as command
+
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError) as error:
+        prep.prepare(colour_tree, busy, size=SIZE, log=quiet)
+    assert str(error.value).endswith("is not a prepared directory; choose another `output`")
+    assert "--" not in str(error.value)
+    with pytest.raises(SystemExit) as exit_info:
+        argv = ["--data", str(colour_tree), "--output", str(busy), "--size", "67"]
+        cli.run(command.main, command.get_args_parser(), argv, name="prepare")
+    assert exit_info.value.code == 1
+    line = capsys.readouterr().err
+    assert line.startswith(f"prepare: error: {busy} exists and is not a prepared directory")
+    assert line.endswith("; choose another --output\n")
 
 
 @pytest.mark.parametrize("flip", [True, False])

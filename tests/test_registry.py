@@ -158,9 +158,9 @@ def test_a_run_directory_of_0_1_0_loads_and_resumes(tmp_path):
     run = old_run("alexnet_experiments", tmp_path)
     loaded = runtime.load(run)
     assert loaded.metadata.architecture() == {**OLD_ALEXNET, "width": 0.0625}
-    with pytest.raises(TrainingError, match=f"^{run} is a run with --towers 1, not 2"):
+    with pytest.raises(TrainingError, match=f"^{run} is a run with `towers` 1, not 2"):
         train(resume(run, model="alexnet"), log=quiet)
-    with pytest.raises(TrainingError, match=r"LRN \(--no-lrn\) off, not on"):
+    with pytest.raises(TrainingError, match=r"LRN \(`use_lrn`\) off, not on"):
         train(resume(run, model="alexnet", model_args={"towers": 1}), log=quiet)
     result = train(resume(run, model="alexnet", model_args=OLD_ALEXNET), log=quiet)
     assert (result.epochs, result.already_finished) == (2, False)

@@ -1,7 +1,9 @@
 """Training: the update rule, the command's one-line checks, fine-tuning, recipes, reports."""
 
+import contextlib
 import csv
 import dataclasses
+import io
 import json
 import os
 import subprocess
@@ -148,7 +150,10 @@ def tiny_config(data, output, **changes):
     return TrainConfig(**{**base, **changes})
 
 
-def test_a_finished_run_says_so_and_a_larger_epochs_continues_it(tiny_data, tmp_path):
+def test_a_finished_run_says_so_and_a_larger_epochs_continues_it(tiny_data, tmp_path, capsys):
+    from keras_alexnet import cli
+    from keras_alexnet.commands import train as command
+
     config = tiny_config(tiny_data, tmp_path / "run")
     first = train(config, log=lambda *a: None)
     assert first.epochs == 1 and not first.already_finished
@@ -157,10 +162,16 @@ def test_a_finished_run_says_so_and_a_larger_epochs_continues_it(tiny_data, tmp_
     again = train(config, log=lines.append)
     assert again.already_finished and again.epochs == 1 and again.best_model == first.best_model
     assert again.val_top1 == pytest.approx(first.val_top1, abs=1e-6)
-    assert lines == [
-        f"{tmp_path / 'run'} has already finished 1 epoch; its best model is "
-        f"{first.best_model}. Pass a larger --epochs to continue it."
-    ]
+    finished = (
+        f"{tmp_path / 'run'} has already finished 1 epoch; its best model is {first.best_model}"
+    )
+    assert lines == [f"{finished}. Pass a larger `epochs` to continue it."]
+    # The command's log names the flag instead.
+    argv = [*TRAIN_FLAGS, "--data", str(tiny_data), "--epochs", "1", "--output",
+            str(tmp_path / "run"), "--cache", config.cache]  # fmt: skip
+    capsys.readouterr()
+    cli.run(command.main, command.get_args_parser(), argv, name="train")
+    assert f"{finished}. Pass a larger --epochs to continue it.\n" in capsys.readouterr().out
     more = train(dataclasses.replace(config, epochs=2), log=lambda *a: None)
     assert more.epochs == 2 and not more.already_finished
     assert history_epochs(tmp_path / "run") == [1, 2]
@@ -414,13 +425,22 @@ def test_progress_warning_names_divergence_and_chance_with_what_to_pass():
     climbing = history_rows([3.3, 8.5], [1 / 3, 1 / 3])
     line = progress_warning(climbing, 3, paper)
     assert line.startswith("Warning: after 2 epochs the loss climbed from 3.3 to 8.5")
-    assert "--recipe small" in line and "--weights" in line and "\n" not in line
+    assert "pass `recipe` small" in line and "with `weights`" in line and "\n" not in line
+    assert "--" not in line
     flat = progress_warning(history_rows([1.10, 1.09, 1.10], [0.33, 0.36, 0.30]), 3, paper)
     assert "validation top-1 is at chance (36.0%, chance 33.3%)" in flat
-    assert "Caffe" in flat and "--recipe small" in flat
+    assert "Caffe" in flat and "`recipe` small" in flat
     # Already on the small recipe, or fine-tuning: the advice is the rate, not the recipe.
-    assert "--recipe small" not in progress_warning(climbing, 3, small)
-    assert "lower --lr" in progress_warning(climbing, 3, tuned)
+    assert "`recipe` small" not in progress_warning(climbing, 3, small)
+    assert "lower `lr`" in progress_warning(climbing, 3, tuned)
+    # The train command's log names the flags (cli.flag_log).
+    from keras_alexnet import cli
+    from keras_alexnet.commands import train as command
+
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        cli.flag_log(command.get_args_parser())(line)
+    assert "pass --recipe small" in printed.getvalue() and "with --weights" in printed.getvalue()
     assert "is nan" in progress_warning(history_rows([2.0, float("nan")], [0.5, 0.5]), 3, paper)
     # Not judged after one epoch; a run that learns, or whose loss only wobbles, is quiet.
     assert progress_warning(climbing[:1], 3, paper) is None
@@ -476,7 +496,7 @@ def test_the_paper_recipe_on_a_small_photo_set_says_so_and_the_small_recipe_lear
     )  # fmt: skip
     train(paper, log=lines.append)
     warnings = [line for line in lines if line.startswith("Warning:")]
-    assert len(warnings) == 1 and "--recipe small" in warnings[0], lines
+    assert len(warnings) == 1 and "`recipe` small" in warnings[0], lines
     assert lines.index(warnings[0]) > lines.index("Epoch 2/2 (lr 0.01)")
     rows = list(csv.DictReader(open(tmp_path / "paper" / "history.csv")))
     assert max(float(r["val_top1"]) for r in rows) <= 1 / 3 + 0.05  # it was at chance
@@ -533,7 +553,10 @@ def test_fine_tuning_starts_at_a_tenth_of_the_rate_and_a_resume_keeps_it(tiny_da
     tuned = tiny_config(tiny_data, tmp_path / "b", weights=str(tmp_path / "a"), lr=None,
                         lr_schedule="step")  # fmt: skip
     train(tuned, log=lines.append)
-    assert "Fine-tuning from --weights: lr 0.001, a tenth of the paper's 0.01" in "\n".join(lines)
+    started = (
+        "Fine-tuning from `weights`: lr 0.001, a tenth of the paper's 0.01 (`lr` sets another)"
+    )
+    assert started in lines
     assert "Epoch 1/1 (lr 0.001)" in lines
     # Resumed without --lr (and without --weights, which a resume does not read): still 0.001.
     resumed = dataclasses.replace(tuned, weights=None, epochs=2)

@@ -266,6 +266,7 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(tiny_data,
     out = run_train([*huge, "--epochs", "3"], cache=tmp_path / "c")
     assert out.returncode != 0
     assert "replaces 0.01" in out.stdout
+    assert "  --lr 1e+30 replaces 0.01" in out.stdout  # the command's log names the flag
     message = out.stderr.strip()
     assert "loss became nan" in message.lower() or "loss became inf" in message.lower()
     assert "ckpt-2" in message and "Traceback" not in out.stderr and len(message.splitlines()) == 1

@@ -124,7 +124,18 @@ def main(args):
         provider=args.provider,
         verbose=not args.quiet,
     )
+    if every:
+        results = skipped_with_flags(results)
     print(format_all(results) if every else format_table(results))
     if args.output_json:
         write_results(args.output_json, {"protocols": results} if every else results)
         print(f"Wrote {args.output_json}")
+
+
+def skipped_with_flags(results):
+    """`evaluate_all`'s results, each skipped protocol's reason naming this command's flags."""
+    parser = get_args_parser()
+    return [
+        {**r, "skipped": cli.with_flags(r["skipped"], parser)} if "skipped" in r else r
+        for r in results
+    ]

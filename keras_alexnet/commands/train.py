@@ -318,7 +318,8 @@ def main(args):
     """Run training and print where the results are."""
     values = vars(args)
     model_args = cli.pop_model_options(values)
-    result = train(TrainConfig(**values, model_args=model_args), argv=sys.argv)
+    log = cli.flag_log(get_args_parser())  # training's lines name its settings as flags
+    result = train(TrainConfig(**values, model_args=model_args), argv=sys.argv, log=log)
     if not result.already_finished:
         print(finished_line(result))
 

@@ -93,7 +93,7 @@ def _check_prepared_scale(source, scale):
     if source.layout is not None and scale > source.layout.size:
         raise ValueError(
             f"{source.name} was prepared at shorter side {source.layout.size}; scale {scale} needs "
-            f"images prepared at {scale} or more (prepare.py --size {scale})"
+            f"images prepared at {scale} or more (`keras-alexnet-prepare --size {scale}`)"
         )
 
 

@@ -48,6 +48,7 @@ from keras_alexnet.data.kinds import (
 from keras_alexnet.data.layout import MAX_SIZE, QUALITY, SHARD_SIZE, Layout, layout_for
 from keras_alexnet.data.source import Source, shuffle_each_pass
 from keras_alexnet.data.stats import DatasetStats, pixel_moments
+from keras_alexnet.errors import field
 from keras_alexnet.images import crop_tf, decode_tf, headers
 from keras_alexnet.progress import Progress
 from keras_alexnet.rundir import RunLock
@@ -325,7 +326,9 @@ def _check_output(output):
     names = {f.name for f in output.iterdir()} if output.is_dir() else None
     if names is not None and (names <= {LOCK_FILE} or names & {PREPARED_FILE, STATE_FILE}):
         return
-    raise ValueError(f"{output} exists and is not a prepared directory; choose another --output")
+    raise ValueError(
+        f"{output} exists and is not a prepared directory; choose another {field('output')}"
+    )
 
 
 def _clear(output):
@@ -383,7 +386,7 @@ def _finished(output, signature):
     if old.get("source") != signature["source"]:
         raise ValueError(
             f"{output} is stale: its source changed since it was prepared (classes or files "
-            "added, removed or modified); run again with --overwrite to prepare it anew"
+            f"added, removed or modified); run again with {field('overwrite')} to prepare it anew"
         )
     return index
 
@@ -397,8 +400,8 @@ def _difference(old, new):
     """'with data=X (now Y)' naming the first setting that differs."""
     key = next(k for k in _settings(new) if old.get(k) != new[k])
     return (
-        f"with {key}={old.get(key)!r} (now {new[key]!r}); choose another --output, "
-        "or --overwrite to prepare it anew"
+        f"with {key}={old.get(key)!r} (now {new[key]!r}); choose another {field('output')}, "
+        f"or {field('overwrite')} to prepare it anew"
     )
 
 
@@ -448,7 +451,7 @@ def _listing(data, data_dir, val_fraction, seed, cache, output):
         if path.exists() and output.resolve().is_relative_to(path.resolve()):
             raise ValueError(
                 f"{output} is inside the input folder {path}: it would be listed as a class; "
-                "choose an --output outside it"
+                f"choose an {field('output')} outside it"
             )
         return _directory_listing(path, val_fraction, seed)
     source = tfds_sets.tfds_source(str(data), data_dir, cache=cache, with_stats=False)

@@ -18,7 +18,7 @@ import numpy as np
 from keras_alexnet import extras, fileio
 from keras_alexnet._lazy import resolve
 from keras_alexnet.artifacts import KERAS_BEST
-from keras_alexnet.errors import Error
+from keras_alexnet.errors import Error, field
 from keras_alexnet.metadata import Metadata
 from keras_alexnet.registry import ALIASES, IMAGENET_CLASSES, MODELS, recorded_name
 from keras_alexnet.rundir import RunDirectory
@@ -274,7 +274,7 @@ def import_weights(source_path, model, output, argv=None, class_names=None, **ov
     output = Path(output)
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
         raise WeightsError(
-            f"{output} exists and is not an empty directory: choose another --output"
+            f"{output} exists and is not an empty directory: choose another {field('output')}"
         )
     fileio.check_writable(output / KERAS_BEST)
     source_path = hub.resolve(source_path, spec.name)
